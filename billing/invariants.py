@@ -1,0 +1,47 @@
+"""Ledger invariants, checked by tests and by reconciliation.
+
+Each returns a list of human-readable problems; an empty list means it holds.
+"""
+from __future__ import annotations
+
+from django.db.models import Count, F, Q, Sum
+
+from .models import Entry, Transfer, Wallet
+
+
+def check_ledger() -> list[str]:
+    problems: list[str] = []
+
+    posted = Transfer.objects.filter(status=Transfer.Status.POSTED).annotate(
+        n=Count("entries"),
+        total=Sum("entries__amount"),
+        debit=Sum("entries__amount", filter=Q(entries__wallet=F("debit_wallet"))),
+    )
+    for t in posted:
+        if t.n != 2 or t.total != 0 or t.debit != -t.amount:
+            problems.append(f"transfer {t.id} posted {t.amount} but has {t.n} entries summing {t.total}")
+
+    unposted_with_entries = Entry.objects.exclude(transfer__status=Transfer.Status.POSTED).values_list(
+        "transfer_id", flat=True
+    )
+    for transfer_id in set(unposted_with_entries):
+        problems.append(f"transfer {transfer_id} is not posted but has entries")
+
+    entry_sums = dict(Entry.objects.values_list("wallet_id").annotate(s=Sum("amount")).values_list("wallet_id", "s"))
+    pending_sums = dict(
+        Transfer.objects.filter(status=Transfer.Status.PENDING)
+        .values_list("debit_wallet_id")
+        .annotate(s=Sum("pending_amount"))
+        .values_list("debit_wallet_id", "s")
+    )
+    for wallet in Wallet.objects.all():
+        derived = entry_sums.get(wallet.id, 0)
+        if wallet.balance != derived:
+            problems.append(f"wallet {wallet.id} balance {wallet.balance} != sum of entries {derived}")
+        pending = pending_sums.get(wallet.id, 0)
+        if wallet.reserved != pending:
+            problems.append(f"wallet {wallet.id} reserved {wallet.reserved} != pending transfers {pending}")
+        if wallet.kind == Wallet.Kind.CUSTOMER and wallet.balance < wallet.reserved:
+            problems.append(f"wallet {wallet.id} available is negative")
+    return problems
+

@@ -1,0 +1,141 @@
+"""The ledger: integer micro-units, two-phase transfers, append-only entries.
+
+* ``Transfer`` moves money from ``debit_wallet`` to ``credit_wallet``. Usage
+  is two-phase: a ``pending`` reservation holds ``pending_amount``; settlement
+  changes it once to ``posted`` with ``amount`` <= ``pending_amount``, or to
+  ``voided``. That one conditional status change is what makes settlement
+  idempotent. Top-ups and grants post directly.
+* ``Entry`` rows are written when a transfer posts (one debit, one credit,
+  summing to zero) and never change. A wallet's ``balance`` is the sum of its
+  entries; ``reserved`` is the sum of its pending transfers. Both stored columns
+  are checked against that derivation by ``billing.invariants``.
+"""
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import F, Q
+
+
+class BillingAccount(models.Model):
+    organization = models.OneToOneField("console.Organization", on_delete=models.PROTECT, related_name="billing_account")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class Wallet(models.Model):
+    class Kind(models.TextChoices):
+        CUSTOMER = "customer"  # the organization's prepaid money
+        USAGE = "usage"  # counterpart that collects settled spend
+        FUNDING = "funding"  # counterpart that top-ups and grants come from
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="wallets")
+    currency = models.CharField(max_length=3, default="usd")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    balance = models.BigIntegerField(default=0)
+    reserved = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "currency", "kind"], name="wallet_one_per_kind"),
+            models.CheckConstraint(condition=Q(reserved__gte=0), name="wallet_reserved_nonnegative"),
+            # The reservation guard: an UPDATE that would reserve more than is
+            # available fails this check and rolls its transaction back.
+            models.CheckConstraint(
+                condition=~Q(kind="customer") | Q(balance__gte=F("reserved")), name="wallet_available_nonnegative"
+            ),
+        ]
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.reserved
+
+
+class ModelPrice(models.Model):
+    """Price of a model per 1M tokens in micro-units; a new row per change."""
+
+    model = models.CharField(max_length=200)
+    version = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3, default="usd")
+    input_per_mtok = models.BigIntegerField()
+    cached_input_per_mtok = models.BigIntegerField()
+    output_per_mtok = models.BigIntegerField()
+    effective_from = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model", "version"], name="modelprice_version_unique"),
+            models.CheckConstraint(
+                condition=Q(input_per_mtok__gte=0, output_per_mtok__gte=0, cached_input_per_mtok__gte=0)
+                & Q(cached_input_per_mtok__lte=F("input_per_mtok")),
+                name="modelprice_sane",
+            ),
+        ]
+        indexes = [models.Index(fields=["model", "effective_from"], name="modelprice_lookup")]
+
+
+class Transfer(models.Model):
+    class Kind(models.TextChoices):
+        USAGE = "usage"  # two-phase: reservation, then settlement
+        TOPUP = "topup"
+        GRANT = "grant"
+        ADJUSTMENT = "adjustment"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        POSTED = "posted"
+        VOIDED = "voided"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    debit_wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="debits")
+    credit_wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="credits")
+    pending_amount = models.BigIntegerField(default=0)
+    amount = models.BigIntegerField(default=0)
+    currency = models.CharField(max_length=3, default="usd")
+    price = models.ForeignKey(ModelPrice, null=True, blank=True, on_delete=models.PROTECT)
+    # External reference that makes a credit idempotent (e.g. a Stripe event or a seed name).
+    reference = models.CharField(max_length=255, null=True, blank=True)
+    request_id = models.CharField(max_length=128, null=True, blank=True)
+    project = models.ForeignKey("console.Project", null=True, blank=True, on_delete=models.PROTECT)
+    model = models.CharField(max_length=200, blank=True)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    description = models.CharField(max_length=255, blank=True)
+    # Random token written by the one settle/void that won the status change.
+    claim = models.CharField(max_length=32, null=True, blank=True)
+    created_at = models.DateTimeField()
+    timeout_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gte=0, pending_amount__gte=0), name="transfer_amounts_nonnegative"),
+            models.CheckConstraint(
+                condition=~Q(kind="usage") | Q(amount__lte=F("pending_amount")), name="transfer_posted_within_pending"
+            ),
+            models.CheckConstraint(condition=~Q(debit_wallet=F("credit_wallet")), name="transfer_distinct_wallets"),
+            models.UniqueConstraint(
+                fields=["kind", "reference"], condition=Q(reference__isnull=False), name="transfer_reference_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "timeout_at"], name="transfer_pending_timeout"),
+            models.Index(fields=["request_id"], name="transfer_request"),
+        ]
+
+
+class Entry(models.Model):
+    transfer = models.ForeignKey(Transfer, on_delete=models.PROTECT, related_name="entries")
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="entries")
+    amount = models.BigIntegerField()  # signed: negative debits, positive credits
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["transfer", "wallet"], name="entry_one_per_wallet")]

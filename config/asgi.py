@@ -1,0 +1,46 @@
+"""The ASGI entry point: one process serves the API, the console and websockets.
+
+* ``/v1/*`` (but the key-management API) → the gateway's lean ASGI app;
+* everything else over HTTP → Django (console, admin, allauth, webhooks);
+* websockets → Channels;
+* lifespan → start/stop the gateway's background machinery.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from django.conf import settings  # noqa: E402
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_app = get_asgi_application()
+
+from channels.routing import URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
+from channels.auth import AuthMiddleware  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from gateway import lifecycle  # noqa: E402
+from gateway.app import app as gateway_app  # noqa: E402
+
+# Served by Django + DRF although under /v1: not hot, and they need the ORM.
+MANAGEMENT_PREFIXES = ("/v1/keys", "/v1/balance")
+
+http_app = django_app if settings.PRODUCTION else ASGIStaticFilesHandler(django_app)
+websocket_app = AllowedHostsOriginValidator(CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([])))))
+
+
+async def application(scope, receive, send):
+    kind = scope["type"]
+    if kind == "http":
+        path = scope["path"]
+        if path.startswith("/v1/") and not path.startswith(MANAGEMENT_PREFIXES):
+            return await gateway_app(scope, receive, send)
+        return await http_app(scope, receive, send)
+    if kind == "websocket":
+        return await websocket_app(scope, receive, send)
+    if kind == "lifespan":
+        return await lifecycle.lifespan(scope, receive, send)
+    raise ValueError(f"unsupported ASGI scope type {kind!r}")

@@ -1,0 +1,219 @@
+"""Async database access for the request hot path.
+
+Django's async ORM runs every query on one sync thread, which serializes the
+whole process. The hot path (key lookup on a cache miss, reserve, settle)
+instead sends a few hand-written statements through this module:
+
+* PostgreSQL: a psycopg ``AsyncConnectionPool`` per event loop; a batch of
+  statements runs in one transaction inside a pipeline, so BEGIN, the
+  statements and COMMIT cost one network round trip.
+* SQLite (the embedded default only): the same statements run through
+  Django's connection in one thread hop.
+
+Statements use ``%(name)s`` parameters, which both backends accept. Each app
+writes its own tables' SQL; this module only executes it.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.apps import apps
+from django.db import IntegrityError, connection, transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    sql: str
+    params: dict[str, Any] = field(default_factory=dict)
+    fetch: bool = False
+
+
+@dataclass(slots=True)
+class Result:
+    rowcount: int
+    rows: list[tuple]
+
+
+class ConstraintViolation(Exception):
+    """A statement broke a named database constraint; the transaction rolled back."""
+
+    def __init__(self, name: str, message: str = ""):
+        super().__init__(message or name)
+        self.name = name
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached; callers fail closed (503)."""
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+# --- PostgreSQL ----------------------------------------------------------------
+
+_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+_pool_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _conninfo() -> str:
+    from psycopg.conninfo import make_conninfo
+
+    s = connection.settings_dict
+    return make_conninfo(
+        dbname=s["NAME"],
+        user=s.get("USER") or None,
+        password=s.get("PASSWORD") or None,
+        host=s.get("HOST") or None,
+        port=str(s["PORT"]) if s.get("PORT") else None,
+        connect_timeout=5,
+        application_name="gateway-hot-path",
+    )
+
+
+async def _pool():
+    loop = asyncio.get_running_loop()
+    pool = _pools.get(loop)
+    if pool is not None:
+        return pool
+    lock = _pool_locks.setdefault(loop, asyncio.Lock())
+    async with lock:
+        pool = _pools.get(loop)
+        if pool is None:
+            from django.conf import settings
+            from psycopg_pool import AsyncConnectionPool
+
+            pool = AsyncConnectionPool(
+                _conninfo(),
+                min_size=1,
+                max_size=settings.ASYNC_DB_POOL_SIZE,
+                kwargs={"autocommit": True},
+                open=False,
+                timeout=10,
+                name="hot-path",
+            )
+            await pool.open(wait=True, timeout=10)
+            _pools[loop] = pool
+    return pool
+
+
+async def close_pools() -> None:
+    loop = asyncio.get_running_loop()
+    pool = _pools.pop(loop, None)
+    if pool is not None:
+        await pool.close()
+
+
+async def _run_pg(stmts: tuple[Stmt, ...]) -> list[Result]:
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    try:
+        pool = await _pool()
+        async with pool.connection() as conn:
+            cursors = []
+            try:
+                async with conn.pipeline():
+                    async with conn.transaction():
+                        for stmt in stmts:
+                            cur = conn.cursor()
+                            await cur.execute(stmt.sql, stmt.params)
+                            cursors.append(cur)
+            except psycopg.errors.IntegrityError as exc:
+                name = exc.diag.constraint_name or ""
+                raise ConstraintViolation(name, str(exc)) from None
+            results = []
+            for stmt, cur in zip(stmts, cursors):
+                rows = await cur.fetchall() if stmt.fetch else []
+                results.append(Result(cur.rowcount, rows))
+            return results
+    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+        raise DatabaseUnavailable(str(exc)) from exc
+
+
+# --- SQLite / Django connection ------------------------------------------------
+
+_UNIQUE = re.compile(r"UNIQUE constraint failed: (.+)$")
+_CHECK = re.compile(r"CHECK constraint failed: (\w+)")
+_unique_names: dict[tuple[str, frozenset[str]], str] | None = None
+_unique_lock = threading.Lock()
+
+
+def _unique_constraint_name(message: str) -> str:
+    """SQLite names the columns of a failed UNIQUE constraint, not the constraint."""
+    global _unique_names
+    with _unique_lock:
+        if _unique_names is None:
+            names: dict[tuple[str, frozenset[str]], str] = {}
+            for model in apps.get_models():
+                meta = model._meta
+                for constraint in meta.constraints:
+                    fields = getattr(constraint, "fields", ())
+                    if fields:
+                        cols = frozenset(meta.get_field(f).column for f in fields)
+                        names[(meta.db_table, cols)] = constraint.name
+            _unique_names = names
+    columns = [c.strip() for c in _UNIQUE.search(message).group(1).split(",")]
+    table = columns[0].split(".")[0]
+    return _unique_names.get((table, frozenset(c.split(".", 1)[1] for c in columns)), "")
+
+
+def _adapt(params: dict[str, Any]) -> dict[str, Any]:
+    if connection.vendor != "sqlite":
+        return params
+    ops = connection.ops
+    return {k: ops.adapt_datetimefield_value(v) if isinstance(v, dt.datetime) else v for k, v in params.items()}
+
+
+def run_sync(*stmts: Stmt) -> list[Result]:
+    """Run statements in one transaction on Django's connection."""
+    try:
+        with transaction.atomic():
+            results = []
+            with connection.cursor() as cur:
+                for stmt in stmts:
+                    cur.execute(stmt.sql, _adapt(stmt.params))
+                    rows = [tuple(r) for r in cur.fetchall()] if stmt.fetch else []
+                    results.append(Result(cur.rowcount, rows))
+            return results
+    except IntegrityError as exc:
+        message = str(exc)
+        if m := _CHECK.search(message):
+            raise ConstraintViolation(m.group(1), message) from None
+        if _UNIQUE.search(message):
+            raise ConstraintViolation(_unique_constraint_name(message), message) from None
+        name = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", "") or ""
+        raise ConstraintViolation(name, message) from None
+
+
+_run_sync_async = sync_to_async(run_sync, thread_sensitive=True)
+
+
+async def run(*stmts: Stmt) -> list[Result]:
+    """Run statements in one transaction: one round trip on PostgreSQL."""
+    if is_postgres():
+        return await _run_pg(stmts)
+    return await _run_sync_async(*stmts)
+
+
+async def fetch_one(sql: str, params: dict[str, Any]) -> tuple | None:
+    (result,) = await run(Stmt(sql, params, fetch=True))
+    return result.rows[0] if result.rows else None
+
+
+def as_datetime(value: Any) -> dt.datetime | None:
+    """A timezone-aware datetime from either backend's raw column value."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value

@@ -1,0 +1,196 @@
+"""Settings for every environment, read from the environment (see config/env.py).
+
+With nothing set this is the embedded default: SQLite, in-process cache and
+channel layer, eager Celery, the built-in local node. Setting DATABASE_URL,
+REDIS_URL and CELERY_BROKER_URL gives the production shape.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import env_bool, env_int, env_list, env_secret, env_str, env_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+STATE_DIR = Path(env_str("STATE_DIR", str(BASE_DIR / "var")))
+
+APP_ENV = env_str("APP_ENV", "development")
+if APP_ENV not in {"development", "production", "test"}:
+    raise ImproperlyConfigured(f"APP_ENV={APP_ENV!r} must be development, production or test")
+PRODUCTION = APP_ENV == "production"
+
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY", state_dir=STATE_DIR, production=PRODUCTION)
+# Keyed hash for API keys. Separate from SECRET_KEY so rotating session
+# signing never invalidates every issued API key.
+API_KEY_PEPPER = env_secret("API_KEY_PEPPER", state_dir=STATE_DIR, production=PRODUCTION)
+# Master key for envelope-encrypted blobs (idempotent replays, stored bodies).
+DATA_MASTER_KEY = env_secret("DATA_MASTER_KEY", state_dir=STATE_DIR, production=PRODUCTION)
+
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", f"http://127.0.0.1:{env_int('PORT', 8000, minimum=1, maximum=65535)}")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "allauth",
+    "allauth.account",
+    "rest_framework",
+    "channels",
+    "console",
+    "billing",
+    "gateway",
+    "nodes",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database -------------------------------------------------------------
+DATABASE_URL = env_url(
+    "DATABASE_URL", f"sqlite:///{STATE_DIR / 'db.sqlite3'}", schemes=("sqlite", "postgres", "postgresql")
+)
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # A file, not :memory:, so server processes started by tests share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(STATE_DIR / "test_db.sqlite3")}
+else:
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
+    DATABASES["default"]["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME", "test_platform")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Size of the async pool the gateway hot path uses (per process, per event loop).
+ASYNC_DB_POOL_SIZE = env_int("ASYNC_DB_POOL_SIZE", 10, minimum=1, maximum=200)
+
+# --- redis: cache, limits, pub/sub, channel layer ---------------------------
+REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# Redis key prefix; lets tests and several deployments share one server.
+REDIS_PREFIX = env_str("REDIS_PREFIX", "pi")
+
+# --- celery ----------------------------------------------------------------
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", None, schemes=("redis", "rediss", "amqp", "memory"))
+CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Without a broker there is no beat process: the server runs the schedule itself.
+EMBEDDED_BEAT = env_bool("EMBEDDED_BEAT", CELERY_TASK_ALWAYS_EAGER)
+CELERY_BEAT_SCHEDULE = {
+    "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
+    "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": 15.0},
+    "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},
+}
+
+# --- auth (django-allauth) ---------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_RATE_LIMITS = {"login_failed": "10/m/ip,5/5m/key"}
+LOGIN_REDIRECT_URL = "/console/"
+LOGIN_URL = "/accounts/login/"
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["gateway.drf.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["gateway.drf.SecretKeyOnly"],
+    "EXCEPTION_HANDLER": "gateway.drf.envelope_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- gateway -----------------------------------------------------------------
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+GATEWAY_DEFAULT_RPM = env_int("GATEWAY_DEFAULT_RPM", 600, minimum=1)
+GATEWAY_DEFAULT_TPM = env_int("GATEWAY_DEFAULT_TPM", 2_000_000, minimum=1)
+GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env_int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", 1024, minimum=1)
+GATEWAY_MAX_REQUEST_SECONDS = env_int("GATEWAY_MAX_REQUEST_SECONDS", 600, minimum=1)
+GATEWAY_UPSTREAM_CONNECT_SECONDS = env_int("GATEWAY_UPSTREAM_CONNECT_SECONDS", 5, minimum=1)
+GATEWAY_FIRST_TOKEN_SECONDS = env_int("GATEWAY_FIRST_TOKEN_SECONDS", 120, minimum=1)
+GATEWAY_HEARTBEAT_SECONDS = env_int("GATEWAY_HEARTBEAT_SECONDS", 15, minimum=1, maximum=15)
+# A reservation older than this is voided by billing.tasks.void_expired_reservations.
+# It must outlive the longest request, so the sweeper never voids a live one.
+RESERVATION_TIMEOUT_SECONDS = env_int("RESERVATION_TIMEOUT_SECONDS", 900, minimum=60)
+if RESERVATION_TIMEOUT_SECONDS <= GATEWAY_MAX_REQUEST_SECONDS:
+    raise ImproperlyConfigured("RESERVATION_TIMEOUT_SECONDS must exceed GATEWAY_MAX_REQUEST_SECONDS")
+IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600, minimum=60)
+# How long a cached key/price/node record may be trusted when no invalidation
+# listener is connected (embedded mode, or Redis down): the revocation bound.
+CACHE_UNSUBSCRIBED_TTL_SECONDS = 1.0
+CACHE_SUBSCRIBED_TTL_SECONDS = 60.0
+
+# --- nodes -------------------------------------------------------------------
+LOCAL_NODE_ENABLED = env_bool("LOCAL_NODE_ENABLED", not PRODUCTION)
+LOCAL_NODE_PORT = env_int("LOCAL_NODE_PORT", 8091, minimum=1, maximum=65535)
+LOCAL_NODE_MODEL = env_str("LOCAL_NODE_MODEL", "smollm2-135m-instruct")
+LOCAL_NODE_THREADS = env_int("LOCAL_NODE_THREADS", 2, minimum=1)
+
+# --- i18n / static -------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = STATE_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

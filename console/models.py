@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from functools import partial
+
+from django.conf import settings
+from django.db import models
+
+from config.ids import new_id
+
+
+class Role(models.TextChoices):
+    OWNER = "owner"
+    ADMIN = "admin"
+    DEVELOPER = "developer"
+    FINANCE = "finance"
+
+
+class Organization(models.Model):
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "org"), editable=False)
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "organization"], name="membership_unique_user_org")]
+
+
+class Project(models.Model):
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "proj"), editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="projects")
+    name = models.CharField(max_length=200)
+    # Origins a publishable key may be used from (exact scheme://host[:port]).
+    allowed_origins = models.JSONField(default=list, blank=True)
+    idempotency_required = models.BooleanField(default=False)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    tpm_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    class Kind(models.TextChoices):
+        SECRET = "secret"
+        PUBLISHABLE = "publishable"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        REVOKED = "revoked"
+
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "key"), editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="api_keys")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    name = models.CharField(max_length=200, blank=True)
+    lookup = models.CharField(max_length=16, unique=True)
+    hash = models.CharField(max_length=64)
+    last4 = models.CharField(max_length=4)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # Set when the key is rotated: it keeps working until then (the grace period).
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    rotated_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    @property
+    def redacted(self) -> str:
+        prefix = "sk_live_" if self.kind == self.Kind.SECRET else "pk_live_"
+        return f"{prefix}…{self.last4}"

@@ -1,0 +1,182 @@
+"""Authenticate an API key at the edge and resolve its tenant once.
+
+Key records live in an in-process cache keyed by the key's lookup prefix.
+``config.bus`` drops entries on revoke/rotate/settings change in every process;
+when no invalidation listener is connected an entry is trusted for at most
+1 s, which bounds how long a revoked key can still be used.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from config import asyncdb, bus
+from console import keys
+from console.services import KEY_TOPIC, PROJECT_TOPIC
+
+from .errors import GatewayError
+
+MAX_ENTRIES = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: int
+    key_public_id: str
+    kind: str
+    hash: str
+    active: bool
+    expires_at: float | None
+    project_id: int
+    project_public_id: str
+    organization_id: int
+    allowed_origins: frozenset[str]
+    idempotency_required: bool
+    rpm_limit: int | None
+    tpm_limit: int | None
+    wallet_id: int
+    usage_wallet_id: int
+    currency: str
+
+    @property
+    def publishable(self) -> bool:
+        return self.kind == keys.PUBLISHABLE
+
+
+_KEY_SQL = """
+SELECT k.id, k.public_id, k.kind, k.hash, k.status, k.expires_at,
+       p.id, p.public_id, p.organization_id, p.allowed_origins, p.idempotency_required, p.rpm_limit, p.tpm_limit,
+       cw.id, uw.id, cw.currency
+FROM console_apikey k
+JOIN console_project p ON p.id = k.project_id
+JOIN billing_billingaccount a ON a.organization_id = p.organization_id
+JOIN billing_wallet cw ON cw.account_id = a.id AND cw.kind = 'customer' AND cw.currency = 'usd'
+JOIN billing_wallet uw ON uw.account_id = a.id AND uw.kind = 'usage' AND uw.currency = cw.currency
+WHERE k.lookup = %(lookup)s
+"""
+
+
+def _record(row: tuple) -> KeyRecord:
+    expires_at = asyncdb.as_datetime(row[5])
+    origins = row[9]
+    if isinstance(origins, (str, bytes)):
+        origins = orjson.loads(origins)
+    return KeyRecord(
+        key_id=row[0],
+        key_public_id=row[1],
+        kind=row[2],
+        hash=row[3],
+        active=row[4] == "active",
+        expires_at=expires_at.timestamp() if expires_at else None,
+        project_id=row[6],
+        project_public_id=row[7],
+        organization_id=row[8],
+        allowed_origins=frozenset(origins or ()),
+        idempotency_required=bool(row[10]),
+        rpm_limit=row[11],
+        tpm_limit=row[12],
+        wallet_id=row[13],
+        usage_wallet_id=row[14],
+        currency=row[15],
+    )
+
+
+class KeyCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+
+    def drop(self, lookup: str | None) -> None:
+        if lookup is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(lookup, None)
+
+    def drop_project(self, project_id: str | None) -> None:
+        if project_id is None:
+            self._entries.clear()
+            return
+        pid = int(project_id)
+        for lookup, (record, _) in list(self._entries.items()):
+            if record is not None and record.project_id == pid:
+                self._entries.pop(lookup, None)
+
+    async def get(self, lookup: str) -> KeyRecord | None:
+        entry = self._entries.get(lookup)
+        if entry is not None and time.monotonic() - entry[1] < bus.max_age():
+            return entry[0]
+        # One load per prefix at a time; concurrent requests share it.
+        pending = self._loading.get(lookup)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._loading[lookup] = future
+        try:
+            loaded_at = time.monotonic()
+            row = await asyncdb.fetch_one(_KEY_SQL, {"lookup": lookup})
+            record = _record(row) if row else None
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[lookup] = (record, loaded_at)
+            future.set_result(record)
+            return record
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._loading[lookup]
+
+
+cache = KeyCache()
+bus.on(KEY_TOPIC, cache.drop)
+bus.on(PROJECT_TOPIC, cache.drop_project)
+
+
+def presented_key(headers) -> str | None:
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return auth.strip()  # reported as invalid below
+    return headers.get("x-api-key") or None
+
+
+async def authenticate(headers) -> KeyRecord:
+    raw = presented_key(headers)
+    if raw is None:
+        raise GatewayError(
+            "unauthenticated",
+            "No API key provided. Send it as 'Authorization: Bearer sk_live_…' (or the 'x-api-key' header).",
+        )
+    parsed = keys.parse(raw)
+    if parsed is None:
+        raise GatewayError("invalid_api_key", "The API key is malformed.")
+    try:
+        record = await cache.get(parsed.lookup)
+    except asyncdb.DatabaseUnavailable:
+        raise GatewayError("service_unavailable", "The key store is unreachable; try again shortly.") from None
+    if record is None or not keys.matches(raw, record.hash):
+        raise GatewayError("invalid_api_key", "The API key is not valid.")
+    if not record.active:
+        raise GatewayError("invalid_api_key", "The API key has been revoked.")
+    if record.expires_at is not None and time.time() >= record.expires_at:
+        raise GatewayError("invalid_api_key", "The API key has expired (it was rotated and its grace period ended).")
+    return record
+
+
+def check_origin(record: KeyRecord, headers) -> None:
+    """A publishable key works only from the project's allowed browser origins."""
+    if not record.publishable:
+        return
+    origin = headers.get("origin")
+    if origin is None or origin not in record.allowed_origins:
+        raise GatewayError(
+            "origin_not_allowed",
+            f"Origin {origin or '(none)'} is not allowed for this publishable key; "
+            "add it to the project's allowed origins.",
+        )

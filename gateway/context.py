@@ -1,0 +1,90 @@
+"""Per-request state at the edge: request id, bounded body, tenant, response helpers."""
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from starlette.requests import Request
+from starlette.responses import Response
+
+from config.ids import new_id
+
+from . import auth
+from .auth import KeyRecord
+from .errors import GatewayError, envelope_bytes
+from .idempotency import StoredResponse
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+_EXPOSED = "x-request-id, x-session-id, x-node-id, x-node-attestation, idempotent-replayed, retry-after, " + ", ".join(
+    f"x-ratelimit-{a}-{b}" for a in ("limit", "remaining", "reset") for b in ("requests", "tokens")
+)
+
+
+class ApiRequest:
+    __slots__ = ("request", "request_id", "session_id", "extra_headers", "key", "_body")
+
+    def __init__(self, request: Request):
+        self.request = request
+        client_id = request.headers.get("x-request-id")
+        self.request_id = client_id if client_id and _CLIENT_ID.match(client_id) else new_id("req")
+        session = request.headers.get("x-session-id")
+        self.session_id = session if session and _CLIENT_ID.match(session) else ""
+        self.extra_headers: dict[str, str] = {}
+        self.key: KeyRecord | None = None
+        self._body: bytes | None = None
+
+    @property
+    def headers(self):
+        return self.request.headers
+
+    async def authenticate(self, *, publishable_ok: bool) -> KeyRecord:
+        key = await auth.authenticate(self.headers)
+        if key.publishable:
+            if not publishable_ok:
+                raise GatewayError(
+                    "permission_denied", "Publishable keys may only call chat, completions, messages and responses."
+                )
+            auth.check_origin(key, self.headers)
+            self.extra_headers["access-control-allow-origin"] = self.headers["origin"]
+            self.extra_headers["vary"] = "Origin"
+            self.extra_headers["access-control-expose-headers"] = _EXPOSED
+        self.key = key
+        return key
+
+    async def body(self) -> bytes:
+        """The body, refused with 413 as soon as it passes the limit (before it is all read)."""
+        if self._body is not None:
+            return self._body
+        limit = settings.GATEWAY_MAX_BODY_BYTES
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise GatewayError("body_too_large", f"The request body exceeds the {limit}-byte limit.")
+        parts, size = [], 0
+        async for part in self.request.stream():
+            size += len(part)
+            if size > limit:
+                raise GatewayError("body_too_large", f"The request body exceeds the {limit}-byte limit.")
+            parts.append(part)
+        self._body = b"".join(parts)
+        return self._body
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {"x-request-id": self.request_id, **self.extra_headers}
+        if self.session_id:
+            headers["x-session-id"] = self.session_id
+        return headers
+
+
+def json_response(req: ApiRequest, payload: bytes, *, status: int = 200, headers: dict[str, str] | None = None):
+    return Response(
+        payload, status_code=status, media_type="application/json", headers={**req.response_headers(), **(headers or {})}
+    )
+
+
+def error_response(req: ApiRequest, exc: GatewayError) -> Response:
+    return json_response(req, envelope_bytes(exc, req.request_id), status=exc.status, headers=exc.headers)
+
+
+def replay_response(req: ApiRequest, stored: StoredResponse) -> Response:
+    headers = {**req.response_headers(), **stored.headers, "idempotent-replayed": "true"}
+    return Response(stored.body, status_code=stored.status, media_type=stored.content_type, headers=headers)

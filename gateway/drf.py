@@ -1,0 +1,91 @@
+"""Django REST framework glue for the /v1 management API: API-key authentication,
+secret-key-only permission and the one error envelope.
+
+Kept apart from the views because DRF imports these classes from settings while
+``rest_framework.views`` itself is being imported.
+"""
+from __future__ import annotations
+
+from django.http import Http404, JsonResponse
+from django.utils import timezone
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+
+from config.ids import new_id
+from console import keys
+from console.models import ApiKey
+
+from .auth import presented_key
+from .errors import GatewayError, envelope
+
+
+class _Failed(exceptions.APIException):
+    def __init__(self, code: str, message: str):
+        self.gateway_error = GatewayError(code, message)
+        self.status_code = self.gateway_error.status
+        super().__init__(message)
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request):
+        raw = presented_key(request.headers)
+        if raw is None:
+            return None
+        parsed = keys.parse(raw)
+        key = None
+        if parsed is not None:
+            key = ApiKey.objects.select_related("project__organization").filter(lookup=parsed.lookup).first()
+        if key is None or not keys.matches(raw, key.hash):
+            raise _Failed("invalid_api_key", "The API key is not valid.")
+        if key.status != ApiKey.Status.ACTIVE:
+            raise _Failed("invalid_api_key", "The API key has been revoked.")
+        if key.expires_at is not None and key.expires_at <= timezone.now():
+            raise _Failed("invalid_api_key", "The API key has expired (it was rotated and its grace period ended).")
+        return (None, key)
+
+    def authenticate_header(self, request):
+        return "Bearer"
+
+
+class SecretKeyOnly(BasePermission):
+    def has_permission(self, request, view):
+        if request.auth is None:
+            raise _Failed("unauthenticated", "No API key provided. Send 'Authorization: Bearer sk_live_…'.")
+        if request.auth.kind != ApiKey.Kind.SECRET:
+            raise _Failed("permission_denied", "This endpoint needs a secret key; publishable keys cannot manage keys.")
+        return True
+
+
+def _request_id(request) -> str:
+    return request.headers.get("x-request-id") or new_id("req")
+
+
+def envelope_exception_handler(exc, context):
+    request = context["request"]
+    if isinstance(exc, _Failed):
+        error = exc.gateway_error
+    elif isinstance(exc, (Http404, ApiKey.DoesNotExist)):
+        error = GatewayError("not_found", "No such object in this project.")
+    elif isinstance(exc, exceptions.ValidationError):
+        field, messages = next(iter(exc.detail.items())) if isinstance(exc.detail, dict) else (None, exc.detail)
+        message = messages[0] if isinstance(messages, list) else str(messages)
+        error = GatewayError("invalid_request", f"Invalid value for '{field}': {message}", param=field)
+    elif isinstance(exc, exceptions.MethodNotAllowed):
+        error = GatewayError("method_not_allowed", str(exc.detail))
+    elif isinstance(exc, exceptions.ParseError):
+        error = GatewayError("invalid_request", f"The request body is not valid JSON: {exc.detail}")
+    elif isinstance(exc, exceptions.UnsupportedMediaType):
+        error = GatewayError("unsupported_media_type", str(exc.detail))
+    elif isinstance(exc, ValueError):
+        error = GatewayError("invalid_request", str(exc))
+    else:
+        return None  # 500 via Django, logged
+    return Response(envelope(error.code, error.message, _request_id(request), param=error.param), status=error.status)
+
+
+def not_found(request, *args, **kwargs):
+    return JsonResponse(
+        envelope("not_found", f"No such endpoint: {request.method} {request.path}.", _request_id(request)), status=404
+    )

@@ -1,0 +1,71 @@
+"""Process start-up and shutdown for the gateway (ASGI lifespan)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from django.conf import settings
+
+from config import asyncdb, bus, redisconn
+from nodes import http as node_http
+
+from . import background
+
+log = logging.getLogger(__name__)
+
+
+async def _embedded_beat(name: str, task: str, every: float) -> None:
+    """Run a periodic Celery task in-process (embedded default: no beat, no broker)."""
+    from django.db import close_old_connections
+
+    from config.celery import app as celery_app
+
+    def run() -> None:
+        try:
+            celery_app.tasks[task].apply(throw=True)
+        except Exception:
+            log.exception("periodic task %s failed", name)
+        finally:
+            close_old_connections()
+
+    while True:
+        await asyncio.sleep(every)
+        await asyncio.to_thread(run)
+
+
+async def startup() -> list[asyncio.Task]:
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(bus.listen(), name="invalidation-listener")]
+    if settings.EMBEDDED_BEAT:
+        for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+            tasks.append(loop.create_task(_embedded_beat(name, entry["task"], float(entry["schedule"])), name=name))
+    return tasks
+
+
+async def shutdown(tasks: list[asyncio.Task]) -> None:
+    await background.drain()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await node_http.close()
+    await asyncdb.close_pools()
+    await redisconn.close_async()
+
+
+async def lifespan(scope, receive, send) -> None:
+    tasks = None
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                tasks = await startup()
+            except Exception as exc:
+                log.exception("start-up failed")
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if tasks is not None:
+                await shutdown(tasks)
+            await send({"type": "lifespan.shutdown.complete"})
+            return

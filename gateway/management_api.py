@@ -1,0 +1,89 @@
+"""Key management and balance under /v1, for secret keys (Django REST framework).
+
+Not on the hot path, so it uses the ORM and console/billing services directly.
+Authentication and the error envelope are in gateway/drf.py.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import selectors as billing_selectors
+from console import selectors, services
+from console.models import ApiKey
+
+
+def key_object(key: ApiKey, plaintext: str | None = None) -> dict:
+    obj = {
+        "id": key.public_id,
+        "object": "api_key",
+        "kind": key.kind,
+        "name": key.name,
+        "redacted": key.redacted,
+        "status": key.status,
+        "project": key.project.public_id,
+        "created_at": int(key.created_at.timestamp()),
+        "expires_at": int(key.expires_at.timestamp()) if key.expires_at else None,
+        "revoked_at": int(key.revoked_at.timestamp()) if key.revoked_at else None,
+        "rotated_from": key.rotated_from.public_id if key.rotated_from_id else None,
+    }
+    if plaintext is not None:
+        obj["key"] = plaintext  # shown once
+    return obj
+
+
+class KeyCreate(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=ApiKey.Kind.values)
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
+class KeyRotate(serializers.Serializer):
+    grace_seconds = serializers.IntegerField(min_value=0, max_value=int(services.MAX_GRACE.total_seconds()), default=3600)
+
+
+class KeyList(APIView):
+    def get(self, request):
+        project = request.auth.project
+        return Response({"object": "list", "data": [key_object(k) for k in selectors.keys_for_project(project)]})
+
+    def post(self, request):
+        form = KeyCreate(data=request.data)
+        form.is_valid(raise_exception=True)
+        key, plaintext = services.api_key_create(project=request.auth.project, **form.validated_data)
+        return Response(key_object(key, plaintext), status=status.HTTP_201_CREATED)
+
+
+class KeyDetail(APIView):
+    def get(self, request, key_id: str):
+        return Response(key_object(selectors.key_in_project(request.auth.project_id, key_id)))
+
+    def delete(self, request, key_id: str):
+        key = services.api_key_revoke(key=selectors.key_in_project(request.auth.project_id, key_id))
+        return Response(key_object(key))
+
+
+class KeyRotateView(APIView):
+    def post(self, request, key_id: str):
+        form = KeyRotate(data=request.data)
+        form.is_valid(raise_exception=True)
+        old = selectors.key_in_project(request.auth.project_id, key_id)
+        new, plaintext = services.api_key_rotate(key=old, grace=dt.timedelta(seconds=form.validated_data["grace_seconds"]))
+        old.refresh_from_db()
+        return Response({**key_object(new, plaintext), "previous": key_object(old)}, status=status.HTTP_201_CREATED)
+
+
+class BalanceView(APIView):
+    def get(self, request):
+        balance = billing_selectors.balance_for_organization(organization_id=request.auth.project.organization_id)
+        return Response(
+            {
+                "object": "balance",
+                "currency": balance.currency,
+                "balance_micros": balance.balance,
+                "reserved_micros": balance.reserved,
+                "available_micros": balance.available,
+            }
+        )

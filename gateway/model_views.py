@@ -1,0 +1,51 @@
+"""GET /v1/models and /v1/models/{id}: the models the caller's project may use."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.utils import timezone
+
+from .catalog import ModelEntry, catalog
+from .context import ApiRequest, json_response
+from .errors import GatewayError
+
+
+def _model_object(entry: ModelEntry, now) -> dict[str, Any] | None:
+    price = entry.price_at(now)
+    if price is None:
+        return None
+    return {
+        "id": entry.name,
+        "object": "model",
+        "created": entry.created,
+        "owned_by": "platform",
+        "context_window": entry.context_window,
+        "max_output_tokens": entry.max_output_tokens,
+        "pricing": {
+            "currency": price.currency,
+            "unit": "micros_per_million_tokens",
+            "input": price.input_per_mtok,
+            "cached_input": price.cached_input_per_mtok,
+            "output": price.output_per_mtok,
+            "version": price.version,
+        },
+    }
+
+
+async def list_models(req: ApiRequest):
+    await req.authenticate(publishable_ok=False)
+    now = timezone.now()
+    objects = [obj for entry in (await catalog.models()).values() if (obj := _model_object(entry, now))]
+    objects.sort(key=lambda o: o["id"])
+    return json_response(req, orjson.dumps({"object": "list", "data": objects}))
+
+
+async def get_model(req: ApiRequest):
+    await req.authenticate(publishable_ok=False)
+    model_id = req.request.path_params["model_id"]
+    entry = await catalog.get(model_id)
+    obj = _model_object(entry, timezone.now())
+    if obj is None:
+        raise GatewayError("model_not_found", f"The model '{model_id}' does not exist or is not available.")
+    return json_response(req, orjson.dumps(obj))

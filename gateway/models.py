@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class RequestRecord(models.Model):
+    """Metadata of one API request. Bodies are never stored here."""
+
+    request_id = models.CharField(max_length=128)
+    organization = models.ForeignKey("console.Organization", on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey("console.Project", on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey("console.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
+    endpoint = models.CharField(max_length=64)
+    model = models.CharField(max_length=200, blank=True)
+    node_id = models.CharField(max_length=40, blank=True)
+    stream = models.BooleanField(default=False)
+    status_code = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64, blank=True)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = models.BigIntegerField(default=0)  # micro-units actually posted
+    price_version = models.PositiveIntegerField(null=True)
+    transfer_id = models.BigIntegerField(null=True)
+    session_id = models.CharField(max_length=128, blank=True)
+    latency_ms = models.PositiveIntegerField(default=0)
+    ttft_ms = models.PositiveIntegerField(null=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["project", "-created_at"], name="request_project_time"),
+            models.Index(fields=["project", "request_id"], name="request_project_id"),
+            models.Index(fields=["api_key", "-created_at"], name="request_key_time"),
+        ]
+
+
+class IdempotencyRecord(models.Model):
+    class Status(models.TextChoices):
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+
+    project = models.ForeignKey("console.Project", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    body_hash = models.CharField(max_length=64)
+    request_id = models.CharField(max_length=128)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    response_status = models.PositiveSmallIntegerField(null=True)
+    # The stored response (status line aside), AES-GCM sealed: see gateway.idempotency.
+    response = models.BinaryField(null=True)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "key"], name="idempotency_unique_key")]
+        indexes = [models.Index(fields=["expires_at"], name="idempotency_expiry")]

@@ -1,0 +1,183 @@
+"""The life of one metered request: reserve before the node runs, then settle
+(or void) with the request record and idempotency outcome in one round trip."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+
+from django.conf import settings
+from django.utils import timezone
+
+from billing import ledger
+from billing.pricing import Price, Usage, reservation_micros
+from config import asyncdb
+
+from . import background, idempotency, limits
+from .auth import KeyRecord
+from .errors import GatewayError, status_code_for
+from .records import RequestMeta, insert_statement
+
+log = logging.getLogger(__name__)
+SETTLE_RETRY_SECONDS = 300
+
+
+class PaidRequest:
+    def __init__(
+        self,
+        *,
+        key: KeyRecord,
+        request_id: str,
+        endpoint: str,
+        price: Price,
+        stream: bool,
+        claim: idempotency.Claim | None,
+        session_id: str = "",
+        admitted_tokens: int = 0,
+    ):
+        self.key = key
+        self.price = price
+        self.claim = claim
+        self.admitted_tokens = admitted_tokens
+        self.started = time.monotonic()
+        self.meta = RequestMeta(
+            request_id=request_id,
+            organization_id=key.organization_id,
+            project_id=key.project_id,
+            api_key_id=key.key_id,
+            endpoint=endpoint,
+            created_at=timezone.now(),
+            model=price.model,
+            stream=stream,
+            session_id=session_id,
+            price_version=price.version,
+        )
+        self.reservation: ledger.Reservation | None = None
+        self.settlement: ledger.Settlement | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.meta.request_id
+
+    async def reserve(self, *, max_input_tokens: int, max_output_tokens: int) -> idempotency.StoredResponse | None:
+        """Hold the worst-case cost. Returns a stored response if this is a replay."""
+        amount = reservation_micros(self.price, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens)
+        for _ in range(2):  # a second pass only if an expired claim was just removed
+            now = timezone.now()
+            before = [idempotency.claim_statement(self.claim, request_id=self.request_id, now=now)] if self.claim else []
+            try:
+                self.reservation = await ledger.reserve(
+                    wallet_id=self.key.wallet_id,
+                    usage_wallet_id=self.key.usage_wallet_id,
+                    amount=amount,
+                    price=self.price,
+                    request_id=self.request_id,
+                    project_id=self.key.project_id,
+                    now=now,
+                    timeout_at=now + dt.timedelta(seconds=settings.RESERVATION_TIMEOUT_SECONDS),
+                    before=before,
+                )
+                self.meta.transfer_id = self.reservation.transfer_id
+                return None
+            except asyncdb.ConstraintViolation as exc:
+                if exc.name != idempotency.CONSTRAINT:
+                    raise
+                stored = await idempotency.resolve_conflict(self.claim, now=now)
+                if stored is not None:
+                    return stored
+            except ledger.InsufficientBalance:
+                await self.fail("insufficient_balance")
+                raise GatewayError(
+                    "insufficient_balance",
+                    f"Insufficient balance: this request needs up to {amount} micro-units "
+                    f"({self.key.currency.upper()}) reserved. Top up the wallet or lower max_tokens.",
+                ) from None
+            except ledger.WalletUnavailable:
+                await self.fail("wallet_suspended")
+                raise GatewayError("wallet_suspended", "The organization's wallet is suspended.") from None
+            except asyncdb.DatabaseUnavailable:
+                raise GatewayError("service_unavailable", "Billing is unreachable; nothing was charged.") from None
+        raise GatewayError("idempotency_in_progress", "This Idempotency-Key is being released; retry.")
+
+    async def fail(self, code: str) -> None:
+        """Record a request refused before anything was reserved."""
+        self.meta.status_code = status_code_for(code)
+        self.meta.error_code = code
+        self.meta.latency_ms = self._elapsed_ms()
+        background.spawn(asyncdb.run(insert_statement(self.meta)), name=f"record:{self.request_id}")
+
+    def _elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    async def finish(
+        self,
+        *,
+        usage: Usage | None,
+        status_code: int,
+        error_code: str = "",
+        node_id: str = "",
+        ttft_ms: int | None = None,
+        stored: idempotency.StoredResponse | None = None,
+    ) -> ledger.Settlement | None:
+        """Settle ``usage`` (or void if None), record, and store the idempotent response."""
+        assert self.reservation is not None
+        meta = self.meta
+        meta.status_code, meta.error_code, meta.node_id, meta.ttft_ms = status_code, error_code, node_id, ttft_ms
+        meta.latency_ms = self._elapsed_ms()
+        now = timezone.now()
+        after = []
+        if usage is not None:
+            amount, _ = ledger.settlement_amount(self.reservation, usage)
+            meta.input_tokens, meta.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens
+            meta.output_tokens, meta.cost = usage.output_tokens, amount
+        after.append(insert_statement(meta))
+        if self.claim is not None:
+            if stored is not None:
+                after.append(idempotency.complete_statement(self.claim, request_id=self.request_id, stored=stored))
+            else:
+                after.append(idempotency.release_statement(self.claim, request_id=self.request_id))
+
+        async def attempt() -> ledger.Settlement | None:
+            if usage is None:
+                await ledger.void(reservation=self.reservation, now=now, after=after)
+                return None
+            return await ledger.settle(reservation=self.reservation, usage=usage, now=now, after=after)
+
+        try:
+            self.settlement = await attempt()
+        except asyncdb.DatabaseUnavailable:
+            # Settlement is idempotent (claim-guarded), so keep trying in the
+            # background; if all fails the sweeper voids it: never a double charge.
+            log.error("settlement of %s deferred: database unavailable", self.request_id)
+            background.spawn(self._retry(attempt), name=f"settle:{self.request_id}")
+        self._refund_tokens(usage)
+        if self.settlement is not None and self.settlement.capped:
+            log.warning("request %s: node usage exceeded the reservation; billed the reservation", self.request_id)
+        return self.settlement
+
+    async def _retry(self, attempt) -> None:
+        deadline = time.monotonic() + SETTLE_RETRY_SECONDS
+        delay = 0.5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                self.settlement = await attempt()
+                return
+            except asyncdb.DatabaseUnavailable:
+                delay = min(delay * 2, 15.0)
+        log.error("settlement of %s abandoned; the sweeper will void its reservation", self.request_id)
+
+    def _refund_tokens(self, usage: Usage | None) -> None:
+        used = (usage.input_tokens + usage.output_tokens) if usage else 0
+        unused = self.admitted_tokens - used
+        if unused > 0:
+            background.spawn(
+                limits.refund(
+                    project_id=self.key.project_id,
+                    rpm_limit=self.key.rpm_limit,
+                    tpm_limit=self.key.tpm_limit,
+                    tokens=unused,
+                ),
+                name=f"refund:{self.request_id}",
+            )

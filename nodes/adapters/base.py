@@ -1,0 +1,56 @@
+"""The adapter interface every inference backend implements.
+
+Nodes speak the OpenAI chat protocol to the gateway; an adapter translates to
+whatever the backend needs. Errors say whether trying another node could help
+(``permanent=False``: connection refused, 5xx, 429, timeouts) or not
+(``permanent=True``: the request itself is bad for this model).
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from nodes.registry import NodeTarget
+
+
+class NodeError(Exception):
+    def __init__(self, message: str, *, permanent: bool, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.permanent = permanent
+        self.status = status
+        self.code = code
+
+
+class NodeAdapter:
+    kind = "base"
+
+    def __init__(self, target: NodeTarget):
+        self.target = target
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Parsed ``chat.completion.chunk`` objects; raises NodeError if the node fails."""
+        raise NotImplementedError
+
+    async def list_models(self) -> list[str]:
+        raise NotImplementedError
+
+    async def health(self) -> bool:
+        raise NotImplementedError
+
+
+ADAPTERS: dict[str, type[NodeAdapter]] = {}
+
+
+def register(cls: type[NodeAdapter]) -> type[NodeAdapter]:
+    ADAPTERS[cls.kind] = cls
+    return cls
+
+
+def adapter_for(target: NodeTarget) -> NodeAdapter:
+    try:
+        return ADAPTERS[target.adapter](target)
+    except KeyError:
+        raise NodeError(f"node {target.public_id} uses unknown adapter {target.adapter!r}", permanent=False) from None

@@ -1,0 +1,111 @@
+"""Any OpenAI-compatible upstream: vLLM, llama.cpp server, Ollama's /v1, TGI, OpenAI."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from django.conf import settings
+
+from nodes import http
+
+from .base import NodeAdapter, NodeError, register
+
+_JSON = {"content-type": "application/json", "accept": "application/json"}
+_SSE = {"content-type": "application/json", "accept": "text/event-stream"}
+# Upstream statuses that say "this request is wrong", not "this node is unwell".
+_PERMANENT = {400, 413, 415, 422}
+
+
+def _timeout() -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=settings.GATEWAY_MAX_REQUEST_SECONDS,
+        sock_connect=settings.GATEWAY_UPSTREAM_CONNECT_SECONDS,
+        sock_read=settings.GATEWAY_FIRST_TOKEN_SECONDS,
+    )
+
+
+def _error_from(status: int, raw: bytes) -> NodeError:
+    message, code = f"node answered HTTP {status}", None
+    try:
+        err = orjson.loads(raw).get("error")
+        if isinstance(err, dict):
+            message, code = str(err.get("message") or message), err.get("code")
+        elif isinstance(err, str):
+            message = err
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    return NodeError(message, permanent=status in _PERMANENT, status=status, code=code)
+
+
+@register
+class OpenAICompatibleAdapter(NodeAdapter):
+    kind = "openai"
+
+    def _url(self, path: str) -> str:
+        return self.target.base_url.rstrip("/") + path
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            async with http.session().post(
+                self._url("/chat/completions"), data=orjson.dumps(body), headers=_JSON, timeout=_timeout()
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise _error_from(resp.status, raw)
+                return orjson.loads(raw)
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+            raise NodeError(f"node unreachable or broken: {exc.__class__.__name__}", permanent=False) from exc
+
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            resp = await http.session().post(
+                self._url("/chat/completions"), data=orjson.dumps(body), headers=_SSE, timeout=_timeout()
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise NodeError(f"node unreachable: {exc.__class__.__name__}", permanent=False) from exc
+        done = False
+        try:
+            if resp.status >= 400:
+                raise _error_from(resp.status, await resp.read())
+            buffer = b""
+            async for data in resp.content.iter_any():
+                buffer += data
+                while (cut := buffer.find(b"\n")) >= 0:
+                    line, buffer = buffer[:cut].rstrip(b"\r"), buffer[cut + 1 :]
+                    if not line.startswith(b"data:"):
+                        continue  # comments, event names, blank separators
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        return
+                    yield orjson.loads(payload)
+            raise NodeError("node closed the stream before it finished", permanent=False)
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+            raise NodeError(f"node stream broke: {exc.__class__.__name__}", permanent=False) from exc
+        finally:
+            # An unfinished stream is closed, not returned to the pool, so the
+            # node sees the disconnect and stops generating.
+            if done:
+                resp.release()
+            else:
+                resp.close()
+
+    async def list_models(self) -> list[str]:
+        try:
+            async with http.session().get(self._url("/models"), headers=_JSON, timeout=_timeout()) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise _error_from(resp.status, raw)
+                return [m["id"] for m in orjson.loads(raw).get("data", [])]
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise NodeError(f"node model list failed: {exc.__class__.__name__}", permanent=False) from exc
+
+    async def health(self) -> bool:
+        try:
+            await self.list_models()
+        except NodeError:
+            return False
+        return True

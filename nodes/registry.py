@@ -1,0 +1,51 @@
+"""What the gateway needs to know about nodes, loaded without the sync ORM."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from config import asyncdb
+
+NODES_TOPIC = "nodes"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTarget:
+    id: int
+    public_id: str
+    base_url: str
+    adapter: str
+    region: str
+    attestation: str
+    healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    model: str
+    upstream_model: str
+    context_window: int
+    max_output_tokens: int
+    node: NodeTarget
+
+
+_SERVED_SQL = """
+SELECT n.id, n.public_id, n.base_url, n.adapter, n.region, n.attestation, n.healthy,
+       m.model, m.upstream_model, m.context_window, m.max_output_tokens
+FROM nodes_node n JOIN nodes_nodemodel m ON m.node_id = n.id
+WHERE n.status = 'active'
+ORDER BY m.model, n.id
+"""
+
+
+async def served_models() -> list[ServedModel]:
+    (result,) = await asyncdb.run(asyncdb.Stmt(_SERVED_SQL, fetch=True))
+    return [
+        ServedModel(
+            model=row[7],
+            upstream_model=row[8],
+            context_window=row[9],
+            max_output_tokens=row[10],
+            node=NodeTarget(*row[:6], healthy=bool(row[6])),
+        )
+        for row in result.rows
+    ]

@@ -1,0 +1,77 @@
+"""Registry writes: nodes, the models they serve, health."""
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from config import bus
+
+from .models import Node, NodeModel
+from .registry import NODES_TOPIC
+
+
+def _changed() -> None:
+    transaction.on_commit(lambda: bus.publish(NODES_TOPIC, "*"))
+
+
+@transaction.atomic
+def node_upsert(
+    *,
+    name: str,
+    base_url: str,
+    models: list[dict],
+    adapter: str = "openai",
+    region: str = "local",
+    attestation: str = Node.Attestation.NONE,
+    hardware: str = "",
+    public_id: str | None = None,
+    operator=None,
+) -> Node:
+    """Create or update a node and replace the list of models it serves.
+
+    ``models``: ``[{"model", "upstream_model"?, "context_window"?, "max_output_tokens"?}]``.
+    """
+    lookup = {"public_id": public_id} if public_id else {"base_url": base_url, "name": name}
+    node, _ = Node.objects.update_or_create(
+        **lookup,
+        defaults={
+            "name": name,
+            "base_url": base_url,
+            "adapter": adapter,
+            "region": region,
+            "attestation": attestation,
+            "hardware": hardware,
+            "operator": operator,
+            "status": Node.Status.ACTIVE,
+        },
+    )
+    node.models.all().delete()
+    NodeModel.objects.bulk_create(
+        [
+            NodeModel(
+                node=node,
+                model=m["model"],
+                upstream_model=m.get("upstream_model", m["model"]),
+                context_window=m.get("context_window", 4096),
+                max_output_tokens=m.get("max_output_tokens", 1024),
+            )
+            for m in models
+        ]
+    )
+    _changed()
+    return node
+
+
+@transaction.atomic
+def node_set_status(*, node: Node, status: str) -> Node:
+    node.status = status
+    node.save(update_fields=["status"])
+    _changed()
+    return node
+
+
+def node_record_health(*, node: Node, healthy: bool) -> None:
+    changed = Node.objects.filter(id=node.id).exclude(healthy=healthy).update(healthy=healthy)
+    Node.objects.filter(id=node.id).update(last_health_at=timezone.now())
+    if changed:
+        bus.publish(NODES_TOPIC, node.public_id)

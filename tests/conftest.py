@@ -1,0 +1,299 @@
+"""Shared fixtures: three tenants, real server processes, the node simulator.
+
+Tenants follow the style guide: alice owns an organization, bob is a member of
+it, charlie is an outsider with an organization of his own.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.dbenv import HAVE_REDIS
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM_MODEL = "sim-small"
+# 1 micro-unit per input token, 2 per output token, 0.5 per cached input token.
+SIM_PRICE = {"input_per_mtok": 1_000_000, "output_per_mtok": 2_000_000, "cached_input_per_mtok": 500_000}
+
+
+async def close_async_resources() -> None:
+    """Close this event loop's DB pool, Redis client and HTTP session."""
+    from config import asyncdb, redisconn
+    from nodes import http
+
+    await asyncdb.close_pools()
+    await redisconn.close_async()
+    await http.close()
+
+
+def run_async(coro):
+    """Run a coroutine from a sync test, closing what it opened on its loop."""
+
+    async def run():
+        try:
+            return await coro
+        finally:
+            await close_async_resources()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(autouse=True)
+async def _close_loop_resources():
+    yield
+    await close_async_resources()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    yield
+    from django.db import connection
+
+    if connection.vendor == "postgresql":  # server processes may still hold connections
+        with django_db_blocker.unblock(), connection.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cache_settle() -> None:
+    """Let server processes see a change: pub/sub is near-instant; without Redis they re-read after 1 s."""
+    time.sleep(0.15 if HAVE_REDIS else 1.1)
+
+
+class Process:
+    """A child process whose output is kept (and shown when a test fails to start it)."""
+
+    def __init__(self, args: list[str], *, env: dict | None = None, ready: str | None = None, timeout: float = 60):
+        self.args = args
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        self._ready = threading.Event()
+        self._marker = ready
+        threading.Thread(target=self._pump, daemon=True).start()
+        if ready is not None:
+            self.wait_ready(timeout)
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if self._marker and self._marker in line:
+                self._ready.set()
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.args} did not start:\n{''.join(self.output[-40:])}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+# --- node simulator ---------------------------------------------------------------
+
+
+@dataclass
+class Simulator:
+    url: str
+    process: Process
+
+    def configure(self, **config) -> dict:
+        return httpx.post(f"{self.url}/_sim/config", json=config).raise_for_status().json()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_sim/reset").raise_for_status()
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/_sim/stats").raise_for_status().json()
+
+
+def start_simulator(*extra: str) -> Simulator:
+    port = free_port()
+    process = Process(
+        [sys.executable, "manage.py", "run_node_simulator", "--port", str(port), "--models", "sim-small,sim-large", *extra],
+        ready="listening on",
+    )
+    return Simulator(url=f"http://127.0.0.1:{port}", process=process)
+
+
+@pytest.fixture(scope="session")
+def simulator_process():
+    sim = start_simulator()
+    yield sim
+    sim.process.stop()
+
+
+@pytest.fixture
+def sim(simulator_process) -> Simulator:
+    simulator_process.reset()
+    return simulator_process
+
+
+# --- server processes --------------------------------------------------------------
+
+
+def server_env(**overrides: str) -> dict[str, str]:
+    from django.db import connection
+
+    env = dict(os.environ)
+    s = connection.settings_dict
+    if connection.vendor == "postgresql":
+        env["DATABASE_URL"] = f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{s['NAME']}"
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Server:
+    url: str
+    process: Process
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/v1"
+
+
+def start_server(**env_overrides: str) -> Server:
+    port = free_port()
+    process = Process(
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--no-access-log", "--lifespan", "on", "--loop", "uvloop", "--http", "httptools"],
+        env=server_env(**env_overrides),
+        ready="Application startup complete",
+    )
+    return Server(url=f"http://127.0.0.1:{port}", process=process)
+
+
+@pytest.fixture(scope="session")
+def live_server_proc(django_db_setup, django_db_blocker):
+    server = start_server()
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def second_server_proc(django_db_setup, django_db_blocker):
+    server = start_server()
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture
+def server(live_server_proc, transactional_db) -> Server:
+    return live_server_proc
+
+
+# --- tenants ----------------------------------------------------------------------------
+
+
+@dataclass
+class Tenant:
+    user: object
+    organization: object
+    project: object
+    secret_key: str
+    publishable_key: str
+
+    @property
+    def wallet(self):
+        from billing.services import customer_wallet
+
+        return customer_wallet(organization=self.organization)
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.secret_key}"}
+
+
+def make_tenant(name: str, *, credit: int = 1_000_000, origins: list[str] | None = None) -> Tenant:
+    from django.contrib.auth import get_user_model
+
+    from billing import services as billing_services
+    from console import services
+    from console.models import ApiKey
+
+    user = get_user_model().objects.create_user(username=name, email=f"{name}@example.com", password="pw-" + name * 2)
+    organization = services.organization_create(name=f"{name}'s org", owner=user)
+    project = organization.projects.get()
+    if origins:
+        services.project_update(project=project, allowed_origins=origins)
+    if credit:
+        billing_services.wallet_credit(
+            wallet=billing_services.customer_wallet(organization=organization), amount=credit, reference=f"seed:{name}"
+        )
+    _, secret = services.api_key_create(project=project, kind=ApiKey.Kind.SECRET, name="test")
+    _, publishable = services.api_key_create(project=project, kind=ApiKey.Kind.PUBLISHABLE, name="test pk")
+    return Tenant(user, organization, project, secret, publishable)
+
+
+@pytest.fixture
+def alice(transactional_db) -> Tenant:
+    return make_tenant("alice", origins=["https://app.alice.example"])
+
+
+@pytest.fixture
+def bob(alice) -> Tenant:
+    from django.contrib.auth import get_user_model
+
+    from console import services
+    from console.models import Role
+
+    user = get_user_model().objects.create_user(username="bob", email="bob@example.com", password="pw-bobbob")
+    services.membership_add(organization=alice.organization, user=user, role=Role.DEVELOPER)
+    return Tenant(user, alice.organization, alice.project, alice.secret_key, alice.publishable_key)
+
+
+@pytest.fixture
+def charlie(transactional_db) -> Tenant:
+    return make_tenant("charlie")
+
+
+@pytest.fixture
+def sim_node(transactional_db, sim):
+    """The simulator registered as a node serving ``sim-small``, priced at SIM_PRICE."""
+    from billing.services import price_publish
+    from nodes.services import node_upsert
+
+    node = node_upsert(
+        name="simulator",
+        base_url=f"{sim.url}/v1",
+        region="test-1",
+        models=[{"model": SIM_MODEL, "context_window": 8192, "max_output_tokens": 256}],
+    )
+    price_publish(model=SIM_MODEL, **SIM_PRICE)
+    cache_settle()
+    return node
+
+
+def sim_cost(prompt_tokens: int, completion_tokens: int) -> int:
+    return prompt_tokens * 1 + completion_tokens * 2

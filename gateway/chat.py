@@ -213,26 +213,25 @@ class _StreamRun:
                 return
 
     async def run(self, first: dict, chunks, ttft_ms: int) -> None:
+        """Relay, then settle, then send the closing events: a client that sees
+        the end of the stream can already see the settled balance."""
         try:
             with router.in_flight(self.served.node.id):
-                status, error_code = 200, ""
                 try:
                     await self._relay(first, chunks)
-                    usage = _usage_from(self.usage) or self._partial_usage()
                 except NodeError:
                     router.failed(self.served.node.id)
-                    status, error_code, usage = 502, "upstream_unavailable", self._partial_usage()
                     message = "The node failed mid-answer; you are billed only for what it generated."
-                    self.emit(orjson.dumps(envelope("upstream_unavailable", message, self.paid.request_id)))
+                    error = orjson.dumps(envelope("upstream_unavailable", message, self.paid.request_id))
+                    await self._finish(self._partial_usage(), 502, "upstream_unavailable", ttft_ms, closing=[error])
+                    return
                 except asyncio.CancelledError:
                     await chunks.aclose()  # closes the node connection: it stops generating
-                    await self._finish(self._partial_usage(), 499, "client_disconnected", ttft_ms)
+                    await self._finish(self._partial_usage(), 499, "client_disconnected", ttft_ms, closing=[])
                     raise
-                await self._finish(usage, status, error_code, ttft_ms)
-                if status == 200:
-                    if self.include_usage and usage is not None:
-                        self.emit(orjson.dumps(self._usage_chunk(usage)))
-                    self.emit(DONE)
+                usage = _usage_from(self.usage) or self._partial_usage()
+                closing = [orjson.dumps(self._usage_chunk(usage))] if self.include_usage and usage else []
+                await self._finish(usage, 200, "", ttft_ms, closing=[*closing, DONE])
         finally:
             self.queue.put_nowait(None)
 
@@ -251,11 +250,12 @@ class _StreamRun:
             },
         }
 
-    async def _finish(self, usage: Usage | None, status: int, error_code: str, ttft_ms: int) -> None:
+    async def _finish(
+        self, usage: Usage | None, status: int, error_code: str, ttft_ms: int, *, closing: list[bytes]
+    ) -> None:
+        tail = [frame(self.next_id + i, data) for i, data in enumerate(closing)]
         stored = None
-        if self.paid.claim is not None:
-            # Replayed as this client saw it, ended the same way.
-            tail = [frame(self.next_id, DONE)] if status == 200 else []
+        if self.paid.claim is not None:  # replayed exactly as this client saw it
             stored = idempotency.StoredResponse(
                 200, "text/event-stream", _node_headers(self.served), b"".join(self.sent + tail)
             )
@@ -267,6 +267,8 @@ class _StreamRun:
             ttft_ms=ttft_ms,
             stored=stored,
         )
+        for data in closing:
+            self.emit(data)
 
 
 async def _stream(req: ApiRequest, paid: PaidRequest, entry: ModelEntry, candidates, upstream, include_usage: bool):

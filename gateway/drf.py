@@ -6,6 +6,11 @@ Kept apart from the views because DRF imports these classes from settings while
 """
 from __future__ import annotations
 
+import re
+
+from asgiref.sync import iscoroutinefunction
+from django.utils.decorators import sync_and_async_middleware
+
 from django.http import Http404, JsonResponse
 from django.utils import timezone
 from rest_framework import exceptions
@@ -59,7 +64,7 @@ class SecretKeyOnly(BasePermission):
 
 
 def _request_id(request) -> str:
-    return request.headers.get("x-request-id") or new_id("req")
+    return getattr(request, "request_id", None) or new_id("req")
 
 
 def envelope_exception_handler(exc, context):
@@ -89,3 +94,36 @@ def not_found(request, *args, **kwargs):
     return JsonResponse(
         envelope("not_found", f"No such endpoint: {request.method} {request.path}.", _request_id(request)), status=404
     )
+
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+
+
+def request_id_middleware(get_response):
+    """Give every Django response an X-Request-ID (a valid client one is echoed)."""
+
+    def assign(request) -> str:
+        given = request.headers.get("x-request-id")
+        request.request_id = given if given and _CLIENT_ID.match(given) else new_id("req")
+        return request.request_id
+
+    if iscoroutinefunction(get_response):
+
+        async def middleware(request):
+            rid = assign(request)
+            response = await get_response(request)
+            response["X-Request-ID"] = rid
+            return response
+
+    else:
+
+        def middleware(request):
+            rid = assign(request)
+            response = get_response(request)
+            response["X-Request-ID"] = rid
+            return response
+
+    return middleware
+
+
+request_id_middleware = sync_and_async_middleware(request_id_middleware)

@@ -1,0 +1,45 @@
+"""``manage.py run_node_simulator``: a fake inference node that behaves like a real one over HTTP."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from nodes.nodeserver.app import serve
+from nodes.nodeserver.engines import FAIL_MODES, SimConfig, SimulatorEngine
+
+
+class Command(BaseCommand):
+    help = "Run the node simulator: an OpenAI-compatible node with synthetic tokens, latency and failures."
+    requires_system_checks: list[str] = []  # a node process never touches the database
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        defaults = SimConfig()
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8092, help="0 picks a free port (printed when ready)")
+        parser.add_argument("--models", default="sim-small", help="comma-separated model names")
+        parser.add_argument("--ttft-ms", type=float, default=defaults.ttft_ms)
+        parser.add_argument("--tokens-per-s", type=float, default=defaults.tokens_per_s, help="0 = unpaced")
+        parser.add_argument("--completion-tokens", type=int, default=defaults.completion_tokens)
+        parser.add_argument("--fail-rate", type=float, default=defaults.fail_rate)
+        parser.add_argument("--fail-mode", choices=FAIL_MODES, default=defaults.fail_mode)
+        parser.add_argument("--fail-after-tokens", type=int, default=defaults.fail_after_tokens)
+        parser.add_argument("--seed", type=int, default=0, help="seed of the failure-injection draws")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        models = [m.strip() for m in options["models"].split(",") if m.strip()]
+        if not models:
+            raise CommandError("--models needs at least one name")
+        try:
+            config = SimConfig(
+                ttft_ms=options["ttft_ms"],
+                tokens_per_s=options["tokens_per_s"],
+                completion_tokens=options["completion_tokens"],
+                fail_rate=options["fail_rate"],
+                fail_mode=options["fail_mode"],
+                fail_after_tokens=options["fail_after_tokens"],
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        engine = SimulatorEngine(models, config, seed=options["seed"])
+        serve(engine, options["host"], options["port"], banner="node simulator")

@@ -1,0 +1,415 @@
+"""The node server's HTTP layer: an OpenAI-compatible API over any :class:`Engine`.
+
+Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
+``POST /v1/completions``, ``POST /v1/embeddings``, ``GET /stats``, plus the
+engine's own control endpoints (the simulator's ``/_sim/*``). Errors use
+OpenAI's envelope ``{"error": {"message", "type", "code"}}``.
+
+Streams follow OpenAI exactly, including ``stream_options.include_usage``
+(a last chunk with ``"choices": []`` and the usage, and ``"usage": null`` on
+the others), which the gateway's billing relies on. The HTTP layer waits for
+the engine's first token before it sends the 200 headers, so every failure
+that happens before any output (unknown model, context too long, injected
+500/429) reaches the client as a real status. The server runs with aiohttp's
+handler cancellation, so a client that goes away cancels its handler at once,
+which stops the engine and is counted as ``cancelled``.
+
+Measured throughput of the simulator with 0 ms latency, pinned to one core
+(``taskset -c 0``), wrk on the other (``wrk -t1 -c16 -d5s``), 16-token chat
+answers: about 12,000 non-stream requests/s (mean latency 1.3 ms), and 3,700 streamed
+requests/s (~63,000 SSE chunks/s) with include_usage.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import signal
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .engines import ApiError, Control, DropConnection, Engine, Generation
+
+log = logging.getLogger(__name__)
+
+ENGINE = web.AppKey("engine", Engine)
+STARTED = web.AppKey("started", int)  # the models' "created" time
+MAX_BODY_BYTES = 16 * 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# --- JSON in and out -----------------------------------------------------------------
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def error_response(
+    status: int, message: str, type: str, code: str | None, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response({"error": {"message": message, "type": type, "code": code}}, status, headers)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; {} for an empty body (control endpoints take none)."""
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error, ours or aiohttp's (404, 405, 413), in the OpenAI envelope."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason, "invalid_request_error", None)
+    except Exception:
+        log.exception("error handling %s %s", request.method, request.path)
+        return error_response(500, "The node failed to handle the request.", "server_error", "internal_error")
+
+
+# --- request validation --------------------------------------------------------------
+
+
+def _invalid(name: str, expected: str) -> ApiError:
+    return ApiError(400, f"'{name}' must be {expected}.", code="invalid_value")
+
+
+def _int(body: dict[str, Any], name: str, low: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _invalid(name, f"an integer >= {low}")
+    return value
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise _invalid(name, f"a number in [{low:g}, {high:g}]")
+    return float(value)
+
+
+def _model(body: dict[str, Any], engine: Engine) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("model", "a model name")
+    if model not in engine.models:
+        raise ApiError(404, f"The model '{model}' does not exist on this node.", code="model_not_found")
+    return model
+
+
+def _text_content(content: Any) -> str:
+    """A message's text: a string, or a list of text parts joined without separators."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(texts) == len(content) and all(isinstance(t, str) for t in texts):
+            return "".join(texts)
+    raise ApiError(400, "Message content must be a string or a list of text parts.", code="unsupported_content")
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages", "a non-empty list")
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise _invalid("messages", "a list of objects with a 'role'")
+    return [{"role": m["role"], "content": _text_content(m.get("content"))} for m in messages]
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    if not isinstance(prompt := body.get("prompt"), str):
+        raise _invalid("prompt", "a string")
+    return prompt
+
+
+# --- response shapes -------------------------------------------------------------
+
+
+def _usage(gen: Generation) -> dict[str, Any]:
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+
+
+class ChatShape:
+    """Chat completions: text in ``message`` / ``delta``, opened by a role-only chunk."""
+
+    id_prefix, object, chunk_object = "chatcmpl-", "chat.completion", "chat.completion.chunk"
+
+    @staticmethod
+    def inputs(body: dict[str, Any]) -> dict[str, Any]:
+        return {"messages": _messages(body)}
+
+    @staticmethod
+    def choice(text: str, finish_reason: str) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+    @staticmethod
+    def opening() -> dict[str, Any] | None:
+        return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+    @staticmethod
+    def chunk(text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        delta = {} if text is None else {"content": text}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+class TextShape:
+    """Legacy text completions: ``text`` in every choice, no opening chunk."""
+
+    id_prefix, object, chunk_object = "cmpl-", "text_completion", "text_completion"
+
+    @staticmethod
+    def inputs(body: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": _prompt(body)}
+
+    @staticmethod
+    def choice(text: str, finish_reason: str) -> dict[str, Any]:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+    @staticmethod
+    def opening() -> dict[str, Any] | None:
+        return None
+
+    @staticmethod
+    def chunk(text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+
+
+Shape = type[ChatShape] | type[TextShape]
+
+
+def _generation(body: dict[str, Any], engine: Engine, shape: Shape) -> tuple[Generation, bool]:
+    """Validate a completion request; also say whether its stream should end with usage."""
+    model = _model(body, engine)
+    if body.get("n") not in (None, 1):
+        raise ApiError(400, "Only n=1 is supported.", code="unsupported")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise _invalid("stop", "a string or a list of strings")
+    stream = body.get("stream") or False
+    options = body.get("stream_options") or {}
+    if not isinstance(stream, bool) or not isinstance(options, dict):
+        raise _invalid("stream", "a boolean, with 'stream_options' an object")
+    max_completion = _int(body, "max_completion_tokens", 1)
+    gen = Generation(
+        id=shape.id_prefix + os.urandom(12).hex(),
+        model=model,
+        stream=stream,
+        **shape.inputs(body),
+        max_tokens=max_completion if max_completion is not None else _int(body, "max_tokens", 1),
+        stop=tuple(stop or ()),
+        temperature=_number(body, "temperature", 0, 2),
+        top_p=_number(body, "top_p", 0, 1),
+        seed=_int(body, "seed", -(2**63)),
+    )
+    return gen, stream and options.get("include_usage") is True
+
+
+# --- answering -------------------------------------------------------------------
+
+
+def _dropped(request: web.Request) -> web.Response:
+    """Cut the connection; aiohttp then finds it closed and sends nothing more."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response()
+
+
+async def _whole(gen: Generation, shape: Shape, pieces: AsyncIterator[str]) -> web.Response:
+    text = "".join([piece async for piece in pieces])
+    body = {"id": gen.id, "object": shape.object, "created": int(time.time()), "model": gen.model}
+    return json_response({**body, "choices": [shape.choice(text, gen.finish_reason)], "usage": _usage(gen)})
+
+
+async def _stream(
+    request: web.Request, gen: Generation, shape: Shape, include_usage: bool, pieces: AsyncIterator[str]
+) -> web.StreamResponse:
+    first = await anext(pieces, None)  # errors before any output still get their own status
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    head: dict[str, Any] = {"id": gen.id, "object": shape.chunk_object, "created": int(time.time()), "model": gen.model}
+    if include_usage:
+        head["usage"] = None
+
+    async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+        await response.write(b"data: " + orjson.dumps({**head, "choices": choices, **extra}) + b"\n\n")
+
+    try:
+        if (opening := shape.opening()) is not None:
+            await send([opening])
+        if first is not None:
+            await send([shape.chunk(first, None)])
+            async for piece in pieces:
+                await send([shape.chunk(piece, None)])
+    except ApiError as exc:  # too late for an error status: end without [DONE], like a crashed node
+        raise DropConnection from exc
+    await send([shape.chunk(None, gen.finish_reason)])
+    if include_usage:
+        await send([], usage=_usage(gen))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def _answer(request: web.Request, shape: Shape) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    body = await read_json(request)
+    gen, include_usage = _generation(body, engine, shape)
+    engine.stats.started()
+    outcome = "failed"
+    pieces = engine.generate(gen)
+    try:
+        if gen.stream:
+            response = await _stream(request, gen, shape, include_usage, pieces)
+        else:
+            response = await _whole(gen, shape, pieces)
+        outcome = "completed"
+        return response
+    except asyncio.CancelledError:  # the client went away (aiohttp cancels the handler)
+        outcome = "cancelled"
+        raise
+    except ConnectionResetError:  # the client went away while we were writing
+        outcome = "cancelled"
+        return _dropped(request)
+    except DropConnection:
+        return _dropped(request)
+    finally:
+        await pieces.aclose()  # stops the engine if the answer was abandoned
+        if gen.injected_failure:  # e.g. a client giving up on an injected hang
+            outcome = "failed"
+        engine.stats.finished(gen, outcome)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _answer(request, ChatShape)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _answer(request, TextShape)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = await read_json(request)
+    model = _model(body, engine)
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)):
+        raise _invalid("input", "a string or a non-empty list of strings")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise _invalid("encoding_format", "'float' or 'base64'")
+    vectors, used = await engine.embed(model, texts)
+    data = [{"object": "embedding", "index": i, "embedding": _encode(v, encoding)} for i, v in enumerate(vectors)]
+    return json_response(
+        {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": used, "total_tokens": used}}
+    )
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    """base64 is what the openai SDK asks for by default: little-endian float32s."""
+    if encoding == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def health(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    status = {"status": "ok", "engine": engine.name, "models": engine.models, "active": engine.stats.active}
+    return json_response(status)
+
+
+async def models(request: web.Request) -> web.Response:
+    created = request.app[STARTED]
+    data = [{"id": m, "object": "model", "created": created, "owned_by": "node"} for m in request.app[ENGINE].models]
+    return json_response({"object": "list", "data": data})
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_response(request.app[ENGINE].stats.snapshot())
+
+
+def _control(control: Control) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return json_response(control(await read_json(request)))
+
+    return handler
+
+
+def build_app(engine: Engine) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY_BYTES)
+    app[ENGINE] = engine
+    app[STARTED] = int(time.time())
+    app.add_routes(
+        [
+            web.get("/health", health),
+            web.get("/v1/models", models),
+            web.post("/v1/chat/completions", chat_completions),
+            web.post("/v1/completions", completions),
+            web.post("/v1/embeddings", embeddings),
+            web.get("/stats", stats),
+        ]
+    )
+    for (method, path), control in engine.controls().items():
+        app.router.add_route(method, path, _control(control))
+
+    async def close_engine(app: web.Application) -> None:
+        await engine.close()
+
+    app.on_cleanup.append(close_engine)
+    return app
+
+
+async def _serve(engine: Engine, host: str, port: int, banner: str) -> None:
+    runner = web.AppRunner(build_app(engine), handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+        bound_port = runner.addresses[0][1]  # the real one when asked for port 0
+        print(f"{banner} listening on http://{host}:{bound_port}", flush=True)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+
+
+def serve(engine: Engine, host: str, port: int, banner: str) -> None:
+    """Serve until SIGTERM or SIGINT, printing ``<banner> listening on http://HOST:PORT`` when ready."""
+    asyncio.run(_serve(engine, host, port, banner))

@@ -1,0 +1,457 @@
+"""What produces the tokens behind the node server's HTTP layer.
+
+An engine turns a validated :class:`Generation` into text pieces, one per
+token, through the async generator :meth:`Engine.generate`, and fills in the
+generation's counters as it goes, so the HTTP layer can report exact usage
+however the request ends (finished, cut by a stop string, or abandoned by the
+client). Engines fail only with :class:`ApiError` or :class:`DropConnection`;
+an ApiError raised before the first piece reaches the client as its HTTP
+status, because the HTTP layer waits for that piece before it commits to a
+200 stream (after it, the stream is cut without ``[DONE]``).
+
+* :class:`SimulatorEngine` makes synthetic words with settable latency and
+  injected failures: a real upstream process for tests and benchmarks.
+* :class:`LlamaEngine` runs a GGUF model with llama.cpp, one generation at a
+  time in a worker thread, and counts tokens exactly.
+"""
+from __future__ import annotations
+
+import asyncio
+import codecs
+import dataclasses
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from . import tokens
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+
+# A control endpoint: the request's JSON object in ({} when there is none), the response's out.
+Control = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class ApiError(Exception):
+    """A failure the client sees as an OpenAI error envelope with this status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type, code
+        self.headers = dict(headers or {})
+
+
+class DropConnection(Exception):
+    """Close the client's connection without finishing the response (simulated node crash)."""
+
+
+@dataclass(eq=False)
+class Generation:
+    """One completion request as the engines see it, and what came of it.
+
+    ``messages`` (chat, contents already joined to plain text) or ``prompt``
+    (text completion) is set. The engine updates the counters while it works.
+    """
+
+    id: str
+    model: str
+    stream: bool
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    injected_failure: bool = False
+
+
+@dataclass
+class Stats:
+    """Counters over generation requests that reached an engine (validation errors are not counted)."""
+
+    requests: int = 0
+    completed: int = 0
+    cancelled: int = 0  # the client went away before the answer ended
+    failed: int = 0
+    failed_injected: int = 0
+    active: int = 0
+    tokens_generated: int = 0
+    last: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
+
+    def started(self) -> None:
+        self.requests += 1
+        self.active += 1
+
+    def finished(self, gen: Generation, outcome: str) -> None:
+        self.active -= 1
+        if outcome == "completed":
+            self.completed += 1
+        elif outcome == "cancelled":
+            self.cancelled += 1
+        else:
+            self.failed += 1
+            self.failed_injected += gen.injected_failure
+        self.tokens_generated += gen.completion_tokens
+        self.last.append(
+            {
+                "id": gen.id,
+                "model": gen.model,
+                "stream": gen.stream,
+                "prompt_tokens": gen.prompt_tokens,
+                "completion_tokens": gen.completion_tokens,
+                "outcome": outcome,
+            }
+        )
+
+    def reset(self) -> None:
+        """Zero the history; ``active`` stays, it counts requests still in flight."""
+        self.requests = self.completed = self.cancelled = self.failed = self.failed_injected = 0
+        self.tokens_generated = 0
+        self.last.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["last"] = list(reversed(self.last))  # most recent first
+        return data
+
+
+class StopScanner:
+    """Cuts streamed text at the first stop string, holding back only what may start one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return the text that is safe to send now, and whether a stop string was hit."""
+        if not self.stops:
+            return text, False
+        buffer = self.pending + text
+        hits = [i for i in (buffer.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.pending = ""
+            return buffer[: min(hits)], True
+        cut = len(buffer) - self._partial_match(buffer)
+        self.pending = buffer[cut:]
+        return buffer[:cut], False
+
+    def _partial_match(self, text: str) -> int:
+        """The length of the longest end of ``text`` that begins a stop string."""
+        for n in range(min(len(text), max(map(len, self.stops)) - 1), 0, -1):
+            if any(stop.startswith(text[-n:]) for stop in self.stops):
+                return n
+        return 0
+
+    def flush(self) -> str:
+        """The held-back text, once the answer ended without completing a stop string."""
+        text, self.pending = self.pending, ""
+        return text
+
+
+class Engine:
+    """The interface the HTTP layer needs; subclasses produce the tokens."""
+
+    name: ClassVar[str]
+
+    def __init__(self, models: Sequence[str]) -> None:
+        self.models = list(models)
+        self.stats = Stats()
+
+    def generate(self, gen: Generation) -> AsyncIterator[str]:
+        """Yield the answer's text, one piece per token; set ``gen``'s counters."""
+        raise NotImplementedError
+
+    async def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Return one vector per text and the prompt tokens consumed."""
+        raise ApiError(400, f"The model '{model}' does not support embeddings.", code="unsupported")
+
+    def controls(self) -> dict[tuple[str, str], Control]:
+        """Engine-specific JSON endpoints, by (method, path), served next to the OpenAI API."""
+        return {}
+
+    async def close(self) -> None:
+        """Release what the engine holds; called once at server shutdown."""
+
+
+# --- simulator -------------------------------------------------------------------
+
+FAIL_MODES = ("http500", "http429", "disconnect", "midstream", "hang")
+
+
+def _number(value: Any, name: str, low: float, high: float = float("inf"), *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} in [{low:g}, {high:g}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The simulator's knobs; settable at start-up and, for tests, at run time."""
+
+    ttft_ms: float = 0.0
+    tokens_per_s: float = 0.0  # 0 = as fast as possible
+    completion_tokens: int = 16  # answer length when the request sets no max_tokens
+    fail_rate: float = 0.0  # probability that a request gets fail_mode
+    fail_mode: str = "http500"
+    fail_after_tokens: int = 3  # midstream: tokens sent before the connection drops
+
+    def __post_init__(self) -> None:
+        _number(self.ttft_ms, "ttft_ms", 0)
+        _number(self.tokens_per_s, "tokens_per_s", 0)
+        _number(self.completion_tokens, "completion_tokens", 0, integer=True)
+        _number(self.fail_rate, "fail_rate", 0, 1)
+        _number(self.fail_after_tokens, "fail_after_tokens", 0, integer=True)
+        if self.fail_mode not in FAIL_MODES:
+            raise ValueError(f"fail_mode must be one of {', '.join(FAIL_MODES)}, got {self.fail_mode!r}")
+
+    def updated(self, changes: Mapping[str, Any]) -> SimConfig:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+class SimulatorEngine(Engine):
+    """Synthetic answers with realistic timing and failures, deterministic for a given seed."""
+
+    name = "simulator"
+
+    def __init__(self, models: Sequence[str], config: SimConfig, seed: int = 0) -> None:
+        super().__init__(models)
+        self.initial_config = self.config = config
+        self.seed = seed
+        self.rng = random.Random(seed)
+
+    def _answer(self, gen: Generation, config: SimConfig) -> tuple[list[str], str]:
+        """The tokens to send and the finish reason if they all go out."""
+        if gen.messages is not None:
+            user = [m["content"] for m in gen.messages if m["role"] == "user"]
+            echo = tokens.echo_tokens(user[-1]) if user else None
+        else:
+            echo = tokens.echo_tokens(gen.prompt or "")
+        if echo is None:
+            count = config.completion_tokens if gen.max_tokens is None else gen.max_tokens
+            return tokens.word_tokens(count), "stop" if gen.max_tokens is None else "length"
+        if gen.max_tokens is not None and len(echo) > gen.max_tokens:
+            return echo[: gen.max_tokens], "length"
+        return echo, "stop"
+
+    async def generate(self, gen: Generation) -> AsyncIterator[str]:
+        config = self.config  # a request keeps the settings it started with
+        if gen.messages is not None:
+            gen.prompt_tokens = tokens.chat_prompt_tokens(m["content"] for m in gen.messages)
+        else:
+            gen.prompt_tokens = tokens.text_tokens(gen.prompt or "")
+        # Draw for every request, so the failure pattern depends only on the seed and request order.
+        failure = config.fail_mode if self.rng.random() < config.fail_rate else None
+        gen.injected_failure = failure is not None
+        if failure == "http500":
+            raise ApiError(500, "Injected failure.", type="server_error", code="injected_failure")
+        if failure == "http429":
+            limited = {"type": "rate_limit_error", "code": "rate_limit_exceeded", "headers": {"Retry-After": "1"}}
+            raise ApiError(429, "Injected rate limit.", **limited)
+        if failure == "disconnect":
+            raise DropConnection
+        if failure == "hang":
+            await asyncio.get_running_loop().create_future()  # until the client gives up
+
+        answer, finish_reason = self._answer(gen, config)
+        if failure == "midstream":
+            answer = answer[: config.fail_after_tokens]
+        stop = StopScanner(gen.stop)
+        loop = asyncio.get_running_loop()
+        if config.ttft_ms:
+            await asyncio.sleep(config.ttft_ms / 1000)
+        first_at = loop.time()
+        for i, token in enumerate(answer):
+            if config.tokens_per_s and i:
+                # Scheduled from the first token, so sleep overshoot does not accumulate.
+                await asyncio.sleep(first_at + i / config.tokens_per_s - loop.time())
+            gen.completion_tokens += 1
+            text, hit = stop.feed(token)
+            if text:
+                yield text
+            if hit:
+                gen.finish_reason = "stop"
+                return
+        if failure == "midstream":
+            raise DropConnection
+        if tail := stop.flush():
+            yield tail
+        gen.finish_reason = finish_reason
+
+    async def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+        return [tokens.embedding(t) for t in texts], sum(tokens.text_tokens(t) for t in texts)
+
+    def controls(self) -> dict[tuple[str, str], Control]:
+        return {
+            ("POST", "/_sim/config"): self._configure,
+            ("POST", "/_sim/reset"): self._reset,
+            ("GET", "/_sim/stats"): lambda body: self.stats.snapshot(),
+        }
+
+    def _configure(self, changes: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self.config = self.config.updated(changes)
+        except (ValueError, TypeError) as exc:
+            raise ApiError(400, str(exc)) from None
+        return dataclasses.asdict(self.config)
+
+    def _reset(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.config = self.initial_config
+        self.rng = random.Random(self.seed)
+        self.stats.reset()
+        return dataclasses.asdict(self.config)
+
+
+# --- llama.cpp ---------------------------------------------------------------------
+
+# llama.cpp's own server defaults: OpenAI's (1.0, 1.0) make a small model ramble.
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_P = 0.95
+
+
+class LlamaEngine(Engine):
+    """A GGUF model through llama.cpp, with exact token counts.
+
+    SmolLM2-135M Q4_1 on 2 threads makes about 120 tokens/s on short contexts.
+
+    The model is not thread-safe and generation blocks, so generations run on
+    a single worker thread: requests queue in its FIFO, and the model can
+    never be used by two generations at once, even when an abandoned request
+    is torn down before its thread has noticed. Each generation checks a cancel
+    flag every token, so a client that leaves frees the model within a token.
+    """
+
+    name = "llama"
+
+    def __init__(self, model_path: str, alias: str, *, n_ctx: int, n_threads: int) -> None:
+        import llama_cpp  # here, so the simulator never pays for loading llama.cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        super().__init__([alias])
+        self.llm: Llama = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{model_path} has no tokenizer.chat_template; cannot format chats")
+        model = self.llm._model  # noqa: SLF001 - the public API has no end-of-generation test
+        # EOS, EOT and every other token the vocabulary marks as ending a turn.
+        self.is_end: Callable[[int], bool] = lambda token: llama_cpp.llama_vocab_is_eog(model.vocab, token)
+        self.bos_text = self.llm.detokenize([self.llm.token_bos()], special=True).decode()
+        self.random_seed = llama_cpp.LLAMA_DEFAULT_SEED  # llama.cpp draws a fresh seed for this value
+        self.chat_format = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self.llm.detokenize([self.llm.token_eos()], special=True).decode(),
+            bos_token=self.bos_text,
+        )
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self.cancels: set[threading.Event] = set()
+
+    def _prompt(self, gen: Generation) -> list[int]:
+        if gen.messages is not None:
+            try:
+                text = self.chat_format(messages=gen.messages).prompt
+            except Exception as exc:  # the template may raise_exception() on chats it rejects
+                raise ApiError(400, f"The chat template rejected the messages: {exc}") from None
+        else:
+            text = gen.prompt or ""
+        # llama.cpp adds BOS only for models that want one, and not after a template that wrote it.
+        add_bos = not (self.bos_text and text.startswith(self.bos_text))
+        prompt = self.llm.tokenize(text.encode(), add_bos=add_bos, special=True)
+        if len(prompt) >= self.llm.n_ctx():
+            raise ApiError(
+                400,
+                f"The prompt is {len(prompt)} tokens; this node's context window is {self.llm.n_ctx()}.",
+                code="context_length_exceeded",
+            )
+        return prompt
+
+    async def generate(self, gen: Generation) -> AsyncIterator[str]:
+        prompt = self._prompt(gen)
+        gen.prompt_tokens = len(prompt)
+        room = self.llm.n_ctx() - len(prompt)  # the answer is cut ("length") where the context ends
+        limit = room if gen.max_tokens is None else min(gen.max_tokens, room)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | ApiError | None] = asyncio.Queue()
+        cancel = threading.Event()
+        self.cancels.add(cancel)
+
+        def emit(item: str | ApiError | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        self.worker.submit(self._run, gen, prompt, limit, cancel, emit)
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, ApiError):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            self.cancels.discard(cancel)
+
+    def _run(
+        self, gen: Generation, prompt: list[int], limit: int, cancel: threading.Event, emit: Callable[[Any], None]
+    ) -> None:
+        """Worker thread: report the outcome of :meth:`_decode` to the event loop."""
+        try:
+            self._decode(gen, prompt, limit, cancel, emit)
+        except Exception:
+            log.exception("generation %s failed", gen.id)
+            emit(ApiError(500, "The model failed while generating.", type="server_error", code="generation_failed"))
+        else:
+            emit(None)
+
+    def _decode(
+        self, gen: Generation, prompt: list[int], limit: int, cancel: threading.Event, emit: Callable[[str], None]
+    ) -> None:
+        if cancel.is_set():  # the client left while this request was queued
+            return
+        self.llm.set_seed(self.random_seed if gen.seed is None else gen.seed & 0xFFFFFFFF)
+        temperature = DEFAULT_TEMPERATURE if gen.temperature is None else gen.temperature
+        top_p = DEFAULT_TOP_P if gen.top_p is None else gen.top_p
+        # A token can end inside a multi-byte character: decode incrementally, never split one.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stop = StopScanner(gen.stop)
+        gen.finish_reason = "length"
+        for token in self.llm.generate(prompt, temp=temperature, top_p=top_p):
+            if cancel.is_set():
+                return
+            if self.is_end(token):
+                gen.finish_reason = "stop"
+                break
+            gen.completion_tokens += 1
+            text, hit = stop.feed(decoder.decode(self.llm.detokenize([token])))
+            if text:
+                emit(text)
+            if hit:
+                gen.finish_reason = "stop"
+                return
+            if gen.completion_tokens >= limit:
+                break
+        if tail := stop.flush() + decoder.decode(b"", final=True):
+            emit(tail)
+
+    async def close(self) -> None:
+        for cancel in list(self.cancels):
+            cancel.set()
+        await asyncio.to_thread(self.worker.shutdown, wait=True, cancel_futures=True)

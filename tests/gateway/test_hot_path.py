@@ -1,0 +1,61 @@
+"""The hot path's cost: one Redis call to admit, one database round trip to reserve
+and one to settle, and no Django (sync) ORM query at all once caches are warm."""
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+
+from config import asyncdb
+from gateway import limits
+from tests.conftest import SIM_MODEL
+
+CHAT = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+@pytest.fixture
+def counters(monkeypatch):
+    counts = {"db_round_trips": 0, "limit_calls": 0, "django_queries": 0}
+    real_run, real_take = asyncdb.run, limits._take
+
+    async def run(*stmts):
+        counts["db_round_trips"] += 1
+        return await real_run(*stmts)
+
+    async def take(*args):
+        counts["limit_calls"] += 1
+        return await real_take(*args)
+
+    monkeypatch.setattr(asyncdb, "run", run)
+    monkeypatch.setattr(limits, "_take", take)
+
+    from django.db.backends import utils
+
+    real_execute = utils.CursorWrapper.execute
+
+    def execute(self, *args, **kwargs):
+        counts["django_queries"] += 1
+        return real_execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(utils.CursorWrapper, "execute", execute)
+    return counts
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("stream", [False, True])
+async def test_warm_request_costs_two_round_trips_and_no_orm(alice, sim_node, counters, stream):
+    from config.asgi import application
+    from gateway import background
+
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        warm = await client.post("/v1/chat/completions", headers=alice.auth(), json=CHAT)
+        assert warm.status_code == 200
+        await background.drain()
+        for key in counters:
+            counters[key] = 0
+        response = await client.post("/v1/chat/completions", headers=alice.auth(), json={**CHAT, "stream": stream})
+        assert response.status_code == 200 and (b"[DONE]" in response.content if stream else response.json()["usage"])
+        await background.drain()
+    admitted_and_refunded = 2  # admission on the path; the unused-token refund after the response
+    assert counters == {"db_round_trips": 2, "limit_calls": admitted_and_refunded, "django_queries": 0}
+    balance = await sync_to_async(lambda: alice.wallet.balance)()
+    assert balance < 1_000_000

@@ -1,0 +1,59 @@
+"""/v1/keys and /v1/balance for secret keys; other tenants' ids answer 404."""
+import time
+
+import httpx
+
+from console.models import ApiKey
+from tests.conftest import SIM_MODEL, cache_settle
+
+CHAT = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def test_create_list_and_revoke_keys(server, alice):
+    created = httpx.post(f"{server.api}/keys", headers=alice.auth(), json={"kind": "secret", "name": "ci"})
+    assert created.status_code == 201
+    body = created.json()
+    assert body["key"].startswith("sk_live_") and body["redacted"].endswith(body["key"][-4:])
+    listed = httpx.get(f"{server.api}/keys", headers=alice.auth()).json()["data"]
+    assert body["id"] in {k["id"] for k in listed} and all("key" not in k for k in listed)
+    revoked = httpx.delete(f"{server.api}/keys/{body['id']}", headers=alice.auth())
+    assert revoked.json()["status"] == "revoked"
+    assert httpx.get(f"{server.api}/keys", headers={"Authorization": f"Bearer {body['key']}"}).status_code == 401
+
+
+def test_rotation_keeps_the_old_key_for_the_grace_period(server, alice, sim_node):
+    old_id = ApiKey.objects.get(project=alice.project, kind="secret").public_id
+    rotated = httpx.post(f"{server.api}/keys/{old_id}/rotate", headers=alice.auth(), json={"grace_seconds": 2}).json()
+    cache_settle()
+    new_auth = {"Authorization": f"Bearer {rotated['key']}"}
+    assert rotated["previous"]["expires_at"] is not None and rotated["rotated_from"] == old_id
+    for auth in (alice.auth(), new_auth):  # both work during the grace period
+        assert httpx.post(f"{server.api}/chat/completions", headers=auth, json=CHAT).status_code == 200
+    time.sleep(2.2)
+    expired = httpx.post(f"{server.api}/chat/completions", headers=alice.auth(), json=CHAT)
+    assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
+    assert httpx.post(f"{server.api}/chat/completions", headers=new_auth, json=CHAT).status_code == 200
+
+
+def test_other_tenants_keys_answer_404(server, alice, charlie):
+    theirs = ApiKey.objects.get(project=charlie.project, kind="secret").public_id
+    for response in (
+        httpx.get(f"{server.api}/keys/{theirs}", headers=alice.auth()),
+        httpx.delete(f"{server.api}/keys/{theirs}", headers=alice.auth()),
+        httpx.post(f"{server.api}/keys/{theirs}/rotate", headers=alice.auth(), json={}),
+    ):
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert ApiKey.objects.get(public_id=theirs).status == "active"
+
+
+def test_bad_input_is_named(server, alice):
+    bad_kind = httpx.post(f"{server.api}/keys", headers=alice.auth(), json={"kind": "root"})
+    assert bad_kind.status_code == 400 and bad_kind.json()["error"]["param"] == "kind"
+    malformed = httpx.post(f"{server.api}/keys", headers={**alice.auth(), "content-type": "application/json"}, content=b"{")
+    assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "invalid_request"
+
+
+def test_balance(server, alice):
+    balance = httpx.get(f"{server.api}/balance", headers=alice.auth()).json()
+    assert balance == {"object": "balance", "currency": "usd", "balance_micros": 1_000_000, "reserved_micros": 0,
+                       "available_micros": 1_000_000}

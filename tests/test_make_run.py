@@ -1,0 +1,53 @@
+"""The README's first command, end to end: `make run` on the embedded default
+(SQLite, in-process caches, eager Celery, the real SmolLM2 node), then the
+openai SDK with the printed key; the balance drops by exactly the settled cost."""
+import os
+import re
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Process, free_port
+
+# bootstrap_demo's price for the local model, in micro-units per 1M tokens.
+INPUT, OUTPUT = 100_000, 200_000
+
+
+@pytest.fixture
+def make_run(tmp_path):
+    port, node_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "REDIS_PREFIX", "APP_ENV",
+                                                          "EMBEDDED_BEAT", "LOCAL_NODE_ENABLED"}}
+    env.update(STATE_DIR=str(tmp_path / "state"), PORT=str(port), LOCAL_NODE_PORT=str(node_port))
+    process = Process(["make", "--no-print-directory", "run"], env=env, ready="Application startup complete", timeout=240)
+    yield port, "".join(process.output)
+    process.stop()
+
+
+@pytest.mark.model
+def test_make_run_serves_the_sdk_and_bills_exactly(make_run):
+    port, output = make_run
+    key = re.search(r"secret_key: (sk_live_\w+)", output).group(1)
+    assert re.search(r"console_url: http://127.0.0.1:\d+/console/", output) and "password: " in output
+    base = f"http://127.0.0.1:{port}/v1"
+    client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+    balance = lambda: httpx.get(f"{base}/balance", headers={"Authorization": f"Bearer {key}"}).json()["balance_micros"]
+    before = balance()
+
+    completion = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+    )
+    assert completion.choices[0].message.content and completion.usage.completion_tokens <= 8
+    stream = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Name a color."}], max_tokens=8,
+        stream=True, stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usages = [completion.usage, chunks[-1].usage]
+    cost = sum((u.prompt_tokens * INPUT + u.completion_tokens * OUTPUT) // 1_000_000 for u in usages)
+    assert before - balance() == cost
+
+    console = httpx.get(f"http://127.0.0.1:{port}/console/", follow_redirects=True)
+    assert console.status_code == 200 and "Sign In" in console.text

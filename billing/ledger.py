@@ -1,7 +1,7 @@
 """Reserve and settle on the request hot path: one round trip each.
 
 Each operation is a short list of statements run in one transaction by
-``config.asyncdb`` (pipelined on PostgreSQL). Callers may add their own
+``config.asyncdb`` (one round trip on PostgreSQL). Callers may add their own
 statements to the same transaction (the gateway adds its idempotency and
 request records) through ``before``/``after``.
 

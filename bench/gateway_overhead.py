@@ -1,0 +1,178 @@
+"""What the gateway adds on top of a node: latency and throughput, direct vs through it.
+
+Starts the node simulator (core 1) and one gateway process (core 0) in the
+production shape when PostgreSQL and Redis are on this machine (a scratch
+database ``bench_platform``), else the embedded default, then measures with an
+aiohttp client on core 1:
+
+* non-streaming: latency p50/p99 at concurrency 1, throughput and p50/p99 at 16;
+* streaming: time to first token p50/p99 at concurrency 1 and 16.
+
+Every request through the gateway is authenticated, rate limited, reserved,
+settled and recorded. Prints a table; figures are medians over --repeat runs.
+
+    python bench/gateway_overhead.py [--seconds 5] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "bench-model"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say something short."}], "max_tokens": 16}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def pinned(core: int, args: list[str]) -> list[str]:
+    return (["taskset", "-c", str(core)] if shutil.which("taskset") else []) + args
+
+
+def start(args: list[str], env: dict, ready: str) -> subprocess.Popen:
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if ready in line:
+            return proc
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise SystemExit(f"{args} did not start")
+
+
+def environment(state: str) -> tuple[dict, str]:
+    env = {**os.environ, "STATE_DIR": state, "EMBEDDED_BEAT": "0", "LOCAL_NODE_ENABLED": "0", "APP_ENV": "test",
+           "LOG_LEVEL": "WARNING"}
+    if listening(5432) and listening(6379):
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS bench_platform WITH (FORCE)")
+            conn.execute("CREATE DATABASE bench_platform")
+        env.update(DATABASE_URL="postgres://postgres@127.0.0.1:5432/bench_platform",
+                   REDIS_URL="redis://127.0.0.1:6379/14", REDIS_PREFIX=f"bench-{os.getpid()}")
+        return env, "PostgreSQL + Redis (production shape)"
+    return env, "SQLite + in-process (embedded default)"
+
+
+async def one(session: aiohttp.ClientSession, url: str, headers: dict, stream: bool) -> float:
+    started = time.perf_counter()
+    async with session.post(url, json={**BODY, "stream": stream}, headers=headers) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {await resp.text()}")
+        if not stream:
+            await resp.read()
+            return time.perf_counter() - started
+        first = None
+        async for line in resp.content:
+            if first is None and b'"content":"' in line and b'"content":""' not in line:
+                first = time.perf_counter() - started
+        return first
+
+
+async def load(url: str, headers: dict, *, concurrency: int, seconds: float, stream: bool) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(20):  # warm caches and connections
+            await one(session, url, headers, stream)
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                try:
+                    latencies.append(await one(session, url, headers, stream))
+                except Exception:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+    return {"p50": pick(0.50), "p99": pick(0.99), "rps": len(latencies) / elapsed, "n": len(latencies), "errors": errors}
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    state = tempfile.mkdtemp(prefix="bench-state-")
+    env, shape = environment(state)
+    py = sys.executable
+    subprocess.run([py, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    sim_port, gw_port = free_port(), free_port()
+    sim = start(pinned(1, [py, "manage.py", "run_node_simulator", "--port", str(sim_port), "--models", MODEL]),
+                env, "listening on")
+    key = json.loads(subprocess.run([py, "bench/seed.py", f"http://127.0.0.1:{sim_port}", MODEL], cwd=ROOT, env=env,
+                                    check=True, capture_output=True, text=True).stdout)["key"]
+    gateway = start(pinned(0, [py, "-m", "uvicorn", "config.asgi:application", "--port", str(gw_port), "--loop",
+                               "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "info",
+                               "--lifespan", "on"]),
+                    {**env, "LOG_LEVEL": "INFO"}, "Application startup complete")
+    direct = (f"http://127.0.0.1:{sim_port}/v1/chat/completions", {})
+    through = (f"http://127.0.0.1:{gw_port}/v1/chat/completions", {"Authorization": f"Bearer {key}"})
+    cases = [("chat, concurrency 1", 1, False), ("chat, concurrency 16", 16, False),
+             ("stream TTFT, concurrency 1", 1, True), ("stream TTFT, concurrency 16", 16, True)]
+    rows = []
+    try:
+        for name, concurrency, stream in cases:
+            results = {}
+            for label, (url, headers) in (("direct", direct), ("gateway", through)):
+                runs = [asyncio.run(load(url, headers, concurrency=concurrency, seconds=args.seconds, stream=stream))
+                        for _ in range(args.repeat)]
+                results[label] = median_of(runs)
+            rows.append((name, results["direct"], results["gateway"]))
+    finally:
+        for proc in (gateway, sim):
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(state, ignore_errors=True)
+
+    print(f"\nGateway overhead — {shape}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}; medians of {args.repeat} × {args.seconds:.0f} s")
+    print("Simulator: 16 output tokens, 0 ms latency. Gateway pinned to core 0; simulator and client on core 1.\n")
+    head = f"{'case':<28}{'direct p50':>11}{'p99':>8}{'gateway p50':>13}{'p99':>8}{'added p50':>11}{'added p99':>11}{'gateway req/s':>15}{'errors':>8}"
+    print(head)
+    print("-" * len(head))
+    for name, d, g in rows:
+        print(f"{name:<28}{d['p50']:>9.2f}ms{d['p99']:>6.2f}ms{g['p50']:>11.2f}ms{g['p99']:>6.2f}ms"
+              f"{g['p50'] - d['p50']:>9.2f}ms{g['p99'] - d['p99']:>9.2f}ms{g['rps']:>15.0f}{int(g['errors']):>8}")
+
+
+if __name__ == "__main__":
+    main()

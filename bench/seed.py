@@ -1,0 +1,31 @@
+"""Seed a benchmark tenant: a funded wallet, a key, the simulator as a node, a price.
+
+Run with the bench's DATABASE_URL; prints the secret key as JSON.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.contrib.auth import get_user_model  # noqa: E402
+
+from billing import services as billing  # noqa: E402
+from console import services  # noqa: E402
+from nodes.services import node_upsert  # noqa: E402
+
+sim_url, model = sys.argv[1], sys.argv[2]
+user = get_user_model().objects.create_user(username="bench", email="bench@example.com")
+org = services.organization_create(name="bench", owner=user)
+project = org.projects.get()
+services.project_update(project=project, rpm_limit=10_000_000, tpm_limit=10**12)
+billing.wallet_credit(wallet=billing.customer_wallet(organization=org), amount=10**15, reference="bench")
+node_upsert(name="sim", base_url=f"{sim_url}/v1", models=[{"model": model, "max_output_tokens": 4096}])
+billing.price_publish(model=model, input_per_mtok=150_000, output_per_mtok=600_000)
+_, key = services.api_key_create(project=project, kind="secret")
+print(json.dumps({"key": key}))

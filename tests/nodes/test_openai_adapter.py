@@ -1,0 +1,55 @@
+"""The OpenAI-compatible adapter against a real node process (the simulator)."""
+import pytest
+
+from nodes.adapters import NodeError, adapter_for
+from nodes.registry import NodeTarget
+
+
+def target(sim, path="/v1"):
+    return NodeTarget(id=1, public_id="node_t", base_url=sim.url + path, adapter="openai", region="r",
+                      attestation="none", healthy=True)
+
+
+async def test_chat_and_stream_and_models(sim):
+    adapter = adapter_for(target(sim))
+    body = {"model": "sim-small", "messages": [{"role": "user", "content": "echo: a b c"}], "max_tokens": 5}
+    answer = await adapter.chat(body)
+    assert answer["choices"][0]["message"]["content"] == "a b c" and answer["usage"]["completion_tokens"] == 3
+    chunks = [c async for c in adapter.chat_stream({**body, "stream": True, "stream_options": {"include_usage": True}})]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "a b c"
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    assert set(await adapter.list_models()) == {"sim-small", "sim-large"} and await adapter.health()
+
+
+@pytest.mark.parametrize("mode", ["http500", "http429", "disconnect"])
+async def test_node_failures_are_retryable(sim, mode):
+    sim.configure(fail_rate=1.0, fail_mode=mode)
+    adapter = adapter_for(target(sim))
+    with pytest.raises(NodeError) as raised:
+        await adapter.chat({"model": "sim-small", "messages": [{"role": "user", "content": "x"}]})
+    assert raised.value.permanent is False
+
+
+async def test_a_bad_request_is_permanent_and_a_cut_stream_is_an_error(sim):
+    adapter = adapter_for(target(sim))
+    with pytest.raises(NodeError) as raised:
+        await adapter.chat({"model": "sim-small", "messages": [{"role": "user", "content": "x"}], "n": 3})
+    assert raised.value.permanent and raised.value.status == 400
+    sim.configure(fail_rate=1.0, fail_mode="midstream", fail_after_tokens=2)
+    got = []
+    with pytest.raises(NodeError):
+        async for chunk in adapter.chat_stream({"model": "sim-small", "messages": [{"role": "user", "content": "x"}],
+                                                "max_tokens": 9, "stream": True}):
+            got.append(chunk)
+    assert sum(1 for c in got if c["choices"] and c["choices"][0]["delta"].get("content")) == 2
+
+
+async def test_unreachable_node_is_retryable():
+    from tests.conftest import free_port
+
+    dead = NodeTarget(id=2, public_id="node_dead", base_url=f"http://127.0.0.1:{free_port()}/v1", adapter="openai",
+                      region="r", attestation="none", healthy=True)
+    with pytest.raises(NodeError) as raised:
+        await adapter_for(dead).chat({"model": "m", "messages": []})
+    assert not raised.value.permanent
+    assert not await adapter_for(dead).health()

@@ -11,7 +11,10 @@ aiohttp client on core 1:
 Every request through the gateway is authenticated, rate limited, reserved,
 settled and recorded. Prints a table; figures are medians over --repeat runs.
 
-    python bench/gateway_overhead.py [--seconds 5] [--repeat 3]
+    python bench/gateway_overhead.py [--seconds 5] [--repeat 3] [--tenants 16]
+
+The load is spread over --tenants organizations; --tenants 1 shows one hot
+wallet, whose reservations and settlements serialize on its row.
 """
 from __future__ import annotations
 
@@ -96,25 +99,26 @@ async def one(session: aiohttp.ClientSession, url: str, headers: dict, stream: b
         return first
 
 
-async def load(url: str, headers: dict, *, concurrency: int, seconds: float, stream: bool) -> dict:
+async def load(url: str, headers: list[dict], *, concurrency: int, seconds: float, stream: bool) -> dict:
+    """Worker i sends with headers[i % len(headers)] (one tenant each when there are several)."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(20):  # warm caches and connections
-            await one(session, url, headers, stream)
+        for h in headers * 5:  # warm caches and connections
+            await one(session, url, h, stream)
 
-        async def worker() -> None:
+        async def worker(h: dict) -> None:
             nonlocal errors
             while time.perf_counter() < deadline:
                 try:
-                    latencies.append(await one(session, url, headers, stream))
+                    latencies.append(await one(session, url, h, stream))
                 except Exception:
                     errors += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(headers[i % len(headers)]) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
@@ -129,6 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tenants", type=int, default=16,
+                        help="spread the load over this many organizations (wallets); 1 = one hot wallet")
     args = parser.parse_args()
 
     state = tempfile.mkdtemp(prefix="bench-state-")
@@ -138,14 +144,14 @@ def main() -> None:
     sim_port, gw_port = free_port(), free_port()
     sim = start(pinned(1, [py, "manage.py", "run_node_simulator", "--port", str(sim_port), "--models", MODEL]),
                 env, "listening on")
-    key = json.loads(subprocess.run([py, "bench/seed.py", f"http://127.0.0.1:{sim_port}", MODEL], cwd=ROOT, env=env,
-                                    check=True, capture_output=True, text=True).stdout)["key"]
+    keys = json.loads(subprocess.run([py, "bench/seed.py", f"http://127.0.0.1:{sim_port}", MODEL, str(args.tenants)],
+                                     cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout)["keys"]
     gateway = start(pinned(0, [py, "-m", "uvicorn", "config.asgi:application", "--port", str(gw_port), "--loop",
                                "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "info",
                                "--lifespan", "on"]),
                     {**env, "LOG_LEVEL": "INFO"}, "Application startup complete")
-    direct = (f"http://127.0.0.1:{sim_port}/v1/chat/completions", {})
-    through = (f"http://127.0.0.1:{gw_port}/v1/chat/completions", {"Authorization": f"Bearer {key}"})
+    direct = (f"http://127.0.0.1:{sim_port}/v1/chat/completions", [{}])
+    through = (f"http://127.0.0.1:{gw_port}/v1/chat/completions", [{"Authorization": f"Bearer {k}"} for k in keys])
     cases = [("chat, concurrency 1", 1, False), ("chat, concurrency 16", 16, False),
              ("stream TTFT, concurrency 1", 1, True), ("stream TTFT, concurrency 16", 16, True)]
     rows = []
@@ -164,7 +170,8 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)
 
     print(f"\nGateway overhead — {shape}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; medians of {args.repeat} × {args.seconds:.0f} s")
+          f"Python {platform.python_version()}; medians of {args.repeat} × {args.seconds:.0f} s; "
+          f"{args.tenants} tenant wallet{'s' if args.tenants > 1 else ''}")
     print("Simulator: 16 output tokens, 0 ms latency. Gateway pinned to core 0; simulator and client on core 1.\n")
     head = f"{'case':<28}{'direct p50':>11}{'p99':>8}{'gateway p50':>13}{'p99':>8}{'added p50':>11}{'added p99':>11}{'gateway req/s':>15}{'errors':>8}"
     print(head)

@@ -1,6 +1,6 @@
-"""Seed a benchmark tenant: a funded wallet, a key, the simulator as a node, a price.
+"""Seed benchmark tenants (funded wallets, keys), the simulator as a node, a price.
 
-Run with the bench's DATABASE_URL; prints the secret key as JSON.
+Run with the bench's DATABASE_URL; prints the secret keys as JSON.
 """
 import json
 import os
@@ -20,12 +20,15 @@ from console import services  # noqa: E402
 from nodes.services import node_upsert  # noqa: E402
 
 sim_url, model = sys.argv[1], sys.argv[2]
-user = get_user_model().objects.create_user(username="bench", email="bench@example.com")
-org = services.organization_create(name="bench", owner=user)
-project = org.projects.get()
-services.project_update(project=project, rpm_limit=10_000_000, tpm_limit=10**12)
-billing.wallet_credit(wallet=billing.customer_wallet(organization=org), amount=10**15, reference="bench")
+tenants = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 node_upsert(name="sim", base_url=f"{sim_url}/v1", models=[{"model": model, "max_output_tokens": 4096}])
 billing.price_publish(model=model, input_per_mtok=150_000, output_per_mtok=600_000)
-_, key = services.api_key_create(project=project, kind="secret")
-print(json.dumps({"key": key}))
+keys = []
+for i in range(tenants):
+    user = get_user_model().objects.create_user(username=f"bench{i}", email=f"bench{i}@example.com")
+    org = services.organization_create(name=f"bench {i}", owner=user)
+    project = org.projects.get()
+    services.project_update(project=project, rpm_limit=10_000_000, tpm_limit=10**12)
+    billing.wallet_credit(wallet=billing.customer_wallet(organization=org), amount=10**15, reference=f"bench{i}")
+    keys.append(services.api_key_create(project=project, kind="secret")[1])
+print(json.dumps({"keys": keys}))

@@ -2,7 +2,7 @@
 
 Django's own ASGI handler runs sync signal receivers and middleware through
 thread hops on every request; measured on this machine a bare async view
-served ~1.7k req/s through it against ~21k req/s through Starlette (see
+served ~1.7k req/s through it against ~24.5k req/s through Starlette (see
 bench/asgi_overhead.py). The paid hot path therefore runs here, on Starlette
 routing, using Django only for settings, models' tables and services. The
 console, admin, webhooks and the key-management API stay on Django.

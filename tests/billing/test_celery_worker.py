@@ -7,7 +7,7 @@ import pytest
 
 from billing.invariants import check_ledger
 from billing.models import Transfer
-from config.celery import app as celery_app
+from celery import Celery
 from tests.billing.test_ledger import reserve
 from tests.conftest import Process, run_async, server_env
 
@@ -22,11 +22,7 @@ def worker(transactional_db):
         env=server_env(CELERY_BROKER_URL=BROKER),
         ready="ready.",
     )
-    eager, broker = celery_app.conf.task_always_eager, celery_app.conf.broker_url
-    celery_app.conf.update(task_always_eager=False, broker_url=BROKER)
     yield process
-    celery_app.conf.update(task_always_eager=eager, broker_url=broker)
-    celery_app.pool.force_close_all()
     process.stop()
 
 
@@ -40,7 +36,8 @@ def test_worker_voids_stale_reservations(alice, worker):
     price = Price(p.id, p.model, p.version, p.currency, p.input_per_mtok, p.cached_input_per_mtok, p.output_per_mtok,
                   p.effective_from)
     stale = run_async(reserve(alice, price, 700, request_id="stale", timeout=dt.timedelta(seconds=-5)))
-    celery_app.send_task("billing.tasks.void_expired_reservations")
+    with Celery(broker=BROKER, set_as_current=False) as producer:  # a client of the worker's broker (the suite's own app is eager)
+        producer.send_task("billing.tasks.void_expired_reservations")
     deadline = time.monotonic() + 20
     while Transfer.objects.get(id=stale.transfer_id).status == "pending":
         assert time.monotonic() < deadline, "".join(worker.output[-30:])

@@ -100,10 +100,14 @@ async def _pool():
                 # Autocommit + client-side binding: a multi-statement query is one implicit transaction.
                 kwargs={"autocommit": True, "cursor_factory": psycopg.AsyncClientCursor},
                 open=False,
-                timeout=10,
+                # Waiting longer for a connection only piles requests up behind a
+                # database that is down: answer 503 after this instead.
+                timeout=2.0,
+                # A failed connect is retried for a few seconds; later requests start new attempts.
+                reconnect_timeout=5.0,
                 name="hot-path",
             )
-            await pool.open(wait=True, timeout=10)
+            await pool.open(wait=False)
             _pools[loop] = pool
     return pool
 

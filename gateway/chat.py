@@ -119,8 +119,11 @@ async def _complete(req: ApiRequest, paid: PaidRequest, entry: ModelEntry, candi
             continue
         router.succeeded(served.node.id)
         usage = _usage_from(result.get("usage"))
-        if usage is None:
-            usage = Usage(input_tokens=tokens.estimate_prompt_tokens(upstream), output_tokens=upstream["max_tokens"])
+        if usage is None:  # rare: an upstream that reports no usage is billed an estimate
+            usage = Usage(
+                input_tokens=tokens.estimate_prompt_tokens(upstream),
+                output_tokens=min(upstream["max_tokens"], tokens.estimate_output_tokens(result.get("choices") or [])),
+            )
         result["id"] = f"chatcmpl-{paid.request_id}"
         result["model"] = entry.name
         result["node"] = _node_info(served)

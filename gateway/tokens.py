@@ -41,3 +41,14 @@ def chat_prompt_bound(body: dict[str, Any]) -> int:
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """A central estimate (about 4 bytes a token) for when a node never reports usage."""
     return max(1, (chat_prompt_bound(body) - PER_REQUEST) // 4)
+
+
+def estimate_output_tokens(choices: list[dict[str, Any]]) -> int:
+    """The same estimate for an answer whose node reported no usage."""
+    total = 0
+    for choice in choices:
+        message = choice.get("message") or {}
+        total += _text_bytes(message.get("content"))
+        if message.get("tool_calls"):
+            total += len(orjson.dumps(message["tool_calls"]))
+    return -(-total // 4)

@@ -98,10 +98,15 @@ async def chat_completions(req: ApiRequest):
     upstream = dict(data)
     upstream.pop("max_completion_tokens", None)
     upstream["max_tokens"] = output_cap
-    if chat.stream:
-        upstream["stream_options"] = {"include_usage": True}
-        return await _stream(req, paid, entry, candidates, upstream, chat.include_usage)
-    return await _complete(req, paid, entry, candidates, upstream)
+    try:
+        if chat.stream:
+            upstream["stream_options"] = {"include_usage": True}
+            return await _stream(req, paid, entry, candidates, upstream, chat.include_usage)
+        return await _complete(req, paid, entry, candidates, upstream)
+    except Exception:
+        if not paid.finished:  # a bug, not a node failure: release the hold now, not at the sweeper
+            await paid.finish(usage=None, status_code=500, error_code="internal_error")
+        raise
 
 
 async def _complete(req: ApiRequest, paid: PaidRequest, entry: ModelEntry, candidates, upstream) -> Any:

@@ -55,6 +55,7 @@ class PaidRequest:
         )
         self.reservation: ledger.Reservation | None = None
         self.settlement: ledger.Settlement | None = None
+        self.finished = False
 
     @property
     def request_id(self) -> str:
@@ -121,7 +122,8 @@ class PaidRequest:
         stored: idempotency.StoredResponse | None = None,
     ) -> ledger.Settlement | None:
         """Settle ``usage`` (or void if None), record, and store the idempotent response."""
-        assert self.reservation is not None
+        assert self.reservation is not None and not self.finished
+        self.finished = True
         meta = self.meta
         meta.status_code, meta.error_code, meta.node_id, meta.ttft_ms = status_code, error_code, node_id, ttft_ms
         meta.latency_ms = self._elapsed_ms()

@@ -8,9 +8,11 @@ SQLite or a single process cannot show).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,9 @@ if HAVE_POSTGRES:
 if HAVE_REDIS:
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("REDIS_PREFIX", f"pi-test-{os.getpid()}")
+# One test database per checkout, so two checkouts on one machine never share it.
+_checkout = hashlib.sha1(str(Path(__file__).resolve().parent.parent).encode()).hexdigest()[:8]
+os.environ.setdefault("TEST_DATABASE_NAME", f"test_platform_{_checkout}")
 os.environ.setdefault("APP_ENV", "test")
 os.environ.setdefault("EMBEDDED_BEAT", "0")
 os.environ.setdefault("LOCAL_NODE_ENABLED", "0")

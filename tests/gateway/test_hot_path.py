@@ -59,3 +59,20 @@ async def test_warm_request_costs_two_round_trips_and_no_orm(alice, sim_node, co
     assert counters == {"db_round_trips": 2, "limit_calls": admitted_and_refunded, "django_queries": 0}
     balance = await sync_to_async(lambda: alice.wallet.balance)()
     assert balance < 1_000_000
+
+
+async def test_a_bug_after_reserving_releases_the_hold_at_once(alice, sim_node, monkeypatch):
+    from billing.models import Transfer
+    from config.asgi import application
+    from gateway import chat
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(chat, "_complete", broken)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://gateway") as client:
+        response = await client.post("/v1/chat/completions", headers=alice.auth(), json=CHAT)
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"
+    state = await sync_to_async(lambda: (list(Transfer.objects.filter(kind="usage").values_list("status", flat=True)),
+                                         alice.wallet.reserved))()
+    assert state == (["voided"], 0)

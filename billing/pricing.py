@@ -7,6 +7,7 @@ customer's favour.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 TOKENS_PER_PRICE_UNIT = 1_000_000
@@ -52,7 +53,7 @@ def reservation_micros(price: Price, *, max_input_tokens: int, max_output_tokens
     return -(-total // TOKENS_PER_PRICE_UNIT)  # ceiling: always covers cost_micros
 
 
-def price_at(versions: list[Price], when: dt.datetime) -> Price | None:
+def price_at(versions: Sequence[Price], when: dt.datetime) -> Price | None:
     """The version in force at ``when``; ``versions`` sorted by effective_from."""
     current = None
     for price in versions:

@@ -26,7 +26,7 @@ class ModelEntry:
     created: int
 
     def price_at(self, when: dt.datetime) -> Price | None:
-        return price_at(list(self.prices), when)
+        return price_at(self.prices, when)
 
 
 class Catalog:

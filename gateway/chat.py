@@ -18,7 +18,7 @@ from nodes import router
 from nodes.adapters import NodeError, adapter_for
 from nodes.registry import ServedModel
 
-from . import auth, background, idempotency, limits, schemas, tokens
+from . import background, idempotency, limits, schemas, tokens
 from .catalog import ModelEntry, catalog
 from .context import ApiRequest, json_response, replay_response
 from .errors import GatewayError, envelope

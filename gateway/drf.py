@@ -6,6 +6,7 @@ Kept apart from the views because DRF imports these classes from settings while
 """
 from __future__ import annotations
 
+import logging
 import re
 
 from asgiref.sync import iscoroutinefunction
@@ -24,6 +25,8 @@ from console.models import ApiKey
 
 from .auth import presented_key
 from .errors import GatewayError, envelope
+
+log = logging.getLogger(__name__)
 
 
 class _Failed(exceptions.APIException):
@@ -85,8 +88,11 @@ def envelope_exception_handler(exc, context):
         error = GatewayError("unsupported_media_type", str(exc.detail))
     elif isinstance(exc, ValueError):
         error = GatewayError("invalid_request", str(exc))
-    else:
-        return None  # 500 via Django, logged
+    elif isinstance(exc, exceptions.APIException):
+        error = GatewayError("invalid_request", str(exc.detail))
+    else:  # never Django's HTML error page under /v1
+        log.exception("unhandled error on %s", request.path)
+        error = GatewayError("internal_error", "Internal error.")
     return Response(envelope(error.code, error.message, _request_id(request), param=error.param), status=error.status)
 
 

@@ -29,13 +29,10 @@ class QueueSSEResponse:
     so the producer can stop the node and settle for what was generated.
     """
 
-    media_type = "text/event-stream"
-
     def __init__(self, queue: asyncio.Queue, *, headers: dict[str, str], on_disconnect: Callable[[], None]):
         self.queue = queue
         self.headers = headers
         self.on_disconnect = on_disconnect
-        self.status_code = 200
 
     async def __call__(self, scope, receive, send) -> None:
         headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]

@@ -57,3 +57,17 @@ def test_balance(server, alice):
     balance = httpx.get(f"{server.api}/balance", headers=alice.auth()).json()
     assert balance == {"object": "balance", "currency": "usd", "balance_micros": 1_000_000, "reserved_micros": 0,
                        "available_micros": 1_000_000}
+
+
+def test_an_unexpected_error_is_an_envelope_not_an_html_page(alice, monkeypatch):
+    from django.test import Client
+
+    from billing import selectors
+
+    def broken(**kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(selectors, "balance_for_organization", broken)
+    response = Client(raise_request_exception=False).get("/v1/balance", HTTP_AUTHORIZATION=f"Bearer {alice.secret_key}")
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"
+    assert response.json()["error"]["request_id"] == response["X-Request-ID"]

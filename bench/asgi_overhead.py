@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,8 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+
+from common import free_port, machine, print_table
 
 DJANGO_APP = '''
 from django.conf import settings
@@ -104,12 +104,6 @@ CASES = [  # label, module, server
     ("bare ASGI callable", "bare_app", "uvicorn"),
     ("Starlette", "starlette_app", "daphne"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_apps(directory: Path) -> None:
@@ -196,18 +190,16 @@ def main() -> None:
 
     import daphne, django, starlette, uvicorn  # noqa: E401  (versions for the header only)
 
-    print(f"\nASGI stack overhead, GET /ok -> {{\"ok\": true}} — {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
+    print(f"\nASGI stack overhead, GET /ok -> {{\"ok\": true}} — {machine()}")
     print(f"Django {django.__version__}, Starlette {starlette.__version__}, uvicorn {uvicorn.__version__} "
           f"(uvloop, httptools), daphne {daphne.__version__}")
     print(f"server on core 0, wrk -t1 -c{args.connections} -d{args.seconds}s on core 1; "
           f"median of {args.repeat} runs\n")
-    head = f"{'app':<32}{'server':<9}{'req/s':>9}{'p50':>10}{'p99':>10}{'errors':>8}   {'req/s of each run':<20}"
-    print(head)
-    print("-" * len(head))
-    for label, server, r, all_rps in rows:
-        print(f"{label:<32}{server:<9}{r['rps']:>9.0f}{r['p50']:>8.2f}ms{r['p99']:>8.2f}ms{r['errors']:>8}   "
-              + " ".join(f"{x:.0f}" for x in all_rps))
+    print_table(
+        ["app", "server", "req/s", "p50", "p99", "errors", "req/s of each run"],
+        [[label, server, f"{r['rps']:.0f}", f"{r['p50']:.2f}ms", f"{r['p99']:.2f}ms", str(r["errors"]),
+          " ".join(f"{x:.0f}" for x in all_rps)] for label, server, r, all_rps in rows],
+    )
     base = next(r["rps"] for label, server, r, _ in rows if label == "Starlette" and server == "uvicorn")
     print("\nrelative to Starlette on uvicorn: "
           + ", ".join(f"{label} ({server}) {r['rps'] / base:.2f}×" for label, server, r, _ in rows))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import random
 import statistics
 import time
@@ -41,6 +40,8 @@ import time
 import psycopg
 import uvloop
 from psycopg_pool import AsyncConnectionPool
+
+from common import machine, print_table
 
 DB = "bench_db_batching"
 ROWS = 100_000
@@ -150,22 +151,18 @@ def main() -> None:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 
-    print(f"\nOne 4-UPDATE transaction per op — {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, psycopg {psycopg.__version__} ({psycopg.pq.__impl__}), "
-          f"PostgreSQL {server_version} on 127.0.0.1")
+    print(f"\nOne 4-UPDATE transaction per op — {machine()}, psycopg {psycopg.__version__} "
+          f"({psycopg.pq.__impl__}), PostgreSQL {server_version} on 127.0.0.1")
     print(f"{args.ops} ops per run at concurrency {args.concurrency}, pool of {args.pool} autocommit connections, "
           f"client on core 0 (uvloop); medians of {args.repeat} interleaved runs\n")
-    head = f"{'method':<36}{'ops/s':>8}{'client CPU/op':>15}{'vs multi-stmt':>15}   {'ops/s of each run':<20}"
-    print(head)
-    print("-" * len(head))
     by_cpu = lambda rs: sorted(rs, key=lambda r: r["cpu_us"])[len(rs) // 2]  # noqa: E731
     base = by_cpu(results["b. multi-statement, client-bound"])["cpu_us"]
+    table = []
     for name, runs in results.items():
-        ops = statistics.median(r["ops"] for r in runs)
         cpu = by_cpu(runs)["cpu_us"]
-        print(f"{name:<36}{ops:>8.0f}{cpu:>13.0f}µs{cpu / base:>14.2f}×   "
-              + " ".join(f"{r['ops']:.0f}" for r in runs))
-
+        table.append([name, f"{statistics.median(r['ops'] for r in runs):.0f}", f"{cpu:.0f}µs", f"{cpu / base:.2f}×",
+                      " ".join(f"{r['ops']:.0f}" for r in runs)])
+    print_table(["method", "ops/s", "client CPU/op", "vs multi-stmt", "ops/s of each run"], table)
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -33,16 +32,11 @@ import time
 from pathlib import Path
 
 import aiohttp
+from common import free_port, machine, percentile, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say something short."}], "max_tokens": 16}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
@@ -121,8 +115,8 @@ async def load(url: str, headers: list[dict], *, concurrency: int, seconds: floa
         await asyncio.gather(*(worker(headers[i % len(headers)]) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
     latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-    return {"p50": pick(0.50), "p99": pick(0.99), "rps": len(latencies) / elapsed, "n": len(latencies), "errors": errors}
+    return {"p50": percentile(latencies, 0.50) * 1000, "p99": percentile(latencies, 0.99) * 1000,
+            "rps": len(latencies) / elapsed, "n": len(latencies), "errors": errors}
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -169,17 +163,15 @@ def main() -> None:
             proc.wait(10)
         shutil.rmtree(state, ignore_errors=True)
 
-    print(f"\nGateway overhead — {shape}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; medians of {args.repeat} × {args.seconds:.0f} s; "
+    print(f"\nGateway overhead — {shape}; {machine()}; medians of {args.repeat} × {args.seconds:.0f} s; "
           f"{args.tenants} tenant wallet{'s' if args.tenants > 1 else ''}")
     print("Simulator: 16 output tokens, 0 ms latency. Gateway pinned to core 0; simulator and client on core 1.\n")
-    head = f"{'case':<28}{'direct p50':>11}{'p99':>8}{'gateway p50':>13}{'p99':>8}{'added p50':>11}{'added p99':>11}{'gateway req/s':>15}{'errors':>8}"
-    print(head)
-    print("-" * len(head))
-    for name, d, g in rows:
-        print(f"{name:<28}{d['p50']:>9.2f}ms{d['p99']:>6.2f}ms{g['p50']:>11.2f}ms{g['p99']:>6.2f}ms"
-              f"{g['p50'] - d['p50']:>9.2f}ms{g['p99'] - d['p99']:>9.2f}ms{g['rps']:>15.0f}{int(g['errors']):>8}")
-
+    ms = lambda v: f"{v:.2f}ms"  # noqa: E731
+    print_table(
+        ["case", "direct p50", "p99", "gateway p50", "p99", "added p50", "added p99", "gateway req/s", "errors"],
+        [[name, ms(d["p50"]), ms(d["p99"]), ms(g["p50"]), ms(g["p99"]), ms(g["p50"] - d["p50"]),
+          ms(g["p99"] - d["p99"]), f"{g['rps']:.0f}", f"{g['errors']:.0f}"] for name, d, g in rows],
+    )
 
 if __name__ == "__main__":
     main()

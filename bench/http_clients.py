@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
 import time
+
+from common import free_port, machine, percentile, print_table
 
 EVENTS = 64
 PAYLOAD = {"model": "bench-model", "messages": [{"role": "user", "content": "Say something short."}],
@@ -129,18 +129,11 @@ async def client_run(library: str, url: str, stream: bool, concurrency: int, tot
     finally:
         await close()
     latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
     n = len(latencies)
-    return {"rps": n / wall, "p50": pick(0.50), "p99": pick(0.99), "cpu_us": cpu / n * 1e6, "n": n}
+    return {"rps": n / wall, "p50": percentile(latencies, 0.50) * 1000, "p99": percentile(latencies, 0.99) * 1000, "cpu_us": cpu / n * 1e6, "n": n}
 
 
 # --- driver -----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -190,16 +183,14 @@ def main() -> None:
     import aiohttp
     import httpx
 
-    print(f"\nUpstream HTTP client: aiohttp {aiohttp.__version__} vs httpx {httpx.__version__} — "
-          f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, uvloop")
+    print(f"\nUpstream HTTP client: aiohttp {aiohttp.__version__} vs httpx {httpx.__version__} — {machine()}, uvloop")
     print(f"upstream (aiohttp.web, {body_line}; SSE = {EVENTS} events + [DONE]) on core 1, client on core 0; "
           f"{args.requests} requests per run, median of {args.repeat} runs\n")
-    head = f"{'response':<19}{'conc':>5}  {'client':<9}{'req/s':>8}{'p50':>10}{'p99':>10}{'CPU/req':>11}"
-    print(head)
-    print("-" * len(head))
-    for kind, concurrency, library, r in rows:
-        print(f"{kind:<19}{concurrency:>5}  {library:<9}{r['rps']:>8.0f}{r['p50']:>8.2f}ms{r['p99']:>8.2f}ms"
-              f"{r['cpu_us']:>9.0f}µs")
+    print_table(
+        ["response", "conc", "client", "req/s", "p50", "p99", "CPU/req"],
+        [[kind, str(conc), library, f"{r['rps']:.0f}", f"{r['p50']:.2f}ms", f"{r['p99']:.2f}ms", f"{r['cpu_us']:.0f}µs"]
+         for kind, conc, library, r in rows],
+    )
     print()
     for i in range(0, len(rows), 2):
         (kind, conc, _, a), (_, _, _, h) = rows[i], rows[i + 1]

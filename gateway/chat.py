@@ -109,13 +109,15 @@ async def chat_completions(req: ApiRequest):
         raise
 
 
-async def _complete(req: ApiRequest, paid: PaidRequest, entry: ModelEntry, candidates, upstream) -> Any:
+async def _first_node(candidates, upstream, attempt):
+    """Try nodes in order until ``attempt(served)`` succeeds; failover happens only
+    here, before anything reached the client. A permanent error (a bad request)
+    stops at once; a retryable one marks the node down and tries the next."""
     last: NodeError | None = None
     for served in candidates:
         upstream["model"] = served.upstream_model
         try:
-            with router.in_flight(served.node.id):
-                result = await adapter_for(served.node).chat(upstream)
+            result = await attempt(served)
         except NodeError as exc:
             last = exc
             if exc.permanent:
@@ -123,44 +125,44 @@ async def _complete(req: ApiRequest, paid: PaidRequest, entry: ModelEntry, candi
             router.failed(served.node.id)
             continue
         router.succeeded(served.node.id)
-        usage = _usage_from(result.get("usage"))
-        if usage is None:  # rare: an upstream that reports no usage is billed an estimate
-            usage = Usage(
-                input_tokens=tokens.estimate_prompt_tokens(upstream),
-                output_tokens=min(upstream["max_tokens"], tokens.estimate_output_tokens(result.get("choices") or [])),
-            )
-        result["id"] = f"chatcmpl-{paid.request_id}"
-        result["model"] = entry.name
-        result["node"] = _node_info(served)
-        payload = orjson.dumps(result)
-        headers = {**req.extra_headers, **_node_headers(served)}
-        stored = idempotency.StoredResponse(200, "application/json", headers, payload) if paid.claim else None
-        await paid.finish(usage=usage, status_code=200, node_id=served.node.public_id, stored=stored)
-        return json_response(req, payload, headers=_node_headers(served))
-    error = _node_error(last) if last else GatewayError("no_nodes_available", "No node is serving this model.")
-    await paid.finish(usage=None, status_code=error.status, error_code=error.code)
-    raise error
-
-
-async def _open_stream(candidates, upstream):
-    """The first node that produces a first chunk: failover happens only before it."""
-    last: NodeError | None = None
-    for served in candidates:
-        upstream["model"] = served.upstream_model
-        chunks = adapter_for(served.node).chat_stream(upstream)
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            last = NodeError("node ended the stream without output", permanent=False)
-        except NodeError as exc:
-            last = exc
-            if exc.permanent:
-                break
-        else:
-            router.succeeded(served.node.id)
-            return served, first, chunks
-        router.failed(served.node.id)
+        return served, result
     raise last or NodeError("no node available", permanent=False)
+
+
+async def _complete(req: ApiRequest, paid: PaidRequest, entry: ModelEntry, candidates, upstream) -> Any:
+    async def answer(served: ServedModel) -> dict:
+        with router.in_flight(served.node.id):
+            return await adapter_for(served.node).chat(upstream)
+
+    try:
+        served, result = await _first_node(candidates, upstream, answer)
+    except NodeError as exc:
+        error = _node_error(exc)
+        await paid.finish(usage=None, status_code=error.status, error_code=error.code)
+        raise error from None
+    usage = _usage_from(result.get("usage"))
+    if usage is None:  # rare: an upstream that reports no usage is billed an estimate
+        usage = Usage(
+            input_tokens=tokens.estimate_prompt_tokens(upstream),
+            output_tokens=min(upstream["max_tokens"], tokens.estimate_output_tokens(result.get("choices") or [])),
+        )
+    result["id"] = f"chatcmpl-{paid.request_id}"
+    result["model"] = entry.name
+    result["node"] = _node_info(served)
+    payload = orjson.dumps(result)
+    headers = {**req.extra_headers, **_node_headers(served)}
+    stored = idempotency.StoredResponse(200, "application/json", headers, payload) if paid.claim else None
+    await paid.finish(usage=usage, status_code=200, node_id=served.node.public_id, stored=stored)
+    return json_response(req, payload, headers=_node_headers(served))
+
+
+async def _open_stream(served: ServedModel, upstream):
+    """A node's stream and its first chunk (an empty stream counts as a failure)."""
+    chunks = adapter_for(served.node).chat_stream(upstream)
+    try:
+        return await anext(chunks), chunks
+    except StopAsyncIteration:
+        raise NodeError("node ended the stream without output", permanent=False) from None
 
 
 class _StreamRun:
@@ -177,6 +179,7 @@ class _StreamRun:
         self.generated = 0  # content chunks: one token each on the nodes we run
         self.completion_id = f"chatcmpl-{paid.request_id}"
         self.task: asyncio.Task | None = None
+        self.relaying = True  # a disconnect cancels the relay, never the settlement after it
 
     def emit(self, data: bytes) -> None:
         event = frame(self.next_id, data)
@@ -186,7 +189,7 @@ class _StreamRun:
         self.queue.put_nowait(event)
 
     def client_gone(self) -> None:
-        if self.task is not None and not self.task.done():
+        if self.relaying and self.task is not None and not self.task.done():
             self.task.cancel()
 
     def _partial_usage(self) -> Usage | None:
@@ -226,7 +229,10 @@ class _StreamRun:
         try:
             with router.in_flight(self.served.node.id):
                 try:
-                    await self._relay(first, chunks)
+                    try:
+                        await self._relay(first, chunks)
+                    finally:
+                        self.relaying = False
                 except NodeError:
                     router.failed(self.served.node.id)
                     message = "The node failed mid-answer; you are billed only for what it generated."
@@ -282,7 +288,7 @@ class _StreamRun:
 async def _stream(req: ApiRequest, paid: PaidRequest, entry: ModelEntry, candidates, upstream, include_usage: bool):
     started = time.monotonic()
     try:
-        served, first, chunks = await _open_stream(candidates, upstream)
+        served, (first, chunks) = await _first_node(candidates, upstream, lambda served: _open_stream(served, upstream))
     except NodeError as exc:
         error = _node_error(exc)
         await paid.finish(usage=None, status_code=error.status, error_code=error.code)

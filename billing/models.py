@@ -9,6 +9,8 @@
   summing to zero) and never change. A wallet's ``balance`` is the sum of its
   entries; ``reserved`` is the sum of its pending transfers. Both stored columns
   are checked against that derivation by ``billing.invariants``.
+* ``SpendCounter`` holds a month's usage of one capped project or key, so the
+  reservation can be refused in the database when it would cross the cap.
 """
 from __future__ import annotations
 
@@ -103,6 +105,13 @@ class Transfer(models.Model):
     reference = models.CharField(max_length=255, null=True, blank=True)
     request_id = models.CharField(max_length=128, null=True, blank=True)
     project = models.ForeignKey("console.Project", null=True, blank=True, on_delete=models.PROTECT)
+    api_key = models.ForeignKey("console.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # Usage only: the calendar month (UTC, "YYYY-MM") whose spend counters this
+    # transfer belongs to, and whether its pending amount is held in the
+    # project's / the key's counter (so settle and void release exactly that).
+    spend_period = models.CharField(max_length=7, blank=True, default="", db_default="")
+    counted_project = models.BooleanField(default=False, db_default=False)
+    counted_key = models.BooleanField(default=False, db_default=False)
     model = models.CharField(max_length=200, blank=True)
     input_tokens = models.BigIntegerField(default=0)
     cached_input_tokens = models.BigIntegerField(default=0)
@@ -139,3 +148,47 @@ class Entry(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["transfer", "wallet"], name="entry_one_per_wallet")]
+
+
+class SpendCounter(models.Model):
+    """One capped scope's usage in one calendar month (UTC), in micro-units.
+
+    ``spent`` is the posted usage of the scope's transfers of the month;
+    ``reserved`` is the pending amount of those held here (``counted_*``). The
+    reservation adds to ``reserved`` in its own transaction, so a request that
+    would cross ``cap`` breaks ``spend_within_cap`` and reserves nothing.
+
+    ``excess`` is how far spend and holds already stood above the cap when it
+    was lowered below them (or a request reserved before the cap was known
+    settled): settle, void and cap changes reset it to max(0, spent + reserved
+    - cap), so it lets those finish but never leaves room for a new hold.
+    Rows exist only for scopes that have (or had) a cap; the cap lives on
+    console's Project/ApiKey and is copied here by ``billing.services.spend_cap_set``
+    and by the first reservation of a month.
+    """
+
+    class Scope(models.TextChoices):
+        PROJECT = "project"
+        KEY = "key"
+
+    scope = models.CharField(max_length=8, choices=Scope.choices)
+    scope_id = models.BigIntegerField()
+    period = models.CharField(max_length=7)  # "YYYY-MM", UTC
+    spent = models.BigIntegerField(default=0)
+    reserved = models.BigIntegerField(default=0)
+    excess = models.BigIntegerField(default=0)
+    cap = models.BigIntegerField(null=True, blank=True)  # null: the cap was cleared; still counted
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "scope_id", "period"], name="spendcounter_one_per_period"),
+            models.CheckConstraint(
+                condition=Q(spent__gte=0, reserved__gte=0, excess__gte=0), name="spendcounter_nonnegative"
+            ),
+            # The cap guard: a reservation that would take spent + reserved over
+            # the cap fails this check and rolls its whole transaction back.
+            models.CheckConstraint(
+                condition=Q(cap__isnull=True) | Q(spent__lte=F("cap") + F("excess") - F("reserved")),
+                name="spend_within_cap",
+            ),
+        ]

@@ -43,6 +43,9 @@ class Project(models.Model):
     idempotency_required = models.BooleanField(default=False)
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    # Micro-units per calendar month (UTC); null means no cap. Enforced by
+    # billing.SpendCounter; change it only through console.services.
+    monthly_spend_cap = models.PositiveBigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -69,6 +72,10 @@ class ApiKey(models.Model):
     # Set when the key is rotated: it keeps working until then (the grace period).
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Optional per-key limits on top of the project's; null means only the project's apply.
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    tpm_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    monthly_spend_cap = models.PositiveBigIntegerField(null=True, blank=True)
     rotated_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)

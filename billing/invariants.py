@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.db.models import Count, F, Q, Sum
 
-from .models import Entry, Transfer, Wallet
+from .models import Entry, SpendCounter, Transfer, Wallet
 
 
 def check_ledger() -> list[str]:
@@ -43,5 +43,32 @@ def check_ledger() -> list[str]:
             problems.append(f"wallet {wallet.id} reserved {wallet.reserved} != pending transfers {pending}")
         if wallet.kind == Wallet.Kind.CUSTOMER and wallet.balance < wallet.reserved:
             problems.append(f"wallet {wallet.id} available is negative")
+    problems += check_spend_counters()
+    return problems
+
+
+def check_spend_counters() -> list[str]:
+    """Each counter's spent is its scope's posted usage of the month; reserved is
+    the pending amount of the month's transfers held there."""
+    from .services import period_bounds
+
+    problems: list[str] = []
+    for counter in SpendCounter.objects.all():
+        start, end = period_bounds(counter.period)
+        owner, flag = (
+            ("api_key_id", "counted_key") if counter.scope == SpendCounter.Scope.KEY else ("project_id", "counted_project")
+        )
+        usage = Transfer.objects.filter(kind=Transfer.Kind.USAGE, **{owner: counter.scope_id})
+        spent = usage.filter(status=Transfer.Status.POSTED, created_at__gte=start, created_at__lt=end).aggregate(
+            s=Sum("amount")
+        )["s"] or 0
+        held = usage.filter(status=Transfer.Status.PENDING, spend_period=counter.period, **{flag: True}).aggregate(
+            s=Sum("pending_amount")
+        )["s"] or 0
+        if (counter.spent, counter.reserved) != (spent, held):
+            problems.append(
+                f"spend counter {counter.scope} {counter.scope_id} {counter.period}: spent {counter.spent} "
+                f"reserved {counter.reserved}, ledger says {spent} and {held}"
+            )
     return problems
 

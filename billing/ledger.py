@@ -7,10 +7,15 @@ request records) through ``before``/``after``.
 
 Guards live in the database, not in Python:
 * reserve: ``reserved = reserved + x`` breaks the ``wallet_available_nonnegative``
-  check when the wallet cannot cover x, which aborts the whole transaction;
+  check when the wallet cannot cover x, which aborts the whole transaction; for a
+  project or key with a monthly spend cap the same transaction adds x to its
+  ``SpendCounter``, where crossing the cap breaks ``spend_within_cap``;
 * settle/void: only the statement that flips ``status`` from ``pending`` writes
   its random ``claim``; every later statement is conditioned on that claim, so
   a second settle (a retry, a race with the sweeper) changes nothing.
+
+Lock order, everywhere: customer wallet, then the project's spend counter, then
+the key's (``services.spend_cap_set`` takes the wallet first as well).
 """
 from __future__ import annotations
 
@@ -33,6 +38,21 @@ class WalletUnavailable(Exception):
     """The wallet is suspended (or gone): nothing may be reserved on it."""
 
 
+class SpendCapReached(Exception):
+    """The reservation would take a project's or key's month over its spend cap."""
+
+    def __init__(self, *, scope: str, cap: int, room: int):
+        super().__init__(f"{scope} spend cap {cap} reached ({room} left)")
+        self.scope = scope  # "project" or "key"
+        self.cap = cap
+        self.room = room  # what could still be reserved this month (>= 0)
+
+
+def spend_period(when: dt.datetime) -> str:
+    """The calendar month (UTC) a reservation at ``when`` counts against."""
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m")
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     transfer_id: int
@@ -52,20 +72,57 @@ _RESERVE_WALLET = """
 UPDATE billing_wallet SET reserved = reserved + %(amount)s
 WHERE id = %(wallet_id)s AND status = 'active'
 """
+# Only for a capped scope. The cap is written when the month's row is created;
+# afterwards only spend_cap_set changes it (a process's cached cap may be stale).
+_RESERVE_COUNTER = """
+INSERT INTO billing_spendcounter (scope, scope_id, period, spent, reserved, excess, cap)
+VALUES (%(scope)s, %(scope_id)s, %(period)s, 0, %(amount)s, 0, %(cap)s)
+ON CONFLICT (scope, scope_id, period) DO UPDATE SET reserved = billing_spendcounter.reserved + excluded.reserved
+"""
 _RESERVE_TRANSFER = """
 INSERT INTO billing_transfer (
     kind, status, debit_wallet_id, credit_wallet_id, pending_amount, amount, currency, price_id,
-    request_id, project_id, model, input_tokens, cached_input_tokens, output_tokens, description,
-    created_at, timeout_at)
+    request_id, project_id, api_key_id, model, input_tokens, cached_input_tokens, output_tokens, description,
+    created_at, timeout_at, spend_period, counted_project, counted_key)
 SELECT 'usage', 'pending', %(wallet_id)s, %(usage_wallet_id)s, %(amount)s, 0, currency, %(price_id)s,
-    %(request_id)s, %(project_id)s, %(model)s, 0, 0, 0, '', %(now)s, %(timeout_at)s
+    %(request_id)s, %(project_id)s, %(api_key_id)s, %(model)s, 0, 0, 0, '', %(now)s, %(timeout_at)s,
+    %(period)s, %(counted_project)s, %(counted_key)s
 FROM billing_wallet WHERE id = %(wallet_id)s AND status = 'active'
 RETURNING id
 """
+_COUNTER_ROOM = """
+SELECT scope, cap + excess - spent - reserved FROM billing_spendcounter
+WHERE period = %(period)s AND cap IS NOT NULL
+  AND ((scope = 'project' AND scope_id = %(project_id)s) OR (scope = 'key' AND scope_id = %(api_key_id)s))
+"""
 
 
-def _reserve_statements(**params) -> list[Stmt]:
-    return [Stmt(_RESERVE_WALLET, params), Stmt(_RESERVE_TRANSFER, params, fetch=True)]
+def _reserve_statements(*, caps: dict[str, tuple[int, int]], **params) -> list[Stmt]:
+    """``caps``: scope -> (scope id, cap), project first (the lock order)."""
+    counters = [
+        Stmt(_RESERVE_COUNTER, {"scope": scope, "scope_id": scope_id, "period": params["period"],
+                                "amount": params["amount"], "cap": cap})
+        for scope, (scope_id, cap) in caps.items()
+    ]
+    return [Stmt(_RESERVE_WALLET, params), *counters, Stmt(_RESERVE_TRANSFER, params, fetch=True)]
+
+
+async def _cap_reached(*, amount: int, period: str, project_id: int, api_key_id: int | None,
+                       caps: dict[str, tuple[int, int]]) -> SpendCapReached:
+    """Which cap refused the reservation, for the message (a read on the refusal path only)."""
+    try:
+        (result,) = await asyncdb.run(Stmt(
+            _COUNTER_ROOM, {"period": period, "project_id": project_id, "api_key_id": api_key_id}, fetch=True
+        ))
+        rooms = {scope: max(0, room) for scope, room in result.rows}
+    except asyncdb.DatabaseUnavailable:
+        rooms = {}
+    for scope, (_, cap) in caps.items():
+        room = rooms.get(scope, cap)  # no row yet: this request would have opened the month
+        if amount > room:
+            return SpendCapReached(scope=scope, cap=cap, room=room)
+    scope, (_, cap) = next(iter(caps.items()))  # raced with a settlement: name the first
+    return SpendCapReached(scope=scope, cap=cap, room=rooms.get(scope, 0))
 
 
 async def reserve(
@@ -79,23 +136,43 @@ async def reserve(
     now: dt.datetime,
     timeout_at: dt.datetime,
     before: Sequence[Stmt] = (),
+    api_key_id: int | None = None,
+    project_spend_cap: int | None = None,
+    key_spend_cap: int | None = None,
 ) -> Reservation:
+    """Hold ``amount`` on the wallet, and on the month's spend counter of each
+    capped scope, or nothing at all (one transaction, one round trip)."""
+    period = spend_period(now)
+    caps: dict[str, tuple[int, int]] = {}
+    if project_spend_cap is not None:
+        caps["project"] = (project_id, project_spend_cap)
+    if key_spend_cap is not None and api_key_id is not None:
+        caps["key"] = (api_key_id, key_spend_cap)
     stmts = _reserve_statements(
+        caps=caps,
         wallet_id=wallet_id,
         usage_wallet_id=usage_wallet_id,
         amount=amount,
         price_id=price.id,
         request_id=request_id,
         project_id=project_id,
+        api_key_id=api_key_id,
         model=price.model,
         now=now,
         timeout_at=timeout_at,
+        period=period,
+        counted_project="project" in caps,
+        counted_key="key" in caps,
     )
     try:
         results = await asyncdb.run(*before, *stmts)
     except ConstraintViolation as exc:
         if exc.name == "wallet_available_nonnegative":
             raise InsufficientBalance() from None
+        if exc.name == "spend_within_cap":
+            raise await _cap_reached(
+                amount=amount, period=period, project_id=project_id, api_key_id=api_key_id, caps=caps
+            ) from None
         raise
     rows = results[-1].rows
     if not rows:
@@ -128,6 +205,30 @@ _SETTLE = [
     """,
 ]
 
+# Settle and void end by updating the spend counters of the transfer's month, if
+# its project or key has one: spent grows by the posted amount (even for a
+# reservation made before the cap was known, so spent stays the month's real
+# spend) and reserved drops by what this transfer held there. excess is reset
+# to what stands over the cap, so finishing work never breaks the cap check
+# and never leaves room for a new hold above it. No row: nothing to do.
+_COUNTER_SETTLE = """
+UPDATE billing_spendcounter SET
+    spent = spent + t.amount,
+    reserved = reserved - t.held,
+    excess = CASE WHEN cap IS NOT NULL AND spent + t.amount + reserved - t.held > cap
+                  THEN spent + t.amount + reserved - t.held - cap ELSE 0 END
+FROM (SELECT {id_col} AS owner_id, spend_period, amount,
+             CASE WHEN {counted_col} THEN pending_amount ELSE 0 END AS held
+      FROM billing_transfer WHERE id = %(id)s AND claim = %(claim)s) AS t
+WHERE billing_spendcounter.scope = '{scope}' AND billing_spendcounter.scope_id = t.owner_id
+  AND billing_spendcounter.period = t.spend_period AND (t.amount > 0 OR t.held > 0)
+"""
+_COUNTERS = [
+    _COUNTER_SETTLE.format(scope="project", id_col="project_id", counted_col="counted_project"),
+    _COUNTER_SETTLE.format(scope="key", id_col="api_key_id", counted_col="counted_key"),
+]
+_SETTLE += _COUNTERS
+
 _VOID = [
     """
     UPDATE billing_transfer SET status = 'voided', finished_at = %(now)s, claim = %(claim)s
@@ -137,6 +238,7 @@ _VOID = [
     UPDATE billing_wallet SET reserved = reserved - ({_CLAIMED.format(col="pending_amount")})
     WHERE id = ({_CLAIMED.format(col="debit_wallet_id")})
     """,
+    *_COUNTERS,  # a voided transfer's amount is 0: this only releases its hold
 ]
 
 

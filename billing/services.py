@@ -4,13 +4,13 @@ from __future__ import annotations
 import datetime as dt
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, Sum
 from django.utils import timezone
 
 from config import asyncdb, bus
 
 from . import ledger
-from .models import BillingAccount, Entry, ModelPrice, Transfer, Wallet
+from .models import BillingAccount, Entry, ModelPrice, SpendCounter, Transfer, Wallet
 
 PRICES_TOPIC = "prices"
 
@@ -108,3 +108,59 @@ def reservations_void_expired(*, now: dt.datetime | None = None, limit: int = 10
         results = asyncdb.run_sync(*ledger.void_statements(transfer_id=transfer_id, now=now))
         voided += results[0].rowcount
     return voided
+
+
+def period_bounds(period: str) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end) of a "YYYY-MM" period, UTC."""
+    year, month = map(int, period.split("-"))
+    start = dt.datetime(year, month, 1, tzinfo=dt.timezone.utc)
+    end = dt.datetime(year + month // 12, month % 12 + 1, 1, tzinfo=dt.timezone.utc)
+    return start, end
+
+
+def spend_cap_set(*, project, key=None, cap: int | None, now: dt.datetime | None = None) -> SpendCounter | None:
+    """Apply a project's (or, with ``key``, that key's) monthly spend cap to this
+    month's counter; ``cap=None`` clears it. The caller stores the cap itself
+    (console's Project/ApiKey) in the same transaction.
+
+    Setting a cap derives the counter from the ledger: ``spent`` is the month's
+    posted usage so far, ``reserved`` its pending holds, which are marked as
+    held here so settling or voiding them releases the counter. Clearing keeps
+    the row (settlements still keep it exact) but stops enforcing it.
+    """
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
+        raise ValueError("a spend cap is a non-negative integer of micro-units")
+    now = now or timezone.now()
+    period = ledger.spend_period(now)
+    start, end = period_bounds(period)
+    if key is not None:
+        scope, scope_id, owner, flag = SpendCounter.Scope.KEY, key.id, {"api_key_id": key.id}, "counted_key"
+    else:
+        scope, scope_id, owner, flag = SpendCounter.Scope.PROJECT, project.id, {"project_id": project.id}, "counted_project"
+    month = Transfer.objects.filter(kind=Transfer.Kind.USAGE, created_at__gte=start, created_at__lt=end, **owner)
+    with transaction.atomic():
+        # Lock order matters. First the month's pending holds: a settlement that
+        # already claimed one finishes (and shows up as posted) before we go on;
+        # one that has not waits for us and then sees the new counter. Then the
+        # customer wallet, which every reserve, settle and void of the
+        # organization updates before any counter: from here on nothing moves.
+        pending = dict(
+            month.filter(status=Transfer.Status.PENDING).select_for_update().values_list("id", "pending_amount")
+        )
+        list(
+            Wallet.objects.select_for_update(of=("self",))
+            .filter(account__organization_id=project.organization_id, kind=Wallet.Kind.CUSTOMER)
+            .values_list("id", flat=True)
+        )
+        counter = SpendCounter.objects.filter(scope=scope, scope_id=scope_id, period=period).first()
+        if cap is None:
+            if counter is not None:
+                counter.cap, counter.excess = None, 0
+                counter.save(update_fields=["cap", "excess"])
+            return counter
+        spent = month.filter(status=Transfer.Status.POSTED).aggregate(s=Sum("amount"))["s"] or 0
+        reserved = sum(pending.values())
+        Transfer.objects.filter(id__in=list(pending)).update(spend_period=period, **{flag: True})
+        values = {"spent": spent, "reserved": reserved, "cap": cap, "excess": max(0, spent + reserved - cap)}
+        counter, _ = SpendCounter.objects.update_or_create(scope=scope, scope_id=scope_id, period=period, defaults=values)
+    return counter

@@ -35,11 +35,15 @@ class KeyRecord:
     organization_id: int
     allowed_origins: frozenset[str]
     idempotency_required: bool
-    rpm_limit: int | None
+    rpm_limit: int | None  # the project's limits (None: the defaults)
     tpm_limit: int | None
     wallet_id: int
     usage_wallet_id: int
     currency: str
+    key_rpm_limit: int | None = None  # the key's own limits, on top of the project's (None: none)
+    key_tpm_limit: int | None = None
+    project_spend_cap: int | None = None  # monthly, micro-units (None: uncapped)
+    key_spend_cap: int | None = None
 
     @property
     def publishable(self) -> bool:
@@ -49,7 +53,8 @@ class KeyRecord:
 _KEY_SQL = """
 SELECT k.id, k.public_id, k.kind, k.hash, k.status, k.expires_at,
        p.id, p.public_id, p.organization_id, p.allowed_origins, p.idempotency_required, p.rpm_limit, p.tpm_limit,
-       cw.id, uw.id, cw.currency
+       cw.id, uw.id, cw.currency,
+       k.rpm_limit, k.tpm_limit, p.monthly_spend_cap, k.monthly_spend_cap
 FROM console_apikey k
 JOIN console_project p ON p.id = k.project_id
 JOIN billing_billingaccount a ON a.organization_id = p.organization_id
@@ -81,6 +86,10 @@ def _record(row: tuple) -> KeyRecord:
         wallet_id=row[13],
         usage_wallet_id=row[14],
         currency=row[15],
+        key_rpm_limit=row[16],
+        key_tpm_limit=row[17],
+        project_spend_cap=row[18],
+        key_spend_cap=row[19],
     )
 
 

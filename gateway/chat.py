@@ -72,9 +72,7 @@ async def chat_completions(req: ApiRequest):
     claim = idempotency.from_request(
         req.headers, body, project_id=key.project_id, required=key.idempotency_required
     )
-    decision = await limits.admit(
-        project_id=key.project_id, rpm_limit=key.rpm_limit, tpm_limit=key.tpm_limit, tokens=prompt_bound + output_cap
-    )
+    decision = await limits.admit(key=key, tokens=prompt_bound + output_cap)
     req.extra_headers.update(decision.headers())
     candidates = router.order(entry.served_by)
     if not any(s.node.healthy for s in candidates):

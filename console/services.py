@@ -47,7 +47,10 @@ def project_update(
     idempotency_required: bool | None = None,
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
+    monthly_spend_cap: int | None = None,
 ) -> Project:
+    """Change the given settings; None leaves one as it is (clear a spend cap
+    with ``project_spend_cap_set(monthly_spend_cap=None)``)."""
     changes = {
         "name": name,
         "allowed_origins": allowed_origins,
@@ -60,16 +63,76 @@ def project_update(
         setattr(project, field, changes[field])
     with transaction.atomic():
         project.save(update_fields=fields)
+        if monthly_spend_cap is not None:
+            project_spend_cap_set(project=project, monthly_spend_cap=monthly_spend_cap)
         transaction.on_commit(lambda: bus.publish(PROJECT_TOPIC, str(project.id)))
     return project
 
 
-def api_key_create(*, project: Project, kind: str, name: str = "", created_by=None) -> tuple[ApiKey, str]:
-    """Create a key; the plaintext is returned once and never stored."""
+def _check_limit(name: str, value: int | None, *, minimum: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}, or None")
+
+
+@transaction.atomic
+def project_spend_cap_set(*, project: Project, monthly_spend_cap: int | None) -> Project:
+    """Cap the project's spend per calendar month (UTC) in micro-units; None removes the cap.
+    The month's spend so far counts against a new cap at once."""
+    _check_limit("monthly_spend_cap", monthly_spend_cap, minimum=0)
+    project.monthly_spend_cap = monthly_spend_cap
+    project.save(update_fields=["monthly_spend_cap"])
+    billing_services.spend_cap_set(project=project, cap=monthly_spend_cap)
+    transaction.on_commit(lambda: bus.publish(PROJECT_TOPIC, str(project.id)))
+    return project
+
+
+@transaction.atomic
+def api_key_limits_set(*, key: ApiKey, rpm_limit: int | None, tpm_limit: int | None) -> ApiKey:
+    """Set the key's own requests/tokens per minute, enforced on top of the
+    project's; None removes that limit (the project's still applies)."""
+    _check_limit("rpm_limit", rpm_limit, minimum=1)
+    _check_limit("tpm_limit", tpm_limit, minimum=1)
+    key.rpm_limit, key.tpm_limit = rpm_limit, tpm_limit
+    key.save(update_fields=["rpm_limit", "tpm_limit"])
+    transaction.on_commit(lambda: bus.publish(KEY_TOPIC, key.lookup))
+    return key
+
+
+@transaction.atomic
+def api_key_spend_cap_set(*, key: ApiKey, monthly_spend_cap: int | None) -> ApiKey:
+    """Cap the key's spend per calendar month (UTC) in micro-units; None removes the cap.
+    The key's spend so far this month counts against a new cap at once."""
+    _check_limit("monthly_spend_cap", monthly_spend_cap, minimum=0)
+    key.monthly_spend_cap = monthly_spend_cap
+    key.save(update_fields=["monthly_spend_cap"])
+    billing_services.spend_cap_set(project=key.project, key=key, cap=monthly_spend_cap)
+    transaction.on_commit(lambda: bus.publish(KEY_TOPIC, key.lookup))
+    return key
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    project: Project,
+    kind: str,
+    name: str = "",
+    created_by=None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    monthly_spend_cap: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key, optionally with its own limits and cap; the plaintext is
+    returned once and never stored."""
+    _check_limit("rpm_limit", rpm_limit, minimum=1)
+    _check_limit("tpm_limit", tpm_limit, minimum=1)
+    _check_limit("monthly_spend_cap", monthly_spend_cap, minimum=0)
     new = keys.generate(kind)
     key = ApiKey.objects.create(
-        project=project, kind=kind, name=name, lookup=new.lookup, hash=new.hash, last4=new.last4, created_by=created_by
+        project=project, kind=kind, name=name, lookup=new.lookup, hash=new.hash, last4=new.last4, created_by=created_by,
+        rpm_limit=rpm_limit, tpm_limit=tpm_limit, monthly_spend_cap=monthly_spend_cap,
     )
+    if monthly_spend_cap is not None:
+        billing_services.spend_cap_set(project=project, key=key, cap=monthly_spend_cap)
     # A cache may hold a negative entry for this prefix from a guessed key.
     transaction.on_commit(lambda: bus.publish(KEY_TOPIC, new.lookup))
     return key, new.plaintext
@@ -82,7 +145,11 @@ def api_key_rotate(*, key: ApiKey, grace: dt.timedelta, created_by=None) -> tupl
         raise ValueError("only an active key can be rotated")
     if not dt.timedelta(0) <= grace <= MAX_GRACE:
         raise ValueError(f"grace must be between 0 and {MAX_GRACE.days} days")
-    new_key, plaintext = api_key_create(project=key.project, kind=key.kind, name=key.name, created_by=created_by)
+    # The replacement keeps the key's limits and cap (its spend counts afresh: it is a new key).
+    new_key, plaintext = api_key_create(
+        project=key.project, kind=key.kind, name=key.name, created_by=created_by,
+        rpm_limit=key.rpm_limit, tpm_limit=key.tpm_limit, monthly_spend_cap=key.monthly_spend_cap,
+    )
     new_key.rotated_from = key
     new_key.save(update_fields=["rotated_from"])
     expires_at = timezone.now() + grace

@@ -17,6 +17,7 @@ CODES: dict[str, tuple[int, str]] = {
     "unauthenticated": (401, "authentication_error"),
     "insufficient_balance": (402, "billing_error"),
     "wallet_suspended": (402, "billing_error"),
+    "spend_cap_reached": (402, "billing_error"),
     "permission_denied": (403, "permission_error"),
     "origin_not_allowed": (403, "permission_error"),
     "not_found": (404, "not_found_error"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.db import transaction
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,13 +30,29 @@ def key_object(key: ApiKey, plaintext: str | None = None) -> dict:
         "expires_at": int(key.expires_at.timestamp()) if key.expires_at else None,
         "revoked_at": int(key.revoked_at.timestamp()) if key.revoked_at else None,
         "rotated_from": key.rotated_from.public_id if key.rotated_from_id else None,
+        "rpm_limit": key.rpm_limit,
+        "tpm_limit": key.tpm_limit,
+        "monthly_spend_cap": key.monthly_spend_cap,
     }
     if plaintext is not None:
         obj["key"] = plaintext  # shown once
     return obj
 
 
-class KeyCreate(serializers.Serializer):
+MAX_RPM = 1_000_000
+MAX_TPM = 10**12
+MAX_SPEND_CAP = 10**15  # micro-units: a billion a month
+
+
+class KeyLimits(serializers.Serializer):
+    """A key's own limits; null removes one (the project's limits still apply)."""
+
+    rpm_limit = serializers.IntegerField(min_value=1, max_value=MAX_RPM, required=False, allow_null=True)
+    tpm_limit = serializers.IntegerField(min_value=1, max_value=MAX_TPM, required=False, allow_null=True)
+    monthly_spend_cap = serializers.IntegerField(min_value=0, max_value=MAX_SPEND_CAP, required=False, allow_null=True)
+
+
+class KeyCreate(KeyLimits):
     kind = serializers.ChoiceField(choices=ApiKey.Kind.values)
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
 
@@ -59,6 +76,25 @@ class KeyList(APIView):
 class KeyDetail(APIView):
     def get(self, request, key_id: str):
         return Response(key_object(selectors.key_in_project(request.auth.project_id, key_id)))
+
+    def patch(self, request, key_id: str):
+        """Change the key's limits or cap: only the fields sent; null clears one."""
+        form = KeyLimits(data=request.data)
+        form.is_valid(raise_exception=True)
+        changes = form.validated_data
+        key = selectors.key_in_project(request.auth.project_id, key_id)
+        with transaction.atomic():
+            if "rpm_limit" in changes or "tpm_limit" in changes:
+                services.api_key_limits_set(
+                    key=key,
+                    rpm_limit=changes.get("rpm_limit", key.rpm_limit),
+                    tpm_limit=changes.get("tpm_limit", key.tpm_limit),
+                )
+            if "monthly_spend_cap" in changes:
+                services.api_key_spend_cap_set(key=key, monthly_spend_cap=changes["monthly_spend_cap"])
+        return Response(key_object(key))
+
+    post = patch  # OpenAI-style clients modify with POST
 
     def delete(self, request, key_id: str):
         key = services.api_key_revoke(key=selectors.key_in_project(request.auth.project_id, key_id))

@@ -78,6 +78,9 @@ class PaidRequest:
                     now=now,
                     timeout_at=now + dt.timedelta(seconds=settings.RESERVATION_TIMEOUT_SECONDS),
                     before=before,
+                    api_key_id=self.key.key_id,
+                    project_spend_cap=self.key.project_spend_cap,
+                    key_spend_cap=self.key.key_spend_cap,
                 )
                 self.meta.transfer_id = self.reservation.transfer_id
                 return None
@@ -94,6 +97,15 @@ class PaidRequest:
                     f"Insufficient balance: this request needs up to {amount} micro-units "
                     f"({self.key.currency.upper()}) reserved. Top up the wallet or lower max_tokens.",
                 ) from None
+            except ledger.SpendCapReached as exc:
+                await self.fail("spend_cap_reached")
+                owner = "API key" if exc.scope == "key" else "project"
+                raise GatewayError(
+                    "spend_cap_reached",
+                    f"This request would cross the {owner}'s monthly spend cap of {exc.cap} micro-units "
+                    f"({self.key.currency.upper()}): it needs up to {amount} reserved and {exc.room} is left "
+                    "this month. Raise the cap or lower max_tokens.",
+                ) from None
             except ledger.WalletUnavailable:
                 await self.fail("wallet_suspended")
                 raise GatewayError("wallet_suspended", "The organization's wallet is suspended.") from None
@@ -102,7 +114,8 @@ class PaidRequest:
         raise GatewayError("idempotency_in_progress", "This Idempotency-Key is being released; retry.")
 
     async def fail(self, code: str) -> None:
-        """Record a request refused before anything was reserved."""
+        """Record a request refused before anything was reserved (its admitted tokens go back)."""
+        self._refund_tokens(None)
         self.meta.status_code = status_code_for(code)
         self.meta.error_code = code
         self.meta.latency_ms = self._elapsed_ms()
@@ -175,11 +188,6 @@ class PaidRequest:
         unused = self.admitted_tokens - used
         if unused > 0:
             background.spawn(
-                limits.refund(
-                    project_id=self.key.project_id,
-                    rpm_limit=self.key.rpm_limit,
-                    tpm_limit=self.key.tpm_limit,
-                    tokens=unused,
-                ),
+                limits.refund(key=self.key, tokens=unused),
                 name=f"refund:{self.request_id}",
             )

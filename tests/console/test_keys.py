@@ -56,3 +56,41 @@ def test_rotation_sets_grace_on_old_key_and_links_new_one(alice):
     assert before + dt.timedelta(minutes=5) <= old.expires_at <= timezone.now() + dt.timedelta(minutes=5)
     with pytest.raises(ValueError):
         services.api_key_rotate(key=old, grace=dt.timedelta(days=31))
+
+
+def test_rotation_keeps_the_keys_limits_and_cap(alice):
+    import datetime as dt
+
+    key = ApiKey.objects.get(project=alice.project, kind=ApiKey.Kind.SECRET)
+    services.api_key_limits_set(key=key, rpm_limit=7, tpm_limit=7_000)
+    services.api_key_spend_cap_set(key=key, monthly_spend_cap=70)
+    new, _ = services.api_key_rotate(key=key, grace=dt.timedelta(0))
+    assert (new.rpm_limit, new.tpm_limit, new.monthly_spend_cap) == (7, 7_000, 70)
+
+
+def test_limit_and_cap_services_refuse_nonsense(alice):
+    key = ApiKey.objects.get(project=alice.project, kind=ApiKey.Kind.SECRET)
+    for kwargs in ({"rpm_limit": 0, "tpm_limit": None}, {"rpm_limit": None, "tpm_limit": 1.5}):
+        with pytest.raises(ValueError):
+            services.api_key_limits_set(key=key, **kwargs)
+    with pytest.raises(ValueError):
+        services.api_key_spend_cap_set(key=key, monthly_spend_cap=-1)
+    with pytest.raises(ValueError):
+        services.project_update(project=alice.project, monthly_spend_cap=-1)
+    key.refresh_from_db()
+    alice.project.refresh_from_db()
+    assert (key.rpm_limit, key.monthly_spend_cap, alice.project.monthly_spend_cap) == (None, None, None)
+
+
+def test_project_update_sets_a_spend_cap_and_publishes_the_change(alice, monkeypatch):
+    from django.test import TestCase
+
+    from billing.models import SpendCounter
+    from config import bus
+
+    published = []
+    monkeypatch.setattr(bus, "publish", lambda topic, value: published.append((topic, value)))
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        services.project_update(project=alice.project, monthly_spend_cap=5_000)
+    assert SpendCounter.objects.get(scope="project", scope_id=alice.project.id).cap == 5_000
+    assert (services.PROJECT_TOPIC, str(alice.project.id)) in published

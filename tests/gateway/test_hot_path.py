@@ -39,11 +39,27 @@ def counters(monkeypatch):
     return counts
 
 
+def limit_and_cap_everything(tenant) -> None:
+    from console import services
+    from console.models import ApiKey
+    from tests.conftest import cache_settle
+
+    key = ApiKey.objects.get(project=tenant.project, kind="secret")
+    services.api_key_limits_set(key=key, rpm_limit=100, tpm_limit=100_000)
+    services.api_key_spend_cap_set(key=key, monthly_spend_cap=500_000)
+    services.project_update(project=tenant.project, monthly_spend_cap=900_000)
+    cache_settle()
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("stream", [False, True])
-async def test_warm_request_costs_two_round_trips_and_no_orm(alice, sim_node, counters, stream):
+@pytest.mark.parametrize("capped", [False, True], ids=["plain", "key-limits-and-caps"])
+async def test_warm_request_costs_two_round_trips_and_no_orm(alice, sim_node, counters, stream, capped):
     from config.asgi import application
     from gateway import background
+
+    if capped:  # per-key buckets join the one Lua call; spend counters join the two batches
+        await sync_to_async(limit_and_cap_everything)(alice)
 
     transport = httpx.ASGITransport(app=application)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
@@ -59,6 +75,11 @@ async def test_warm_request_costs_two_round_trips_and_no_orm(alice, sim_node, co
     assert counters == {"db_round_trips": 2, "limit_calls": admitted_and_refunded, "django_queries": 0}
     balance = await sync_to_async(lambda: alice.wallet.balance)()
     assert balance < 1_000_000
+    if capped:
+        from billing.models import SpendCounter
+
+        spent = await sync_to_async(lambda: sorted(SpendCounter.objects.values_list("scope", "spent", "reserved")))()
+        assert spent == [("key", 1_000_000 - balance, 0), ("project", 1_000_000 - balance, 0)]
 
 
 async def test_a_bug_after_reserving_releases_the_hold_at_once(alice, sim_node, monkeypatch):

@@ -3,6 +3,7 @@ import time
 
 import httpx
 
+from billing.models import SpendCounter
 from console.models import ApiKey
 from tests.conftest import SIM_MODEL, cache_settle
 
@@ -71,3 +72,45 @@ def test_an_unexpected_error_is_an_envelope_not_an_html_page(alice, monkeypatch)
     response = Client(raise_request_exception=False).get("/v1/balance", HTTP_AUTHORIZATION=f"Bearer {alice.secret_key}")
     assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"
     assert response.json()["error"]["request_id"] == response["X-Request-ID"]
+
+
+def test_keys_carry_their_limits_and_spend_cap(server, alice):
+    created = httpx.post(f"{server.api}/keys", headers=alice.auth(),
+                         json={"kind": "secret", "rpm_limit": 30, "tpm_limit": 5000, "monthly_spend_cap": 2_000_000})
+    assert created.status_code == 201
+    body = created.json()
+    assert (body["rpm_limit"], body["tpm_limit"], body["monthly_spend_cap"]) == (30, 5000, 2_000_000)
+    key = ApiKey.objects.get(public_id=body["id"])
+    assert (key.rpm_limit, key.tpm_limit, key.monthly_spend_cap) == (30, 5000, 2_000_000)
+    assert SpendCounter.objects.get(scope="key", scope_id=key.id).cap == 2_000_000
+
+    url = f"{server.api}/keys/{body['id']}"
+    changed = httpx.patch(url, headers=alice.auth(), json={"rpm_limit": 60, "monthly_spend_cap": None})
+    assert changed.status_code == 200
+    assert (changed.json()["rpm_limit"], changed.json()["tpm_limit"], changed.json()["monthly_spend_cap"]) == (60, 5000, None)
+    assert SpendCounter.objects.get(scope="key", scope_id=key.id).cap is None
+    posted = httpx.post(url, headers=alice.auth(), json={"tpm_limit": None}).json()  # OpenAI-style update
+    assert (posted["rpm_limit"], posted["tpm_limit"]) == (60, None)
+    assert httpx.get(url, headers=alice.auth()).json()["rpm_limit"] == 60
+
+
+def test_a_key_limit_set_over_the_api_applies_at_once(server, alice, sim_node):
+    key_id = ApiKey.objects.get(project=alice.project, kind="secret").public_id
+    assert httpx.patch(f"{server.api}/keys/{key_id}", headers=alice.auth(), json={"rpm_limit": 1}).status_code == 200
+    cache_settle()
+    first = httpx.post(f"{server.api}/chat/completions", headers=alice.auth(), json=CHAT)
+    assert first.status_code == 200 and first.headers["x-ratelimit-limit-requests"] == "1"
+    second = httpx.post(f"{server.api}/chat/completions", headers=alice.auth(), json=CHAT)
+    assert second.status_code == 429 and "API key" in second.json()["error"]["message"]
+
+
+def test_bad_limits_are_named_and_other_tenants_keys_answer_404(server, alice, charlie):
+    key_id = ApiKey.objects.get(project=alice.project, kind="secret").public_id
+    for field, value in (("rpm_limit", 0), ("tpm_limit", -5), ("monthly_spend_cap", -1), ("rpm_limit", "many")):
+        bad = httpx.patch(f"{server.api}/keys/{key_id}", headers=alice.auth(), json={field: value})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == field
+    theirs = ApiKey.objects.get(project=charlie.project, kind="secret")
+    response = httpx.patch(f"{server.api}/keys/{theirs.public_id}", headers=alice.auth(), json={"rpm_limit": 1})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    theirs.refresh_from_db()
+    assert theirs.rpm_limit is None

@@ -14,8 +14,10 @@ Guards live in the database, not in Python:
   its random ``claim``; every later statement is conditioned on that claim, so
   a second settle (a retry, a race with the sweeper) changes nothing.
 
-Lock order, everywhere: customer wallet, then the project's spend counter, then
-the key's (``services.spend_cap_set`` takes the wallet first as well).
+Lock order, everywhere: the transfer (settle, void; a reservation inserts a new
+one last), the customer wallet, the project's spend counter, the key's.
+``services.spend_cap_set`` follows it: the month's pending transfers, the wallet,
+then the counter.
 """
 from __future__ import annotations
 

@@ -139,19 +139,19 @@ def spend_cap_set(*, project, key=None, cap: int | None, now: dt.datetime | None
         scope, scope_id, owner, flag = SpendCounter.Scope.PROJECT, project.id, {"project_id": project.id}, "counted_project"
     month = Transfer.objects.filter(kind=Transfer.Kind.USAGE, created_at__gte=start, created_at__lt=end, **owner)
     with transaction.atomic():
-        # Lock order matters. First the month's pending holds: a settlement that
-        # already claimed one finishes (and shows up as posted) before we go on;
-        # one that has not waits for us and then sees the new counter. Then the
-        # customer wallet, which every reserve, settle and void of the
-        # organization updates before any counter: from here on nothing moves.
-        pending = dict(
-            month.filter(status=Transfer.Status.PENDING).select_for_update().values_list("id", "pending_amount")
+        # Lock order matters (see billing.ledger). First the month's pending
+        # holds, to mark them below: a settlement that already claimed one
+        # finishes (and shows up as posted) before we go on; one that has not
+        # waits for us and then sees the new counter. Then the customer wallet,
+        # which every reserve, settle and void of the organization updates
+        # before it touches a counter: while we hold it, nothing here moves.
+        locked = dict(
+            month.filter(status=Transfer.Status.PENDING)
+            .order_by("id")  # one lock order, should two cap changes overlap
+            .select_for_update()
+            .values_list("id", "pending_amount")
         )
-        list(
-            Wallet.objects.select_for_update(of=("self",))
-            .filter(account__organization_id=project.organization_id, kind=Wallet.Kind.CUSTOMER)
-            .values_list("id", flat=True)
-        )
+        _lock_customer_wallet(organization_id=project.organization_id)
         counter = SpendCounter.objects.filter(scope=scope, scope_id=scope_id, period=period).first()
         if cap is None:
             if counter is not None:
@@ -159,8 +159,24 @@ def spend_cap_set(*, project, key=None, cap: int | None, now: dt.datetime | None
                 counter.save(update_fields=["cap", "excess"])
             return counter
         spent = month.filter(status=Transfer.Status.POSTED).aggregate(s=Sum("amount"))["s"] or 0
-        reserved = sum(pending.values())
-        Transfer.objects.filter(id__in=list(pending)).update(spend_period=period, **{flag: True})
+        # Reserved between the two locks by a process that knew of a cap: already
+        # held here, and not ours to mark (its settlement may be waiting for the wallet).
+        held_since = (
+            month.filter(status=Transfer.Status.PENDING, **{flag: True})
+            .exclude(id__in=list(locked))
+            .aggregate(s=Sum("pending_amount"))["s"]
+            or 0
+        )
+        reserved = sum(locked.values()) + held_since
+        Transfer.objects.filter(id__in=list(locked)).update(spend_period=period, **{flag: True})
         values = {"spent": spent, "reserved": reserved, "cap": cap, "excess": max(0, spent + reserved - cap)}
         counter, _ = SpendCounter.objects.update_or_create(scope=scope, scope_id=scope_id, period=period, defaults=values)
     return counter
+
+
+def _lock_customer_wallet(*, organization_id: int) -> None:
+    list(
+        Wallet.objects.select_for_update(of=("self",))
+        .filter(account__organization_id=organization_id, kind=Wallet.Kind.CUSTOMER)
+        .values_list("id", flat=True)
+    )

@@ -15,6 +15,7 @@ from billing.pricing import Usage
 from billing.services import reservations_void_expired, spend_cap_set
 from console.models import ApiKey
 from tests.billing.test_ledger import price, wallets  # noqa: F401 (fixture)
+from tests.conftest import run_async
 
 USAGE_80 = Usage(input_tokens=40, output_tokens=20)  # 40 + 2 * 20 = 80 micro-units at the test price
 
@@ -161,3 +162,25 @@ async def test_clearing_a_cap_stops_enforcing_it_but_keeps_counting(alice, price
     for reservation in (held, unlimited):
         await ledger.settle(reservation=reservation, usage=USAGE_80, now=timezone.now())
     assert await snapshot(alice) == ((160, 0, 0, None), 0, 0, [])
+
+
+@pytest.mark.postgres
+def test_a_hold_taken_while_a_cap_is_being_set_stays_counted(alice, price, monkeypatch):
+    """A process that already knew of a cap reserves between the service's two
+    locks: the re-derived counter must still hold it, or its settlement would
+    take reserved below zero."""
+    from billing import services
+
+    real_lock = services._lock_customer_wallet
+    raced = {}
+
+    def lock_after_a_reservation(**kwargs):
+        raced["reservation"] = run_async(reserve(alice, price, 120, project_cap=1_000, request_id="r_race"))
+        real_lock(**kwargs)
+
+    spend_cap_set(project=alice.project, cap=1_000)
+    monkeypatch.setattr(services, "_lock_customer_wallet", lock_after_a_reservation)
+    spend_cap_set(project=alice.project, cap=900)
+    assert counter("project", alice.project.id) == (0, 120, 0, 900)
+    run_async(ledger.settle(reservation=raced["reservation"], usage=USAGE_80, now=timezone.now()))
+    assert counter("project", alice.project.id) == (80, 0, 0, 900) and check_ledger() == []

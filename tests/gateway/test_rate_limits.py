@@ -123,16 +123,17 @@ async def test_a_refused_request_consumes_no_bucket():
 
 async def test_unused_tokens_go_back_to_every_token_bucket_charged():
     project_id, key_id = fresh_ids()
-    key = record(project_id=project_id, key_id=key_id, tpm=10_000, key_tpm=5_000)
-    admitted = await limits.admit(key=key, tokens=1_000)
-    assert admitted.cost == 1_000
+    key = record(project_id=project_id, key_id=key_id, tpm=1_000, key_tpm=500)
+    admitted = await limits.admit(key=key, tokens=100)
+    assert admitted.cost == 100
     assert {k: int(v) for k, v in levels(admitted).items() if k[1] == "tokens"} == {
-        ("project", "tokens"): 9_000, ("key", "tokens"): 4_000}
-    await limits.refund(key=key, tokens=600)  # 400 used
+        ("project", "tokens"): 900, ("key", "tokens"): 400}
+    await limits.refund(key=key, tokens=60)  # 40 were used
     after = await limits.admit(key=key, tokens=0)
-    assert 9_600 <= levels(after)[("project", "tokens")] < 9_610
-    assert 4_600 <= levels(after)[("key", "tokens")] < 4_610
-    assert after.headers()["x-ratelimit-limit-tokens"] == "5000"  # the key's bucket has the least left
+    # Plus what refilled meanwhile: 1_000 tokens/min is 10 in 600 ms.
+    assert 960 <= levels(after)[("project", "tokens")] < 970
+    assert 460 <= levels(after)[("key", "tokens")] < 470
+    assert after.headers()["x-ratelimit-limit-tokens"] == "500"  # the key's bucket has the least left
 
 
 async def fire(servers, auth, body, n):

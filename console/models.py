@@ -3,6 +3,7 @@ from __future__ import annotations
 from functools import partial
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models
 
 from config.ids import new_id
@@ -43,6 +44,8 @@ class Project(models.Model):
     idempotency_required = models.BooleanField(default=False)
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    # How long a streamed answer keeps generating after its client dropped, for it to resume.
+    stream_resume_seconds = models.PositiveIntegerField(default=30, validators=[MaxValueValidator(600)])
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -40,6 +40,7 @@ class KeyRecord:
     wallet_id: int
     usage_wallet_id: int
     currency: str
+    stream_resume_seconds: int
 
     @property
     def publishable(self) -> bool:
@@ -49,7 +50,7 @@ class KeyRecord:
 _KEY_SQL = """
 SELECT k.id, k.public_id, k.kind, k.hash, k.status, k.expires_at,
        p.id, p.public_id, p.organization_id, p.allowed_origins, p.idempotency_required, p.rpm_limit, p.tpm_limit,
-       cw.id, uw.id, cw.currency
+       cw.id, uw.id, cw.currency, p.stream_resume_seconds
 FROM console_apikey k
 JOIN console_project p ON p.id = k.project_id
 JOIN billing_billingaccount a ON a.organization_id = p.organization_id
@@ -81,6 +82,7 @@ def _record(row: tuple) -> KeyRecord:
         wallet_id=row[13],
         usage_wallet_id=row[14],
         currency=row[15],
+        stream_resume_seconds=row[16],
     )
 
 

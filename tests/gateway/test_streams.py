@@ -9,6 +9,7 @@ import pytest
 from billing.invariants import check_ledger
 from billing.models import Transfer
 from gateway.models import RequestRecord
+from console.services import project_update
 from nodes.services import node_upsert
 from tests.conftest import SIM_MODEL, cache_settle, sim_cost, start_simulator
 
@@ -23,6 +24,8 @@ def wait_for(predicate, timeout=10.0):
 
 
 def test_client_disconnect_mid_stream_bills_only_generated_tokens(server, alice, sim_node, sim):
+    project_update(project=alice.project, stream_resume_seconds=0)  # no resume window: stop at once
+    cache_settle()
     sim.configure(tokens_per_s=50)
     body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "long answer please"}], "max_tokens": 200, "stream": True}
     received = 0

@@ -21,6 +21,47 @@ async def test_chat_and_stream_and_models(sim):
     assert set(await adapter.list_models()) == {"sim-small", "sim-large"} and await adapter.health()
 
 
+async def test_text_completions_and_stream(sim):
+    adapter = adapter_for(target(sim))
+    body = {"model": "sim-small", "prompt": "echo: one two three", "max_tokens": 2}
+    answer = await adapter.completions(body)
+    assert answer["object"] == "text_completion" and answer["id"].startswith("cmpl-")
+    assert answer["choices"][0]["text"] == "one two" and answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"]["prompt_tokens"] == 5 and answer["usage"]["completion_tokens"] == 2  # ceil(19 / 4)
+
+    request = {**body, "max_tokens": 9, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = [c async for c in adapter.completions_stream(request)]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert [c["choices"][0]["text"] for c in chunks if c["choices"]] == ["one", " two", " three", ""]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+async def test_embeddings(sim):
+    adapter = adapter_for(target(sim))
+    answer = await adapter.embeddings({"model": "sim-small", "input": ["hello", "hello", "other text"]})
+    vectors = [d["embedding"] for d in answer["data"]]
+    assert [d["index"] for d in answer["data"]] == [0, 1, 2] and len(vectors[0]) == 16
+    assert vectors[0] == vectors[1] != vectors[2]
+    assert answer["usage"] == {"prompt_tokens": 2 + 2 + 3, "total_tokens": 7}
+    single = await adapter.embeddings({"model": "sim-small", "input": "hello"})
+    assert single["data"][0]["embedding"] == vectors[0]
+    with pytest.raises(NodeError) as raised:
+        await adapter.embeddings({"model": "sim-small", "input": []})
+    assert raised.value.permanent and raised.value.status == 400
+
+
+async def test_a_cut_text_completion_stream_is_a_retryable_error(sim):
+    sim.configure(fail_rate=1.0, fail_mode="midstream", fail_after_tokens=2)
+    got = []
+    with pytest.raises(NodeError) as raised:
+        async for chunk in adapter_for(target(sim)).completions_stream(
+            {"model": "sim-small", "prompt": "x", "max_tokens": 9, "stream": True}
+        ):
+            got.append(chunk["choices"][0]["text"])
+    assert got == [" lorem", " ipsum"] and not raised.value.permanent
+
+
 @pytest.mark.parametrize("mode", ["http500", "http429", "disconnect"])
 async def test_node_failures_are_retryable(sim, mode):
     sim.configure(fail_rate=1.0, fail_mode=mode)

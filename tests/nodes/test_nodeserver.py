@@ -313,11 +313,14 @@ async def test_runtime_config(client, sim):
     response = await client.post("/_sim/config", json={"ttft_ms": 5, "completion_tokens": 2})
     assert response.json() == {
         "ttft_ms": 5, "tokens_per_s": 0.0, "completion_tokens": 2,
-        "fail_rate": 0.0, "fail_mode": "http500", "fail_after_tokens": 3,
+        "fail_rate": 0.0, "fail_mode": "http500", "fail_after_tokens": 3, "modalities": ["text"],
     }  # fmt: skip
     body = await post(client, "/v1/chat/completions", chat("hi"))
     assert body["usage"]["completion_tokens"] == 2
-    invalid = ({"fail_rate": 2}, {"fail_mode": "boom"}, {"completion_tokens": -1}, {"colour": "red"}, {"ttft_ms": "5"})
+    invalid = (
+        {"fail_rate": 2}, {"fail_mode": "boom"}, {"completion_tokens": -1}, {"colour": "red"}, {"ttft_ms": "5"},
+        {"modalities": ["text", "video"]}, {"modalities": ["image"]}, {"modalities": "text"},
+    )  # fmt: skip
     for bad in invalid:
         response = await client.post("/_sim/config", json=bad)
         assert response.status_code == 400, bad
@@ -379,6 +382,9 @@ async def test_llama_node_reports_exact_usage():
             assert response.json()["error"]["code"] == "context_length_exceeded"
             response = await client.post("/v1/embeddings", json={"model": MODEL, "input": "x"})
             assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported"
+            image = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]
+            response = await client.post("/v1/chat/completions", json={**request, "messages": [{"role": "user", "content": image}]})
+            assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_modality"
 
             stats = (await client.get("/stats")).json()
             assert (stats["completed"], stats["failed"], stats["active"]) == (3, 1, 0)

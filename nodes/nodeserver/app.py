@@ -455,6 +455,8 @@ async def embeddings(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = await read_json(request)
     model = _model(body, engine)
+    if not engine.embeds:
+        raise ApiError(400, f"The model '{model}' does not support embeddings.", code="unsupported")
     texts = body.get("input")
     if isinstance(texts, str):
         texts = [texts]
@@ -463,7 +465,19 @@ async def embeddings(request: web.Request) -> web.Response:
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise _invalid("encoding_format", "'float' or 'base64'")
-    vectors, used = await engine.embed(model, texts)
+    # Counted like a completion (an answer with no output tokens), so tests see every request a node served.
+    record = Generation(id="emb-" + os.urandom(12).hex(), model=model, stream=False)
+    engine.stats.started()
+    outcome = "failed"
+    try:
+        vectors, record.prompt_tokens = await engine.embed(model, texts)
+        outcome = "completed"
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        engine.stats.finished(record, outcome)
+    used = record.prompt_tokens
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, encoding)} for i, v in enumerate(vectors)]
     return json_response(
         {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": used, "total_tokens": used}}

@@ -107,7 +107,10 @@ class Generation:
 
 @dataclass
 class Stats:
-    """Counters over generation requests that reached an engine (validation errors are not counted)."""
+    """Counters over requests that reached an engine: completions, and embeddings (no output tokens).
+
+    Validation errors are not counted; ``last`` is the most recent first.
+    """
 
     requests: int = 0
     completed: int = 0
@@ -206,9 +209,11 @@ class Engine:
         """Yield the answer's text, one piece per token; set ``gen``'s counters."""
         raise NotImplementedError
 
+    embeds: ClassVar[bool] = False  # whether :meth:`embed` works; the HTTP layer refuses embeddings otherwise
+
     async def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
         """Return one vector per text and the prompt tokens consumed."""
-        raise ApiError(400, f"The model '{model}' does not support embeddings.", code="unsupported")
+        raise NotImplementedError
 
     def controls(self) -> dict[tuple[str, str], Control]:
         """Engine-specific JSON endpoints, by (method, path), served next to the OpenAI API."""
@@ -269,6 +274,7 @@ class SimulatorEngine(Engine):
     """Synthetic answers with realistic timing and failures, deterministic for a given seed."""
 
     name = "simulator"
+    embeds = True
 
     def __init__(self, models: Sequence[str], config: SimConfig, seed: int = 0) -> None:
         super().__init__(models)

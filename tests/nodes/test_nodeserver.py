@@ -148,7 +148,7 @@ async def test_stop_strings(client):
     assert body["choices"][0]["message"]["content"] == "a bS"  # a held-back partial match is released at the end
 
 
-async def test_embeddings(client):
+async def test_embeddings(client, sim):
     body = await post(client, "/v1/embeddings", {"model": "sim-small", "input": ["hello", "world!", "hello"]})
     assert body["object"] == "list" and body["model"] == "sim-small"
     vectors = [d["embedding"] for d in body["data"]]
@@ -161,6 +161,13 @@ async def test_embeddings(client):
     single = await post(client, "/v1/embeddings", request)
     decoded = struct.unpack("<16f", base64.b64decode(single["data"][0]["embedding"]))
     assert all(abs(a - b) < 1e-6 for a, b in zip(decoded, vectors[0]))
+    stats = sim.stats()  # embeddings are counted, most recent first
+    assert (stats["requests"], stats["completed"], stats["tokens_generated"]) == (2, 2, 0)
+    assert [(r["prompt_tokens"], r["completion_tokens"], r["outcome"]) for r in stats["last"]] == [
+        (2, 0, "completed"),
+        (6, 0, "completed"),
+    ]
+    assert stats["last"][0]["id"].startswith("emb-") and stats["last"][0]["model"] == "sim-small"
 
 
 async def test_errors_use_the_openai_envelope(client, sim):

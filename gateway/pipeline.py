@@ -59,10 +59,6 @@ def _node_error(exc: NodeError) -> GatewayError:
     return GatewayError("upstream_unavailable", "No node could serve the request; nothing was charged.")
 
 
-def _modalities(served: ServedModel) -> frozenset[str]:
-    return getattr(served, "modalities", None) or frozenset({"text"})
-
-
 async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
     key = await req.authenticate(publishable_ok=dialect_cls.publishable_ok)
     body = await req.body()
@@ -80,7 +76,7 @@ async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
         )
     # A prompt can never be longer than the context window: a longer one is refused by the node.
     prompt_bound = min(dialect.prompt_bound(), entry.context_window)
-    candidates = [s for s in router.order(entry.served_by) if dialect.modalities <= _modalities(s)]
+    candidates = [s for s in router.order(entry.served_by) if dialect.modalities <= s.modalities]
     if not candidates:
         wanted = ", ".join(sorted(dialect.modalities - {"text"}))
         raise GatewayError(

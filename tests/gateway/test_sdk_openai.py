@@ -56,7 +56,7 @@ def test_embeddings_of_a_string_and_of_an_array_bill_their_input_tokens(client, 
     assert len(one.data) == 1 and len(one.data[0].embedding) > 8
     many = client.embeddings.create(model=SIM_MODEL, input=["alpha", "beta", "gamma"])
     assert [d.index for d in many.data] == [0, 1, 2]
-    assert many.usage.prompt_tokens == sim.stats()["last"][-1]["prompt_tokens"] > 0
+    assert many.usage.prompt_tokens == sim.stats()["last"][0]["prompt_tokens"] > 0
     posted = Transfer.objects.filter(kind="usage", status="posted").order_by("id")
     assert [t.input_tokens for t in posted] == [one.usage.prompt_tokens, many.usage.prompt_tokens]
     assert [t.amount for t in posted] == [one.usage.prompt_tokens, many.usage.prompt_tokens]  # 1 micro per input token
@@ -141,3 +141,20 @@ def test_responses_stream_of_a_function_call(client):
     assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
     call = final.output[0]
     assert call.type == "function_call" and json.loads(call.arguments) == {"text": "tides"}
+
+
+def test_image_parts_reach_a_node_that_accepts_images(client, alice, sim, sim_node):
+    from nodes.services import node_upsert
+    from tests.conftest import cache_settle
+
+    sim.configure(modalities=["text", "image"])
+    node_upsert(name="simulator", base_url=f"{sim.url}/v1", region="test-1", models=[
+        {"model": SIM_MODEL, "context_window": 8192, "max_output_tokens": 256, "input_modalities": ["text", "image"]}])
+    cache_settle()
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    completion = client.chat.completions.create(model=SIM_MODEL, max_tokens=10, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "echo: look"}, image]}])
+    assert completion.choices[0].message.content == "look [image]"
+    transfer = billed_once(alice, completion.usage.prompt_tokens, completion.usage.completion_tokens)
+    # an image has no byte bound: the hold covered a whole context window of input
+    assert transfer.pending_amount == 8192 * 1 + 10 * 2

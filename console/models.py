@@ -3,6 +3,7 @@ from __future__ import annotations
 from functools import partial
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models
 
 from config.ids import new_id
@@ -43,6 +44,8 @@ class Project(models.Model):
     idempotency_required = models.BooleanField(default=False)
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    # How long a streamed answer keeps generating after its client dropped, for it to resume.
+    stream_resume_seconds = models.PositiveIntegerField(default=30, validators=[MaxValueValidator(600)])
     # Micro-units per calendar month (UTC); null means no cap. Enforced by
     # billing.SpendCounter; change it only through console.services.
     monthly_spend_cap = models.PositiveBigIntegerField(null=True, blank=True)

@@ -48,15 +48,19 @@ def project_update(
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
     monthly_spend_cap: int | None = None,
+    stream_resume_seconds: int | None = None,
 ) -> Project:
     """Change the given settings; None leaves one as it is (clear a spend cap
     with ``project_spend_cap_set(monthly_spend_cap=None)``)."""
+    if stream_resume_seconds is not None and not 0 <= stream_resume_seconds <= 600:
+        raise ValueError("stream_resume_seconds must be between 0 and 600")
     changes = {
         "name": name,
         "allowed_origins": allowed_origins,
         "idempotency_required": idempotency_required,
         "rpm_limit": rpm_limit,
         "tpm_limit": tpm_limit,
+        "stream_resume_seconds": stream_resume_seconds,
     }
     fields = [field for field, value in changes.items() if value is not None]
     for field in fields:

@@ -17,26 +17,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .chat import chat_completions
+from . import endpoints as ep
 from .context import ApiRequest, error_response
 from .errors import GatewayError
 from .model_views import get_model, list_models
+from .protocols import messages
 
 log = logging.getLogger(__name__)
 
 _ALLOW_HEADERS = "authorization, content-type, x-api-key, idempotency-key, x-idempotency-key, x-request-id, x-session-id, last-event-id, anthropic-version"
 
 
-def endpoint(handler):
+def endpoint(handler, render=error_response):
+    """Run ``handler``; every failure leaves in the route's error shape (``render``)."""
+
     async def run(request: Request) -> Response:
         req = ApiRequest(request)
         try:
             return await handler(req)
         except GatewayError as exc:
-            return error_response(req, exc)
+            return render(req, exc)
         except Exception:
             log.exception("unhandled error on %s (request %s)", request.url.path, req.request_id)
-            return error_response(req, GatewayError("internal_error", "Internal error; nothing was charged twice."))
+            return render(req, GatewayError("internal_error", "Internal error; nothing was charged twice."))
 
     return run
 
@@ -61,13 +64,21 @@ def preflight(request: Request) -> Response:
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     req = ApiRequest(request)
+    render = messages.error_response if request.url.path.startswith("/v1/messages") else error_response
     if exc.status_code == 405:
-        return error_response(req, GatewayError("method_not_allowed", f"{request.method} is not allowed on {request.url.path}."))
-    return error_response(req, GatewayError("not_found", f"No such endpoint: {request.method} {request.url.path}."))
+        return render(req, GatewayError("method_not_allowed", f"{request.method} is not allowed on {request.url.path}."))
+    return render(req, GatewayError("not_found", f"No such endpoint: {request.method} {request.url.path}."))
 
 
 routes = [
-    Route("/v1/chat/completions", endpoint(chat_completions), methods=["POST"]),
+    Route("/v1/chat/completions", endpoint(ep.chat_completions), methods=["POST"]),
+    Route("/v1/completions", endpoint(ep.completions), methods=["POST"]),
+    Route("/v1/embeddings", endpoint(ep.embeddings), methods=["POST"]),
+    Route("/v1/responses", endpoint(ep.create_response), methods=["POST"]),
+    Route("/v1/responses/{response_id}", endpoint(ep.get_response), methods=["GET"]),
+    Route("/v1/messages", endpoint(ep.create_message, messages.error_response), methods=["POST"]),
+    Route("/v1/messages/count_tokens", endpoint(ep.count_message_tokens, messages.error_response), methods=["POST"]),
+    Route("/v1/streams/{request_id}", endpoint(ep.stream_get), methods=["GET"]),
     Route("/v1/models", endpoint(list_models), methods=["GET"]),
     Route("/v1/models/{model_id:path}", endpoint(get_model), methods=["GET"]),
 ]

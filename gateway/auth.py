@@ -40,6 +40,7 @@ class KeyRecord:
     wallet_id: int
     usage_wallet_id: int
     currency: str
+    stream_resume_seconds: int
     key_rpm_limit: int | None = None  # the key's own limits, on top of the project's (None: none)
     key_tpm_limit: int | None = None
     project_spend_cap: int | None = None  # monthly, micro-units (None: uncapped)
@@ -53,7 +54,7 @@ class KeyRecord:
 _KEY_SQL = """
 SELECT k.id, k.public_id, k.kind, k.hash, k.status, k.expires_at,
        p.id, p.public_id, p.organization_id, p.allowed_origins, p.idempotency_required, p.rpm_limit, p.tpm_limit,
-       cw.id, uw.id, cw.currency,
+       cw.id, uw.id, cw.currency, p.stream_resume_seconds,
        k.rpm_limit, k.tpm_limit, p.monthly_spend_cap, k.monthly_spend_cap
 FROM console_apikey k
 JOIN console_project p ON p.id = k.project_id
@@ -86,10 +87,11 @@ def _record(row: tuple) -> KeyRecord:
         wallet_id=row[13],
         usage_wallet_id=row[14],
         currency=row[15],
-        key_rpm_limit=row[16],
-        key_tpm_limit=row[17],
-        project_spend_cap=row[18],
-        key_spend_cap=row[19],
+        stream_resume_seconds=row[16],
+        key_rpm_limit=row[17],
+        key_tpm_limit=row[18],
+        project_spend_cap=row[19],
+        key_spend_cap=row[20],
     )
 
 

@@ -13,6 +13,7 @@ from . import auth
 from .auth import KeyRecord
 from .errors import GatewayError, envelope_bytes
 from .idempotency import StoredResponse
+from .sse import frames_after
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _EXPOSED = "x-request-id, x-session-id, x-node-id, x-node-attestation, idempotent-replayed, retry-after, " + ", ".join(
@@ -85,6 +86,10 @@ def error_response(req: ApiRequest, exc: GatewayError) -> Response:
     return json_response(req, envelope_bytes(exc, req.request_id), status=exc.status, headers=exc.headers)
 
 
-def replay_response(req: ApiRequest, stored: StoredResponse) -> Response:
+def replay_response(req: ApiRequest, stored: StoredResponse, *, after: int = 0) -> Response:
+    """The stored response again; for a stream, only the events after Last-Event-ID."""
     headers = {**req.response_headers(), **stored.headers, "idempotent-replayed": "true"}
-    return Response(stored.body, status_code=stored.status, media_type=stored.content_type, headers=headers)
+    body = stored.body
+    if after and stored.content_type == "text/event-stream":
+        body = frames_after(body, after)
+    return Response(body, status_code=stored.status, media_type=stored.content_type, headers=headers)

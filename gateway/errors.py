@@ -13,6 +13,7 @@ import orjson
 CODES: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "invalid_request_error"),
     "idempotency_key_required": (400, "invalid_request_error"),
+    "unsupported_content": (400, "invalid_request_error"),
     "invalid_api_key": (401, "authentication_error"),
     "unauthenticated": (401, "authentication_error"),
     "insufficient_balance": (402, "billing_error"),
@@ -28,6 +29,7 @@ CODES: dict[str, tuple[int, str]] = {
     "unsupported_media_type": (415, "invalid_request_error"),
     "idempotency_key_reused": (422, "invalid_request_error"),
     "rate_limited": (429, "rate_limit_error"),
+    "stream_cancelled": (499, "api_error"),
     "internal_error": (500, "api_error"),
     "upstream_unavailable": (502, "api_error"),
     "no_nodes_available": (503, "api_error"),

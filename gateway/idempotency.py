@@ -113,6 +113,17 @@ def release_statement(claim: Claim, *, request_id: str) -> Stmt:
     )
 
 
+class InProgress(GatewayError):
+    """The first request with this key still runs (a stream may be resumed instead)."""
+
+    def __init__(self, request_id: str):
+        super().__init__(
+            "idempotency_in_progress",
+            "A request with this Idempotency-Key is still in progress; retry after it finishes.",
+            headers={"retry-after": "1"},
+        )
+        self.request_id = request_id
+
 
 async def resolve_conflict(claim: Claim, *, now: dt.datetime) -> StoredResponse | None:
     """The stored response to replay, or None if the old claim expired and was removed.
@@ -136,9 +147,5 @@ async def resolve_conflict(claim: Claim, *, now: dt.datetime) -> StoredResponse 
             "This Idempotency-Key was already used with a different request body.",
         )
     if status != "completed":
-        raise GatewayError(
-            "idempotency_in_progress",
-            "A request with this Idempotency-Key is still in progress; retry after it finishes.",
-            headers={"retry-after": "1"},
-        )
+        raise InProgress(request_id)
     return _open(claim, blob)

@@ -54,3 +54,13 @@ class IdempotencyRecord(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "key"], name="idempotency_unique_key")]
         indexes = [models.Index(fields=["expires_at"], name="idempotency_expiry")]
+
+
+class StoredResponse(models.Model):
+    """A Responses API answer kept for GET /v1/responses/{id}, AES-GCM sealed at rest."""
+
+    public_id = models.CharField(max_length=40, unique=True)
+    project = models.ForeignKey("console.Project", on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=128)
+    created_at = models.DateTimeField()
+    body = models.BinaryField()

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Sequence
 
 from django.conf import settings
 from django.utils import timezone
@@ -13,6 +14,7 @@ from django.utils import timezone
 from billing import ledger
 from billing.pricing import Price, Usage, reservation_micros
 from config import asyncdb
+from config.asyncdb import Stmt
 
 from . import background, idempotency, limits
 from .auth import KeyRecord
@@ -133,6 +135,7 @@ class PaidRequest:
         node_id: str = "",
         ttft_ms: int | None = None,
         stored: idempotency.StoredResponse | None = None,
+        after: Sequence[Stmt] = (),
     ) -> ledger.Settlement | None:
         """Settle ``usage`` (or void if None), record, and store the idempotent response."""
         assert self.reservation is not None and not self.finished
@@ -141,7 +144,7 @@ class PaidRequest:
         meta.status_code, meta.error_code, meta.node_id, meta.ttft_ms = status_code, error_code, node_id, ttft_ms
         meta.latency_ms = self._elapsed_ms()
         now = timezone.now()
-        after = []
+        after = list(after)
         if usage is not None:
             amount, _ = ledger.settlement_amount(self.reservation, usage)
             meta.input_tokens, meta.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens

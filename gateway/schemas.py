@@ -23,6 +23,29 @@ class TextPart(_Open):
     text: str
 
 
+class ImageUrl(_Open):
+    url: Annotated[str, Field(min_length=1)]
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Open):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class InputAudio(_Open):
+    data: Annotated[str, Field(min_length=1)]
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(_Open):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
+
+
 class ToolCallFunction(_Open):
     name: str
     arguments: str
@@ -36,10 +59,30 @@ class ToolCall(_Open):
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+
+
+class FunctionDef(_Open):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Open):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Open):
+    name: str
+
+
+class NamedToolChoice(_Open):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Open):
@@ -54,7 +97,8 @@ class ChatCompletionRequest(_Open):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
     @property
     def output_cap(self) -> int | None:
@@ -93,4 +137,7 @@ def validate(schema: type[T], data: dict[str, Any]) -> T:
 
 
 # Pydantic names union branches in error locations ("content.str"); drop those.
-_UNION_TAGS = {"str", "list[TextPart]", "int", "function", "literal['text']"}
+_UNION_TAGS = {
+    "str", "list[TextPart]", "list[ContentPart]", "list[str]", "int", "function", "literal['text']",
+    "text", "image_url", "input_audio", "NamedToolChoice", "literal['none','auto','required']",
+}

@@ -1,4 +1,4 @@
-"""Server-sent events: framing, and a response that streams from a queue.
+"""Server-sent events: framing, and a response that streams a log's events.
 
 Every event carries an ``id: evt_<n>`` (increasing per stream) so a client can
 later resume with Last-Event-ID; a comment line is sent as a heartbeat when
@@ -7,7 +7,6 @@ nothing else went out for ``GATEWAY_HEARTBEAT_SECONDS``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from django.conf import settings
 
@@ -22,42 +21,55 @@ def frame(event_id: int, data: bytes, event: str | None = None) -> bytes:
     return head + b"data: " + data + b"\n\n"
 
 
-class QueueSSEResponse:
-    """An ASGI response that sends what a producer puts on ``queue`` (None ends it).
+def frames_after(body: bytes, after: int) -> bytes:
+    """The events of a recorded stream body after event ``evt_<after>``."""
+    if after <= 0:
+        return body
+    events = body.split(b"\n\n")
+    out = []
+    for event in events:
+        if event.startswith(b"id: evt_"):
+            number = int(event[8 : event.index(b"\n")] if b"\n" in event else event[8:])
+            if number > after:
+                out.append(event + b"\n\n")
+    return b"".join(out)
 
-    It watches for the client going away and calls ``on_disconnect`` at once,
-    so the producer can stop the node and settle for what was generated.
+
+class SSEResponse:
+    """An ASGI response that sends what a stream follower reads.
+
+    It watches for the client going away and closes the follower at once; the
+    producer decides what that means (keep generating for the resume window).
     """
 
-    def __init__(self, queue: asyncio.Queue, *, headers: dict[str, str], on_disconnect: Callable[[], None]):
-        self.queue = queue
+    def __init__(self, follower, *, headers: dict[str, str]):
+        self.follower = follower
         self.headers = headers
-        self.on_disconnect = on_disconnect
 
     async def __call__(self, scope, receive, send) -> None:
         headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
         headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        follower = self.follower
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            self.on_disconnect()
-            self.queue.put_nowait(None)
+            follower.close()
 
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
             heartbeat = settings.GATEWAY_HEARTBEAT_SECONDS
             while True:
-                try:
-                    async with asyncio.timeout(heartbeat):
-                        item = await self.queue.get()
-                except TimeoutError:
-                    item = HEARTBEAT
-                if item is None or watcher.done():
+                items = await follower.read(heartbeat)
+                if items is None or watcher.done():
                     break
-                await send({"type": "http.response.body", "body": item, "more_body": True})
+                body = b"".join(items) if items else HEARTBEAT
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             if not watcher.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the socket went away under a send
+            pass
         finally:
             watcher.cancel()
+            follower.close()

@@ -17,12 +17,27 @@ PER_MESSAGE = 8
 PER_REQUEST = 64
 
 
+# An image or audio part has no byte bound on its tokens: the context window bounds it.
+UNBOUNDED = 1 << 40
+
+
 def _text_bytes(content: Any) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
         return len(content.encode())
-    return sum(len(part.get("text", "").encode()) for part in content if isinstance(part, dict))
+    total = 0
+    for part in content:
+        if isinstance(part, dict):
+            total += len(part.get("text", "").encode()) if part.get("type", "text") == "text" else UNBOUNDED
+    return total
+
+
+def text_bound(texts) -> int:
+    """The bound for plain text inputs (legacy completions, embeddings)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    return PER_REQUEST + sum(PER_MESSAGE + len(t.encode()) for t in texts)
 
 
 def chat_prompt_bound(body: dict[str, Any]) -> int:
@@ -38,9 +53,9 @@ def chat_prompt_bound(body: dict[str, Any]) -> int:
     return total
 
 
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+def estimate_from_bound(bound: int) -> int:
     """A central estimate (about 4 bytes a token) for when a node never reports usage."""
-    return max(1, (chat_prompt_bound(body) - PER_REQUEST) // 4)
+    return max(1, (bound - PER_REQUEST) // 4)
 
 
 def estimate_output_tokens(choices: list[dict[str, Any]]) -> int:
@@ -48,7 +63,7 @@ def estimate_output_tokens(choices: list[dict[str, Any]]) -> int:
     total = 0
     for choice in choices:
         message = choice.get("message") or {}
-        total += _text_bytes(message.get("content"))
+        total += _text_bytes(message.get("content")) + _text_bytes(choice.get("text"))
         if message.get("tool_calls"):
             total += len(orjson.dumps(message["tool_calls"]))
     return -(-total // 4)

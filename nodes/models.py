@@ -35,6 +35,18 @@ class Node(models.Model):
         return f"{self.name} ({self.public_id})"
 
 
+class Modality(models.TextChoices):
+    """Kinds of input a served model accepts (chat content parts: text, image_url, input_audio)."""
+
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+
+
+def default_input_modalities() -> list[str]:
+    return [Modality.TEXT.value]
+
+
 class NodeModel(models.Model):
     """A model a node serves: the public name clients use and the node's own name."""
 
@@ -43,6 +55,8 @@ class NodeModel(models.Model):
     upstream_model = models.CharField(max_length=200)
     context_window = models.PositiveIntegerField(default=4096)
     max_output_tokens = models.PositiveIntegerField(default=1024)
+    # A list of Modality values; services.node_upsert checks them (JSON has no enum constraint).
+    input_modalities = models.JSONField(default=default_input_modalities)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["node", "model"], name="nodemodel_unique")]

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from config import asyncdb
 
@@ -26,15 +29,24 @@ class ServedModel:
     context_window: int
     max_output_tokens: int
     node: NodeTarget
+    # Input kinds the model accepts: "text", "image", "audio" (NodeModel.input_modalities).
+    modalities: frozenset[str] = frozenset({"text"})
 
 
 _SERVED_SQL = """
 SELECT n.id, n.public_id, n.base_url, n.adapter, n.region, n.attestation, n.healthy,
-       m.model, m.upstream_model, m.context_window, m.max_output_tokens
+       m.model, m.upstream_model, m.context_window, m.max_output_tokens, m.input_modalities
 FROM nodes_node n JOIN nodes_nodemodel m ON m.node_id = n.id
 WHERE n.status = 'active'
 ORDER BY m.model, n.id
 """
+
+
+def _modalities(value: Any) -> frozenset[str]:
+    """PostgreSQL hands jsonb over decoded; SQLite hands over the JSON text."""
+    if isinstance(value, (str, bytes)):
+        value = orjson.loads(value)
+    return frozenset(value)
 
 
 async def served_models() -> list[ServedModel]:
@@ -46,6 +58,7 @@ async def served_models() -> list[ServedModel]:
             context_window=row[9],
             max_output_tokens=row[10],
             node=NodeTarget(*row[:6], healthy=bool(row[6])),
+            modalities=_modalities(row[11]),
         )
         for row in result.rows
     ]

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('billing', '0001_initial'),
-        ('console', '0002_key_limits_and_spend_caps'),
+        ('console', '0003_key_limits_and_spend_caps'),
     ]
 
     operations = [

@@ -1,7 +1,9 @@
 """The adapter interface every inference backend implements.
 
-Nodes speak the OpenAI chat protocol to the gateway; an adapter translates to
-whatever the backend needs. Errors say whether trying another node could help
+Nodes speak the OpenAI protocol to the gateway (chat completions, legacy text
+completions, embeddings); an adapter translates to whatever the backend needs.
+Answers are OpenAI JSON objects; streams yield the parsed chunks up to
+``[DONE]`` and raise NodeError if the node fails or stops before it. Errors say whether trying another node could help
 (``permanent=False``: connection refused, 5xx, 429, timeouts) or not
 (``permanent=True``: the request itself is bad for this model).
 """
@@ -32,6 +34,18 @@ class NodeAdapter:
 
     def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Parsed ``chat.completion.chunk`` objects; raises NodeError if the node fails."""
+        raise NotImplementedError
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy ``/completions`` answer (``text_completion``)."""
+        raise NotImplementedError
+
+    def completions_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Parsed ``text_completion`` chunks; raises NodeError if the node fails."""
+        raise NotImplementedError
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An ``/embeddings`` answer: ``{"object": "list", "data": [...], "usage": {...}}``."""
         raise NotImplementedError
 
     async def list_models(self) -> list[str]:

@@ -48,9 +48,24 @@ class OpenAICompatibleAdapter(NodeAdapter):
         return self.target.base_url.rstrip("/") + path
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._post_json("/chat/completions", body)
+
+    def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._post_stream("/chat/completions", body)
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._post_json("/completions", body)
+
+    def completions_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._post_stream("/completions", body)
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._post_json("/embeddings", body)
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             async with http.session().post(
-                self._url("/chat/completions"), data=orjson.dumps(body), headers=_JSON, timeout=_timeout()
+                self._url(path), data=orjson.dumps(body), headers=_JSON, timeout=_timeout()
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
@@ -59,11 +74,10 @@ class OpenAICompatibleAdapter(NodeAdapter):
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
             raise NodeError(f"node unreachable or broken: {exc.__class__.__name__}", permanent=False) from exc
 
-    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _post_stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The parsed ``data:`` events of an SSE answer, up to ``[DONE]``."""
         try:
-            resp = await http.session().post(
-                self._url("/chat/completions"), data=orjson.dumps(body), headers=_SSE, timeout=_timeout()
-            )
+            resp = await http.session().post(self._url(path), data=orjson.dumps(body), headers=_SSE, timeout=_timeout())
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise NodeError(f"node unreachable: {exc.__class__.__name__}", permanent=False) from exc
         done = False

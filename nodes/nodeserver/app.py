@@ -5,6 +5,12 @@ Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 engine's own control endpoints (the simulator's ``/_sim/*``). Errors use
 OpenAI's envelope ``{"error": {"message", "type", "code"}}``.
 
+Chat messages may carry text, ``image_url`` and ``input_audio`` parts; parts of
+a modality the engine does not accept (:attr:`Engine.input_modalities`) are
+refused with a 400 ``unsupported_modality`` before the engine sees the request.
+``tools`` / ``tool_choice`` are validated here and passed on; an engine that
+answers with a call sets ``Generation.tool_call`` and yields the arguments.
+
 Streams follow OpenAI exactly, including ``stream_options.include_usage``
 (a last chunk with ``"choices": []`` and the usage, and ``"usage": null`` on
 the others), which the gateway's billing relies on. The HTTP layer waits for
@@ -122,30 +128,133 @@ def _model(body: dict[str, Any], engine: Engine) -> str:
     return model
 
 
-def _text_content(content: Any) -> str:
-    """A message's text: a string, or a list of text parts joined without separators."""
+# Content part type -> the input modality it needs (text parts need "text", which every engine takes).
+MEDIA_PARTS = {"image_url": "image", "input_audio": "audio"}
+
+
+def _part_ok(part: dict[str, Any], kind: str) -> bool:
+    if kind == "text":
+        return isinstance(part.get("text"), str)
+    if kind == "image_url":
+        return isinstance(image := part.get("image_url"), dict) and isinstance(image.get("url"), str)
+    audio = part.get("input_audio")
+    return isinstance(audio, dict) and isinstance(audio.get("data"), str) and isinstance(audio.get("format"), str)
+
+
+def _content(content: Any) -> tuple[str, list[str]]:
+    """A message's text (text parts joined without separators) and the modalities of its media parts, in order."""
     if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if len(texts) == len(content) and all(isinstance(t, str) for t in texts):
-            return "".join(texts)
-    raise ApiError(400, "Message content must be a string or a list of text parts.", code="unsupported_content")
+        return content or "", []
+    if not isinstance(content, list):
+        raise ApiError(400, "Message content must be a string or a list of content parts.", code="unsupported_content")
+    texts: list[str] = []
+    media: list[str] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" and kind not in MEDIA_PARTS:
+            raise ApiError(
+                400,
+                f"Unsupported content part type {kind!r}; use 'text', 'image_url' or 'input_audio'.",
+                code="unsupported_content",
+            )
+        if not _part_ok(part, kind):
+            raise _invalid(f"{kind} content part", f"a well-formed '{kind}' part")
+        if kind == "text":
+            texts.append(part["text"])
+        else:
+            media.append(MEDIA_PARTS[kind])
+    return "".join(texts), media
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+    calls = message.get("tool_calls")
+    if calls is None:
+        return []
+    ok = isinstance(calls, list) and all(
+        isinstance(c, dict)
+        and isinstance(c.get("id"), str)
+        and c.get("type") == "function"
+        and isinstance(f := c.get("function"), dict)
+        and isinstance(f.get("name"), str)
+        and isinstance(f.get("arguments"), str)
+        for c in calls
+    )
+    if not ok or message["role"] != "assistant":
+        raise _invalid("tool_calls", "a list of function calls on an assistant message")
+    return calls
+
+
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    """A message as the engines see it: ``role``, text ``content``, and ``media`` / ``tool_calls`` /
+    ``tool_call_id`` when it has them."""
+    text, media = _content(m.get("content"))
+    message: dict[str, Any] = {"role": m["role"], "content": text}
+    if media:
+        message["media"] = media
+    if calls := _tool_calls(m):
+        message["tool_calls"] = calls
+    if m["role"] == "tool":
+        if not isinstance(m.get("tool_call_id"), str):
+            raise _invalid("tool_call_id", "the id of the tool call a 'tool' message answers")
+        message["tool_call_id"] = m["tool_call_id"]
+    return message
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _invalid("messages", "a non-empty list")
     if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
         raise _invalid("messages", "a list of objects with a 'role'")
-    return [{"role": m["role"], "content": _text_content(m.get("content"))} for m in messages]
+    return [_message(m) for m in messages]
+
+
+def _tools(body: dict[str, Any]) -> dict[str, Any]:
+    """``tools`` as sent, and ``tool_choice`` as "none", "auto" or "required" (with the forced function's name)."""
+    tools = body.get("tools") or []
+    if not isinstance(tools, list) or not all(
+        isinstance(t, dict)
+        and t.get("type") == "function"
+        and isinstance(f := t.get("function"), dict)
+        and isinstance(f.get("name"), str)
+        and f["name"]
+        for t in tools
+    ):
+        raise _invalid("tools", "a list of {'type': 'function', 'function': {'name': ...}} objects")
+    choice, forced = body.get("tool_choice"), None
+    if choice is None:
+        choice = "auto" if tools else "none"  # OpenAI's defaults
+    elif isinstance(choice, dict):
+        function = choice.get("function")
+        forced = function.get("name") if choice.get("type") == "function" and isinstance(function, dict) else None
+        if forced not in [t["function"]["name"] for t in tools]:
+            raise _invalid("tool_choice", "a function named in 'tools'")
+        choice = "required"
+    elif choice not in ("none", "auto", "required"):
+        raise _invalid("tool_choice", "'none', 'auto', 'required' or a function")
+    if choice == "required" and not tools:
+        raise _invalid("tool_choice", "'none' or 'auto' when there are no 'tools'")
+    return {"tools": tools, "tool_choice": choice, "forced_tool": forced}
 
 
 def _prompt(body: dict[str, Any]) -> str:
-    if not isinstance(prompt := body.get("prompt"), str):
-        raise _invalid("prompt", "a string")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:  # what clients send for a batch of one
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise _invalid("prompt", "a string (or a list of one string: batches are not supported)")
     return prompt
+
+
+def _check_modalities(engine: Engine, model: str, messages: list[dict[str, Any]] | None) -> None:
+    wanted = {kind for m in messages or () for kind in m.get("media", ())}
+    if missing := wanted - engine.input_modalities:
+        raise ApiError(
+            400,
+            f"The model '{model}' on this node does not accept {' or '.join(sorted(missing))} input "
+            f"(it accepts: {', '.join(sorted(engine.input_modalities))}).",
+            code="unsupported_modality",
+        )
 
 
 # --- response shapes -------------------------------------------------------------
@@ -161,26 +270,46 @@ def _usage(gen: Generation) -> dict[str, Any]:
 
 
 class ChatShape:
-    """Chat completions: text in ``message`` / ``delta``, opened by a role-only chunk."""
+    """Chat completions: text in ``message`` / ``delta``, opened by a role chunk.
+
+    A tool call (``gen.tool_call``, set by the engine before its first piece)
+    streams as OpenAI does: the opening chunk names the function (with empty
+    arguments), then each piece is a fragment of its JSON arguments.
+    """
 
     id_prefix, object, chunk_object = "chatcmpl-", "chat.completion", "chat.completion.chunk"
 
     @staticmethod
     def inputs(body: dict[str, Any]) -> dict[str, Any]:
-        return {"messages": _messages(body)}
+        return {"messages": _messages(body), **_tools(body)}
 
     @staticmethod
-    def choice(text: str, finish_reason: str) -> dict[str, Any]:
-        message = {"role": "assistant", "content": text}
-        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    def choice(gen: Generation, text: str) -> dict[str, Any]:
+        if gen.tool_call is None:
+            message = {"role": "assistant", "content": text}
+        else:
+            call = gen.tool_call
+            function = {"name": call.name, "arguments": text}
+            message = {"role": "assistant", "content": None, "tool_calls": [{**call.head(), "function": function}]}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": gen.finish_reason}
 
     @staticmethod
-    def opening() -> dict[str, Any] | None:
-        return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+    def opening(gen: Generation) -> dict[str, Any] | None:
+        if gen.tool_call is None:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""}
+        else:
+            call = {"index": 0, **gen.tool_call.head(), "function": {"name": gen.tool_call.name, "arguments": ""}}
+            delta = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
 
     @staticmethod
-    def chunk(text: str | None, finish_reason: str | None) -> dict[str, Any]:
-        delta = {} if text is None else {"content": text}
+    def chunk(gen: Generation, text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        if text is None:
+            delta: dict[str, Any] = {}
+        elif gen.tool_call is None:
+            delta = {"content": text}
+        else:
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
@@ -194,15 +323,15 @@ class TextShape:
         return {"prompt": _prompt(body)}
 
     @staticmethod
-    def choice(text: str, finish_reason: str) -> dict[str, Any]:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    def choice(gen: Generation, text: str) -> dict[str, Any]:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": gen.finish_reason}
 
     @staticmethod
-    def opening() -> dict[str, Any] | None:
+    def opening(gen: Generation) -> dict[str, Any] | None:
         return None
 
     @staticmethod
-    def chunk(text: str | None, finish_reason: str | None) -> dict[str, Any]:
+    def chunk(gen: Generation, text: str | None, finish_reason: str | None) -> dict[str, Any]:
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
 
 
@@ -235,6 +364,7 @@ def _generation(body: dict[str, Any], engine: Engine, shape: Shape) -> tuple[Gen
         top_p=_number(body, "top_p", 0, 1),
         seed=_int(body, "seed", -(2**63)),
     )
+    _check_modalities(engine, model, gen.messages)
     return gen, stream and options.get("include_usage") is True
 
 
@@ -251,7 +381,7 @@ def _dropped(request: web.Request) -> web.Response:
 async def _whole(gen: Generation, shape: Shape, pieces: AsyncIterator[str]) -> web.Response:
     text = "".join([piece async for piece in pieces])
     body = {"id": gen.id, "object": shape.object, "created": int(time.time()), "model": gen.model}
-    return json_response({**body, "choices": [shape.choice(text, gen.finish_reason)], "usage": _usage(gen)})
+    return json_response({**body, "choices": [shape.choice(gen, text)], "usage": _usage(gen)})
 
 
 async def _stream(
@@ -268,15 +398,15 @@ async def _stream(
         await response.write(b"data: " + orjson.dumps({**head, "choices": choices, **extra}) + b"\n\n")
 
     try:
-        if (opening := shape.opening()) is not None:
+        if (opening := shape.opening(gen)) is not None:
             await send([opening])
         if first is not None:
-            await send([shape.chunk(first, None)])
+            await send([shape.chunk(gen, first, None)])
             async for piece in pieces:
-                await send([shape.chunk(piece, None)])
+                await send([shape.chunk(gen, piece, None)])
     except ApiError as exc:  # too late for an error status: end without [DONE], like a crashed node
         raise DropConnection from exc
-    await send([shape.chunk(None, gen.finish_reason)])
+    await send([shape.chunk(gen, None, gen.finish_reason)])
     if include_usage:
         await send([], usage=_usage(gen))
     await response.write(b"data: [DONE]\n\n")
@@ -325,6 +455,8 @@ async def embeddings(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = await read_json(request)
     model = _model(body, engine)
+    if not engine.embeds:
+        raise ApiError(400, f"The model '{model}' does not support embeddings.", code="unsupported")
     texts = body.get("input")
     if isinstance(texts, str):
         texts = [texts]
@@ -333,7 +465,19 @@ async def embeddings(request: web.Request) -> web.Response:
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise _invalid("encoding_format", "'float' or 'base64'")
-    vectors, used = await engine.embed(model, texts)
+    # Counted like a completion (an answer with no output tokens), so tests see every request a node served.
+    record = Generation(id="emb-" + os.urandom(12).hex(), model=model, stream=False)
+    engine.stats.started()
+    outcome = "failed"
+    try:
+        vectors, record.prompt_tokens = await engine.embed(model, texts)
+        outcome = "completed"
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        engine.stats.finished(record, outcome)
+    used = record.prompt_tokens
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, encoding)} for i, v in enumerate(vectors)]
     return json_response(
         {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": used, "total_tokens": used}}

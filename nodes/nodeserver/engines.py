@@ -20,6 +20,7 @@ import asyncio
 import codecs
 import dataclasses
 import logging
+import os
 import random
 import threading
 from collections import deque
@@ -60,19 +61,38 @@ class DropConnection(Exception):
     """Close the client's connection without finishing the response (simulated node crash)."""
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """The function an answer calls; its pieces are the JSON arguments."""
+
+    id: str
+    name: str
+
+    def head(self) -> dict[str, str]:
+        return {"id": self.id, "type": "function"}
+
+
 @dataclass(eq=False)
 class Generation:
     """One completion request as the engines see it, and what came of it.
 
-    ``messages`` (chat, contents already joined to plain text) or ``prompt``
-    (text completion) is set. The engine updates the counters while it works.
+    ``messages`` (chat) or ``prompt`` (text completion) is set. A message is
+    ``{"role", "content"}`` with its text parts joined into ``content``, plus
+    ``media`` (the modalities of its image/audio parts, in order),
+    ``tool_calls`` and ``tool_call_id`` when it has them. ``tool_choice`` is
+    "none", "auto" or "required" (with ``forced_tool`` when the request named
+    the function). The engine updates the counters while it works, and sets
+    ``tool_call`` before its first piece if the answer is a call.
     """
 
     id: str
     model: str
     stream: bool
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str = "none"
+    forced_tool: str | None = None
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     temperature: float | None = None
@@ -82,11 +102,15 @@ class Generation:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     injected_failure: bool = False
+    tool_call: ToolCall | None = None
 
 
 @dataclass
 class Stats:
-    """Counters over generation requests that reached an engine (validation errors are not counted)."""
+    """Counters over requests that reached an engine: completions, and embeddings (no output tokens).
+
+    Validation errors are not counted; ``last`` is the most recent first.
+    """
 
     requests: int = 0
     completed: int = 0
@@ -176,13 +200,20 @@ class Engine:
         self.models = list(models)
         self.stats = Stats()
 
+    @property
+    def input_modalities(self) -> frozenset[str]:
+        """What content parts the models take (see MODALITIES); the HTTP layer refuses the rest with a 400."""
+        return frozenset({"text"})
+
     def generate(self, gen: Generation) -> AsyncIterator[str]:
         """Yield the answer's text, one piece per token; set ``gen``'s counters."""
         raise NotImplementedError
 
+    embeds: ClassVar[bool] = False  # whether :meth:`embed` works; the HTTP layer refuses embeddings otherwise
+
     async def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
         """Return one vector per text and the prompt tokens consumed."""
-        raise ApiError(400, f"The model '{model}' does not support embeddings.", code="unsupported")
+        raise NotImplementedError
 
     def controls(self) -> dict[tuple[str, str], Control]:
         """Engine-specific JSON endpoints, by (method, path), served next to the OpenAI API."""
@@ -195,6 +226,7 @@ class Engine:
 # --- simulator -------------------------------------------------------------------
 
 FAIL_MODES = ("http500", "http429", "disconnect", "midstream", "hang")
+MODALITIES = ("text", "image", "audio")  # chat content parts: text, image_url, input_audio
 
 
 def _number(value: Any, name: str, low: float, high: float = float("inf"), *, integer: bool = False) -> None:
@@ -214,8 +246,15 @@ class SimConfig:
     fail_rate: float = 0.0  # probability that a request gets fail_mode
     fail_mode: str = "http500"
     fail_after_tokens: int = 3  # midstream: tokens sent before the connection drops
+    modalities: tuple[str, ...] = ("text",)  # accepted input; other content parts get a 400
 
     def __post_init__(self) -> None:
+        kinds = self.modalities
+        if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not set(kinds) <= set(MODALITIES):
+            raise ValueError(f"modalities must be a list drawn from {', '.join(MODALITIES)}, got {kinds!r}")
+        if "text" not in kinds:
+            raise ValueError("modalities must include 'text'")
+        object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in kinds))  # JSON sends a list
         _number(self.ttft_ms, "ttft_ms", 0)
         _number(self.tokens_per_s, "tokens_per_s", 0)
         _number(self.completion_tokens, "completion_tokens", 0, integer=True)
@@ -235,6 +274,7 @@ class SimulatorEngine(Engine):
     """Synthetic answers with realistic timing and failures, deterministic for a given seed."""
 
     name = "simulator"
+    embeds = True
 
     def __init__(self, models: Sequence[str], config: SimConfig, seed: int = 0) -> None:
         super().__init__(models)
@@ -242,24 +282,42 @@ class SimulatorEngine(Engine):
         self.seed = seed
         self.rng = random.Random(seed)
 
+    @property
+    def input_modalities(self) -> frozenset[str]:
+        return frozenset(self.config.modalities)
+
     def _answer(self, gen: Generation, config: SimConfig) -> tuple[list[str], str]:
-        """The tokens to send and the finish reason if they all go out."""
+        """The tokens to send and the finish reason if they all go out; sets ``gen.tool_call`` for a call."""
         if gen.messages is not None:
-            user = [m["content"] for m in gen.messages if m["role"] == "user"]
-            echo = tokens.echo_tokens(user[-1]) if user else None
+            user = [m for m in gen.messages if m["role"] == "user"]
+            last = user[-1] if user else {"content": ""}
+            if (name := self._tool_to_call(gen, last["content"])) is not None:
+                gen.tool_call = ToolCall(id="call_" + os.urandom(12).hex(), name=name)
+                answer, finish_reason = tokens.tool_call_pieces(last["content"]), "tool_calls"
+            else:
+                answer, finish_reason = tokens.echo_tokens(last["content"], last.get("media", ())), "stop"
         else:
-            echo = tokens.echo_tokens(gen.prompt or "")
-        if echo is None:
+            answer, finish_reason = tokens.echo_tokens(gen.prompt or ""), "stop"
+        if answer is None:
             count = config.completion_tokens if gen.max_tokens is None else gen.max_tokens
             return tokens.word_tokens(count), "stop" if gen.max_tokens is None else "length"
-        if gen.max_tokens is not None and len(echo) > gen.max_tokens:
-            return echo[: gen.max_tokens], "length"
-        return echo, "stop"
+        if gen.max_tokens is not None and len(answer) > gen.max_tokens:
+            return answer[: gen.max_tokens], "length"
+        return answer, finish_reason
+
+    @staticmethod
+    def _tool_to_call(gen: Generation, last_user_text: str) -> str | None:
+        """The function to call: forced by ``tool_choice``, or the first tool when a call is required or asked for."""
+        if not gen.tools or gen.tool_choice == "none":
+            return None
+        if gen.tool_choice == "required" or last_user_text.startswith(tokens.CALL_PREFIX):
+            return gen.forced_tool or gen.tools[0]["function"]["name"]
+        return None
 
     async def generate(self, gen: Generation) -> AsyncIterator[str]:
         config = self.config  # a request keeps the settings it started with
         if gen.messages is not None:
-            gen.prompt_tokens = tokens.chat_prompt_tokens(m["content"] for m in gen.messages)
+            gen.prompt_tokens = tokens.chat_prompt_tokens(gen.messages, gen.tools)
         else:
             gen.prompt_tokens = tokens.text_tokens(gen.prompt or "")
         # Draw for every request, so the failure pattern depends only on the seed and request order.

@@ -1,24 +1,35 @@
 """The simulator's deterministic tokenizer: counts and outputs a test can predict.
 
-Prompt tokens, where B is the number of UTF-8 bytes of the text content and M
-the number of chat messages:
+Prompt tokens, where B is a number of UTF-8 bytes and M the number of chat
+messages:
 
-    chat completions:  ceil(B / 4) + 4 * M     (B over every message's text parts)
+    chat completions:  ceil(B / 4) + 4 * M     (B over every message's text parts, the
+                                                name and arguments of each tool call it
+                                                made, and the request's ``tools`` as
+                                                compact JSON; image and audio parts add 0)
     text completions:  ceil(B / 4)             (B of the prompt)
     embeddings:        sum of ceil(B_i / 4)    (one term per input)
 
 ceil(B / 4) <= B, so a chat count never exceeds B + 8 * M + 64, the upper
-bound the gateway reserves against (gateway/tokens.py): a simulator run can
-never be billed above its reservation, just like a real byte-level BPE model.
+bound the gateway reserves against (gateway/tokens.py, which counts the same
+text, tool calls and tools): a simulator run can never be billed above its
+reservation, just like a real byte-level BPE model.
 
 Output tokens are words with a leading space (" lorem", " ipsum", ...), so a
 stream carries exactly one word per chunk and the text length is predictable.
+An ``echo:`` prompt is answered with its own words (then "[image]" / "[audio]"
+for each media part of the message), a tool call with its JSON arguments cut
+before each space: ``{"text": "a b"}`` is the tokens ``{"text":``, `` "a``, `` b"}``.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
 
 WORDS = (
     " lorem", " ipsum", " dolor", " sit", " amet", " consectetur", " adipiscing", " elit",
@@ -28,28 +39,42 @@ WORDS = (
 CHAT_TOKENS_PER_MESSAGE = 4
 EMBEDDING_DIMS = 16
 ECHO_PREFIX = "echo:"
+CALL_PREFIX = "call:"
 
 
 def text_tokens(text: str) -> int:
     return -(-len(text.encode()) // 4)
 
 
-def chat_prompt_tokens(contents: Iterable[str]) -> int:
-    """Prompt tokens of a chat whose messages have these (already joined) text contents."""
-    contents = list(contents)
-    return text_tokens("".join(contents)) + CHAT_TOKENS_PER_MESSAGE * len(contents)
+def chat_prompt_tokens(messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] = ()) -> int:
+    """Prompt tokens of a chat: messages as the engines see them (text ``content``, ``tool_calls``)."""
+    size = len(orjson.dumps(tools)) if tools else 0
+    for message in messages:
+        size += len(message["content"].encode())
+        for call in message.get("tool_calls", ()):
+            size += len((call["function"]["name"] + call["function"]["arguments"]).encode())
+    return -(-size // 4) + CHAT_TOKENS_PER_MESSAGE * len(messages)
 
 
 def word_tokens(count: int) -> list[str]:
     return [WORDS[i % len(WORDS)] for i in range(count)]
 
 
-def echo_tokens(text: str) -> list[str] | None:
-    """The answer to an ``echo:`` prompt (its words, one token each), or None if it is not one."""
+def echo_tokens(text: str, media: Iterable[str] = ()) -> list[str] | None:
+    """The answer to an ``echo:`` prompt (its words, then its media parts, one token each), or None."""
     if not text.startswith(ECHO_PREFIX):
         return None
-    words = text[len(ECHO_PREFIX) :].split()
+    words = text[len(ECHO_PREFIX) :].split() + [f"[{kind}]" for kind in media]
     return [word if i == 0 else " " + word for i, word in enumerate(words)]
+
+
+def tool_call_pieces(text: str) -> list[str]:
+    """A call's arguments, ``{"text": <text after "call:", or all of it>}``, as tokens."""
+    if text.startswith(CALL_PREFIX):
+        text = text[len(CALL_PREFIX) :]
+    arguments = json.dumps({"text": text.strip()}, ensure_ascii=False)
+    cuts = [i for i, char in enumerate(arguments) if char == " "]
+    return [arguments[start:end] for start, end in zip([0, *cuts], [*cuts, len(arguments)])]
 
 
 def embedding(text: str) -> list[float]:

@@ -85,12 +85,12 @@ async def test_warm_request_costs_two_round_trips_and_no_orm(alice, sim_node, co
 async def test_a_bug_after_reserving_releases_the_hold_at_once(alice, sim_node, monkeypatch):
     from billing.models import Transfer
     from config.asgi import application
-    from gateway import chat
+    from gateway import pipeline
 
     async def broken(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(chat, "_complete", broken)
+    monkeypatch.setattr(pipeline, "_complete", broken)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://gateway") as client:
         response = await client.post("/v1/chat/completions", headers=alice.auth(), json=CHAT)
     assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"

@@ -96,7 +96,7 @@ def record(*, project_id, key_id, rpm=None, tpm=None, key_rpm=None, key_tpm=None
         key_id=key_id, key_public_id="key_x", kind="secret", hash="", active=True, expires_at=None,
         project_id=project_id, project_public_id="proj_x", organization_id=1, allowed_origins=frozenset(),
         idempotency_required=False, rpm_limit=rpm, tpm_limit=tpm, wallet_id=1, usage_wallet_id=2, currency="usd",
-        key_rpm_limit=key_rpm, key_tpm_limit=key_tpm,
+        stream_resume_seconds=30, key_rpm_limit=key_rpm, key_tpm_limit=key_tpm,
     )
 
 

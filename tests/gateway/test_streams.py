@@ -9,6 +9,7 @@ import pytest
 from billing.invariants import check_ledger
 from billing.models import Transfer
 from gateway.models import RequestRecord
+from console.services import project_update
 from nodes.services import node_upsert
 from tests.conftest import SIM_MODEL, cache_settle, sim_cost, start_simulator
 
@@ -23,6 +24,8 @@ def wait_for(predicate, timeout=10.0):
 
 
 def test_client_disconnect_mid_stream_bills_only_generated_tokens(server, alice, sim_node, sim):
+    project_update(project=alice.project, stream_resume_seconds=0)  # no resume window: stop at once
+    cache_settle()
     sim.configure(tokens_per_s=50)
     body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "long answer please"}], "max_tokens": 200, "stream": True}
     received = 0
@@ -95,3 +98,23 @@ def test_heartbeat_comments_flow_while_the_node_is_slow(transactional_db, alice,
         assert "data: [DONE]" in lines
     finally:
         fast_heartbeat.process.stop()
+
+
+def test_a_node_cut_ends_responses_and_messages_streams_with_their_error_event(server, alice, sim_node, sim):
+    import anthropic
+
+    sim.configure(fail_rate=1.0, fail_mode="midstream", fail_after_tokens=3)
+    client = openai.OpenAI(base_url=server.api, api_key=alice.secret_key, max_retries=0)
+    with client.responses.stream(model=SIM_MODEL, input="hello", max_output_tokens=40) as stream:
+        kinds = [event.type for event in stream]
+    assert kinds.count("response.output_text.delta") == 3 and kinds[-1] == "response.failed"
+
+    claude = anthropic.Anthropic(base_url=server.url, api_key=alice.secret_key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        with claude.messages.stream(model=SIM_MODEL, max_tokens=40, messages=[{"role": "user", "content": "hi"}]) as s:
+            for _ in s:
+                pass
+    assert "mid-answer" in str(raised.value)
+    transfers = list(Transfer.objects.filter(kind="usage"))
+    assert [(t.status, t.output_tokens) for t in transfers] == [("posted", 3), ("posted", 3)]
+    assert alice.wallet.reserved == 0 and check_ledger() == []

@@ -13,60 +13,15 @@ import math
 import struct
 import sys
 import time
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import Process, free_port
+from tests.nodes.conftest import WITH_USAGE, chat, contents, post, sse, wait_idle
 
 WORDS = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit"]
-WITH_USAGE = {"include_usage": True}
 MODEL = "smollm2-135m-instruct"
-
-
-def chat(content: Any, **fields: Any) -> dict[str, Any]:
-    return {"model": "sim-small", "messages": [{"role": "user", "content": content}], **fields}
-
-
-@pytest.fixture
-async def client(sim):
-    async with httpx.AsyncClient(base_url=sim.url, timeout=10) as c:
-        yield c
-
-
-async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = await client.post(path, json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def sse(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> list[Any]:
-    """Every ``data:`` event of a 200 stream: decoded chunks, then the string "[DONE]"."""
-    events: list[Any] = []
-    async with client.stream("POST", path, json=body) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        async for line in response.aiter_lines():
-            if line:
-                assert line.startswith("data: ")
-                events.append("[DONE]" if line == "data: [DONE]" else json.loads(line[6:]))
-    return events
-
-
-def contents(events: list[Any]) -> list[str]:
-    """The text of a chat stream's token chunks (not the opening role chunk)."""
-    deltas = [e["choices"][0]["delta"] for e in events[1:] if e != "[DONE]" and e["choices"]]
-    return [d["content"] for d in deltas if "content" in d]
-
-
-async def wait_idle(sim, timeout: float = 3.0) -> dict[str, Any]:
-    """The simulator's stats once no request is in flight any more."""
-    deadline = time.monotonic() + timeout
-    while (stats := sim.stats())["active"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert stats["active"] == 0, stats
-    return stats
 
 
 # --- the OpenAI surface --------------------------------------------------------------
@@ -193,7 +148,7 @@ async def test_stop_strings(client):
     assert body["choices"][0]["message"]["content"] == "a bS"  # a held-back partial match is released at the end
 
 
-async def test_embeddings(client):
+async def test_embeddings(client, sim):
     body = await post(client, "/v1/embeddings", {"model": "sim-small", "input": ["hello", "world!", "hello"]})
     assert body["object"] == "list" and body["model"] == "sim-small"
     vectors = [d["embedding"] for d in body["data"]]
@@ -206,6 +161,13 @@ async def test_embeddings(client):
     single = await post(client, "/v1/embeddings", request)
     decoded = struct.unpack("<16f", base64.b64decode(single["data"][0]["embedding"]))
     assert all(abs(a - b) < 1e-6 for a, b in zip(decoded, vectors[0]))
+    stats = sim.stats()  # embeddings are counted, most recent first
+    assert (stats["requests"], stats["completed"], stats["tokens_generated"]) == (2, 2, 0)
+    assert [(r["prompt_tokens"], r["completion_tokens"], r["outcome"]) for r in stats["last"]] == [
+        (2, 0, "completed"),
+        (6, 0, "completed"),
+    ]
+    assert stats["last"][0]["id"].startswith("emb-") and stats["last"][0]["model"] == "sim-small"
 
 
 async def test_errors_use_the_openai_envelope(client, sim):
@@ -358,11 +320,14 @@ async def test_runtime_config(client, sim):
     response = await client.post("/_sim/config", json={"ttft_ms": 5, "completion_tokens": 2})
     assert response.json() == {
         "ttft_ms": 5, "tokens_per_s": 0.0, "completion_tokens": 2,
-        "fail_rate": 0.0, "fail_mode": "http500", "fail_after_tokens": 3,
+        "fail_rate": 0.0, "fail_mode": "http500", "fail_after_tokens": 3, "modalities": ["text"],
     }  # fmt: skip
     body = await post(client, "/v1/chat/completions", chat("hi"))
     assert body["usage"]["completion_tokens"] == 2
-    invalid = ({"fail_rate": 2}, {"fail_mode": "boom"}, {"completion_tokens": -1}, {"colour": "red"}, {"ttft_ms": "5"})
+    invalid = (
+        {"fail_rate": 2}, {"fail_mode": "boom"}, {"completion_tokens": -1}, {"colour": "red"}, {"ttft_ms": "5"},
+        {"modalities": ["text", "video"]}, {"modalities": ["image"]}, {"modalities": "text"},
+    )  # fmt: skip
     for bad in invalid:
         response = await client.post("/_sim/config", json=bad)
         assert response.status_code == 400, bad
@@ -424,6 +389,9 @@ async def test_llama_node_reports_exact_usage():
             assert response.json()["error"]["code"] == "context_length_exceeded"
             response = await client.post("/v1/embeddings", json={"model": MODEL, "input": "x"})
             assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported"
+            image = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]
+            response = await client.post("/v1/chat/completions", json={**request, "messages": [{"role": "user", "content": image}]})
+            assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_modality"
 
             stats = (await client.get("/stats")).json()
             assert (stats["completed"], stats["failed"], stats["active"]) == (3, 1, 0)

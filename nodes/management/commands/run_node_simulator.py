@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from nodes.nodeserver.app import serve
-from nodes.nodeserver.engines import FAIL_MODES, SimConfig, SimulatorEngine
+from nodes.nodeserver.engines import FAIL_MODES, MODALITIES, SimConfig, SimulatorEngine
 
 
 class Command(BaseCommand):
@@ -25,6 +25,11 @@ class Command(BaseCommand):
         parser.add_argument("--fail-mode", choices=FAIL_MODES, default=defaults.fail_mode)
         parser.add_argument("--fail-after-tokens", type=int, default=defaults.fail_after_tokens)
         parser.add_argument("--seed", type=int, default=0, help="seed of the failure-injection draws")
+        parser.add_argument(
+            "--modalities",
+            default=",".join(defaults.modalities),
+            help=f"comma-separated input the models accept, from {','.join(MODALITIES)} (must include text)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         models = [m.strip() for m in options["models"].split(",") if m.strip()]
@@ -38,6 +43,7 @@ class Command(BaseCommand):
                 fail_rate=options["fail_rate"],
                 fail_mode=options["fail_mode"],
                 fail_after_tokens=options["fail_after_tokens"],
+                modalities=tuple(m.strip() for m in options["modalities"].split(",") if m.strip()),
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None

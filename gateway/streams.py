@@ -1,0 +1,298 @@
+"""Stream logs: every event of a stream, kept so a client can come back for it.
+
+A streamed answer is produced by one task in the process that holds the node
+connection. It appends each framed SSE event to a :class:`StreamLog`; clients
+are *followers* of that log, reading from a position (the Last-Event-ID) on.
+The client that started the request is just the first follower, so a client
+that drops and reconnects gets exactly the events after the last id it saw.
+
+In production the log is mirrored to a Redis stream (entries ``0-<n>`` for
+event ``evt_<n>``, one pipelined write per batch of events), so the reconnect
+may land on any server process; a remote follower refreshes a short-lived
+``watch`` key, which tells the producer that someone is still listening. The
+embedded default (no Redis) resumes within the process only.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+
+from django.conf import settings
+
+from config import redisconn
+
+from .errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+WATCH_MS = 3000  # a remote follower refreshes its watch key every ≤1 s
+READ_BLOCK_MS = 1000
+_EVENT_ID = re.compile(r"^(?:evt_)?(\d{1,9})$")
+
+
+def retention_seconds() -> int:
+    return settings.GATEWAY_STREAM_RETENTION_SECONDS
+
+
+def _keys(request_id: str) -> tuple[str, str, str]:
+    return (
+        redisconn.key("stream", request_id),
+        redisconn.key("stream", request_id, "meta"),
+        redisconn.key("stream", request_id, "watch"),
+    )
+
+
+def parse_last_event_id(headers) -> int:
+    """The number of events the client already has (0 when it sends none)."""
+    raw = headers.get("last-event-id")
+    if raw is None or raw.strip() == "":
+        return 0
+    match = _EVENT_ID.match(raw.strip())
+    if not match:
+        raise GatewayError("invalid_request", "Last-Event-ID must be an event id from this stream, such as 'evt_12'.")
+    return int(match.group(1))
+
+
+class StreamLog:
+    """The events of one stream, in order; ``frames[i]`` is event ``evt_<i+1>``."""
+
+    def __init__(self, request_id: str, *, project_id: int, endpoint: str, headers: dict[str, str]):
+        self.request_id = request_id
+        self.project_id = project_id
+        self.endpoint = endpoint
+        self.headers = headers  # what a resuming client gets besides the SSE basics
+        self.frames: list[bytes] = []
+        self.done = False
+        self.attached = 0
+        self.on_idle = None  # called when the last local follower leaves
+        self._waiter: asyncio.Future | None = None
+        self._mirror = _RedisMirror(self) if redisconn.enabled() else None
+
+    def append(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        if self._mirror is not None:
+            self._mirror.push(frame)
+        self._notify()
+
+    def close(self) -> None:
+        self.done = True
+        if self._mirror is not None:
+            self._mirror.push(None)
+        self._notify()
+        _forget_later(self)
+
+    def body(self) -> bytes:
+        return b"".join(self.frames)
+
+    async def flushed(self) -> None:
+        """Wait until Redis has every event appended so far (a no-op without Redis)."""
+        if self._mirror is not None:
+            await self._mirror.flushed()
+
+    def _notify(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def waiter(self) -> asyncio.Future:
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+    def follow(self, after: int) -> LocalFollower:
+        return LocalFollower(self, after)
+
+
+class LocalFollower:
+    def __init__(self, stream: StreamLog, after: int):
+        self.stream = stream
+        self.pos = after
+        self.closed = False
+        stream.attached += 1
+
+    async def read(self, timeout: float) -> list[bytes] | None:
+        """New events; [] when ``timeout`` passed without any; None at the end."""
+        stream = self.stream
+        if not self.closed and self.pos >= len(stream.frames) and not stream.done:
+            try:
+                await asyncio.wait_for(asyncio.shield(stream.waiter()), timeout)
+            except TimeoutError:
+                return []
+        if self.closed:
+            return None
+        if self.pos < len(stream.frames):
+            out = stream.frames[self.pos :]
+            self.pos = len(stream.frames)
+            return out
+        return None if stream.done else []
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        stream = self.stream
+        stream.attached -= 1
+        stream._notify()
+        if stream.attached == 0 and not stream.done and stream.on_idle is not None:
+            stream.on_idle()
+
+
+class RemoteFollower:
+    """Follows a stream produced by another process, through Redis."""
+
+    def __init__(self, client, request_id: str, after: int):
+        self.client = client
+        self.key, _, self.watch = _keys(request_id)
+        self.last = f"0-{after}"
+        self.closed = False
+        self.ended = False
+
+    async def read(self, timeout: float) -> list[bytes] | None:
+        if self.closed or self.ended:
+            return None
+        block = max(1, int(min(timeout * 1000, READ_BLOCK_MS)))
+        deadline = time.monotonic() + timeout
+        while True:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.watch, b"1", px=WATCH_MS)
+            await pipe.execute()
+            reply = await self.client.xread({self.key: self.last}, count=1000, block=block)
+            out: list[bytes] = []
+            for _, entries in reply or ():
+                for entry_id, fields in entries:
+                    self.last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    if b"end" in fields:
+                        self.ended = True
+                        break
+                    out.append(fields[b"f"])
+            if out or self.ended:
+                return out if out else None
+            if self.closed:
+                return None
+            if time.monotonic() >= deadline:
+                return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _RedisMirror:
+    """Writes a log's events to Redis in order, batching whatever piled up."""
+
+    def __init__(self, stream: StreamLog):
+        self.stream = stream
+        self.pending: list[bytes | None] = []
+        self.written = 0
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.task: asyncio.Task | None = None
+
+    def push(self, frame: bytes | None) -> None:
+        self.pending.append(frame)
+        self.idle.clear()
+        self.wake.set()
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"mirror:{self.stream.request_id}")
+
+    async def flushed(self) -> None:
+        await self.idle.wait()
+
+    async def _run(self) -> None:
+        stream = self.stream
+        key, meta, _ = _keys(stream.request_id)
+        ttl = retention_seconds()
+        first = True
+        client = redisconn.get_async()
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            batch, self.pending = self.pending, []
+            pipe = client.pipeline(transaction=False)
+            if first:
+                pipe.hset(meta, mapping={"project": stream.project_id, "endpoint": stream.endpoint, **{
+                    f"h:{k}": v for k, v in stream.headers.items()}})
+                pipe.expire(meta, ttl)
+                first = False
+            ended = False
+            for frame in batch:
+                self.written += 1
+                if frame is None:
+                    pipe.xadd(key, {"end": b"1"}, id=f"0-{self.written}")
+                    ended = True
+                else:
+                    pipe.xadd(key, {"f": frame}, id=f"0-{self.written}")
+            pipe.expire(key, ttl)
+            if ended:
+                pipe.expire(meta, ttl)
+            try:
+                await pipe.execute()
+            except Exception:  # the local client still gets every event; only resume elsewhere degrades
+                log.exception("stream %s: mirroring to Redis failed", stream.request_id)
+            if not self.pending:
+                self.idle.set()
+            if ended:
+                return
+
+
+# --- the streams of this process --------------------------------------------------------
+
+_local: dict[str, StreamLog] = {}
+
+
+def register(stream: StreamLog) -> StreamLog:
+    _local[stream.request_id] = stream
+    return stream
+
+
+def _forget_later(stream: StreamLog) -> None:
+    def forget() -> None:
+        if _local.get(stream.request_id) is stream:
+            del _local[stream.request_id]
+
+    try:
+        asyncio.get_running_loop().call_later(retention_seconds(), forget)
+    except RuntimeError:
+        forget()
+
+
+def _not_found(request_id: str) -> GatewayError:
+    return GatewayError("not_found", f"No stream '{request_id}' for this project (or it is no longer kept).")
+
+
+async def open_follower(request_id: str, *, project_id: int, after: int):
+    """A follower of the stream from event ``after`` on, and the stream's response headers.
+
+    Another project's stream is indistinguishable from a missing one (404).
+    """
+    stream = _local.get(request_id)
+    if stream is not None:
+        if stream.project_id != project_id:
+            raise _not_found(request_id)
+        return stream.follow(after), dict(stream.headers)
+    client = redisconn.get_async()
+    if client is None:
+        raise _not_found(request_id)
+    key, meta, _ = _keys(request_id)
+    try:
+        fields = await client.hgetall(meta)
+    except Exception as exc:
+        raise GatewayError("service_unavailable", "The stream store is unreachable; try again shortly.") from exc
+    if not fields or int(fields.get(b"project", b"0")) != project_id:
+        raise _not_found(request_id)
+    headers = {k[2:].decode(): v.decode() for k, v in fields.items() if k.startswith(b"h:")}
+    return RemoteFollower(client, request_id, after), headers
+
+
+async def watched(request_id: str) -> bool:
+    """Whether a follower in another process is attached to this stream right now."""
+    client = redisconn.get_async()
+    if client is None:
+        return False
+    try:
+        return bool(await client.exists(_keys(request_id)[2]))
+    except Exception:  # unknown: assume someone is there rather than cut a live stream
+        log.warning("stream %s: cannot read its watch key", request_id)
+        return True

@@ -1,0 +1,56 @@
+"""Talking to a node server over HTTP: the ``client`` fixture and request helpers."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+WITH_USAGE = {"include_usage": True}
+
+
+def chat(content: Any, **fields: Any) -> dict[str, Any]:
+    return {"model": "sim-small", "messages": [{"role": "user", "content": content}], **fields}
+
+
+@pytest.fixture
+async def client(sim):
+    async with httpx.AsyncClient(base_url=sim.url, timeout=10) as c:
+        yield c
+
+
+async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post(path, json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def sse(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> list[Any]:
+    """Every ``data:`` event of a 200 stream: decoded chunks, then the string "[DONE]"."""
+    events: list[Any] = []
+    async with client.stream("POST", path, json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if line:
+                assert line.startswith("data: ")
+                events.append("[DONE]" if line == "data: [DONE]" else json.loads(line[6:]))
+    return events
+
+
+def contents(events: list[Any]) -> list[str]:
+    """The text of a chat stream's token chunks (not the opening role chunk)."""
+    deltas = [e["choices"][0]["delta"] for e in events[1:] if e != "[DONE]" and e["choices"]]
+    return [d["content"] for d in deltas if "content" in d]
+
+
+async def wait_idle(sim, timeout: float = 3.0) -> dict[str, Any]:
+    """The simulator's stats once no request is in flight any more."""
+    deadline = time.monotonic() + timeout
+    while (stats := sim.stats())["active"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert stats["active"] == 0, stats
+    return stats

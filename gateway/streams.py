@@ -148,9 +148,11 @@ class RemoteFollower:
         self.last = f"0-{after}"
         self.closed = False
         self.ended = False
+        # A producer never runs longer than a request may; past that, its process is gone.
+        self.give_up_at = time.monotonic() + settings.GATEWAY_MAX_REQUEST_SECONDS
 
     async def read(self, timeout: float) -> list[bytes] | None:
-        if self.closed or self.ended:
+        if self.closed or self.ended or time.monotonic() > self.give_up_at:
             return None
         block = max(1, int(min(timeout * 1000, READ_BLOCK_MS)))
         deadline = time.monotonic() + timeout

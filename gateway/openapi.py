@@ -1,9 +1,10 @@
 """GET /v1/openapi.json: the OpenAPI 3.1 document of the /v1 surface.
 
-Built once per process and served as cached bytes. Request bodies the gateway
-validates with pydantic (gateway/schemas.py) are derived from those models, so
-the document cannot drift from validation; the others are written out here.
-Error responses are derived from ``errors.CODES``: each status lists exactly
+Built once per process and served as cached bytes. Request bodies are the JSON
+Schema of the pydantic models that validate them (gateway/schemas.py and
+gateway/protocols/), so the document cannot drift from validation; response
+objects are written out here. Error responses are derived from ``errors.CODES``
+(and, on /v1/messages, from the Anthropic type names): each status lists exactly
 the codes that produce it. tests/gateway/test_openapi.py runs schemathesis
 against a live server to keep every documented shape, status and header true.
 """
@@ -19,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 from . import schemas
 from .context import ApiRequest, json_response
 from .errors import CODES
+from .protocols import completions, messages, responses
 
 Schema = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
@@ -44,110 +46,40 @@ TIMESTAMP = {"type": "integer", "description": "Unix time in seconds."}
 
 
 # --- request bodies ------------------------------------------------------------------
-# Explicit schemas for the bodies gateway/schemas.py has no model for (yet): when a
-# model of the same name appears there, it replaces the dict here (see _request_models).
+# Every request body is validated by a pydantic model; the document uses their own
+# JSON Schema (2020-12, as OpenAPI 3.1). Each protocol's nested models get its prefix,
+# so the OpenAI chat `Tool` and the Anthropic `Tool` stay apart.
 
-_TEXT_OR_TEXTS = {
-    "anyOf": [STRING, {"type": "array", "items": STRING, "minItems": 1}],
+REQUEST_MODELS: dict[str, tuple[type[BaseModel], ...]] = {
+    "": (schemas.ChatCompletionRequest, completions.CompletionRequest, completions.EmbeddingRequest),
+    "Responses": (responses.ResponsesRequest,),
+    "Anthropic": (messages.MessagesRequest, messages.CountTokensRequest),
 }
 
-_EXPLICIT_REQUESTS: dict[str, Schema] = {
-    "CompletionRequest": obj(
-        {
-            "model": {"type": "string", "minLength": 1, "maxLength": 200},
-            "prompt": _TEXT_OR_TEXTS,
-            "max_tokens": nullable({"type": "integer", "minimum": 1}),
-            "stream": {"type": "boolean", "default": False},
-            "stream_options": nullable(obj({"include_usage": {"type": "boolean"}}, additionalProperties=True)),
-            "temperature": nullable({"type": "number", "minimum": 0, "maximum": 2}),
-            "top_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "stop": nullable({"anyOf": [STRING, {"type": "array", "items": STRING}]}),
-            "seed": nullable(INTEGER),
-            "n": {"const": 1, "default": 1},
-        },
-        ("model", "prompt"),
-        additionalProperties=True,
-        description="Legacy text completion. Fields not listed are passed to the node unchanged.",
-    ),
-    "EmbeddingRequest": obj(
-        {
-            "model": {"type": "string", "minLength": 1, "maxLength": 200},
-            "input": _TEXT_OR_TEXTS,
-            "encoding_format": {"enum": ["float", "base64"], "default": "float"},
-            "dimensions": nullable({"type": "integer", "minimum": 1}),
-            "user": STRING,
-        },
-        ("model", "input"),
-        additionalProperties=True,
-    ),
-    "ResponseRequest": obj(
-        {
-            "model": {"type": "string", "minLength": 1, "maxLength": 200},
-            "input": {"anyOf": [STRING, {"type": "array", "items": ref("ResponseInputItem"), "minItems": 1}]},
-            "instructions": nullable(STRING),
-            "max_output_tokens": nullable({"type": "integer", "minimum": 1}),
-            "tools": nullable({"type": "array", "items": {"type": "object"}}),
-            "tool_choice": {"anyOf": [{"enum": ["none", "auto", "required"]}, {"type": "object"}]},
-            "stream": {"type": "boolean", "default": False},
-            "store": {"type": "boolean", "default": True},
-            "metadata": nullable({"type": "object", "additionalProperties": STRING}),
-            "previous_response_id": nullable(STRING),
-            "temperature": nullable({"type": "number", "minimum": 0, "maximum": 2}),
-            "top_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
-        },
-        ("model", "input"),
-        additionalProperties=True,
-        description="OpenAI Responses API request.",
-    ),
-    "MessagesRequest": obj(
-        {
-            "model": {"type": "string", "minLength": 1, "maxLength": 200},
-            "messages": {"type": "array", "items": ref("AnthropicInputMessage"), "minItems": 1},
-            "max_tokens": {"type": "integer", "minimum": 1},
-            "system": ref("AnthropicSystem"),
-            "stop_sequences": {"type": "array", "items": STRING},
-            "stream": {"type": "boolean", "default": False},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
-            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-            "top_k": {"type": "integer", "minimum": 0},
-            "tools": {"type": "array", "items": ref("AnthropicTool")},
-            "tool_choice": {"type": "object", "properties": {"type": {"enum": ["auto", "any", "tool", "none"]}}},
-            "metadata": {"type": "object", "properties": {"user_id": nullable(STRING)}},
-        },
-        ("model", "messages", "max_tokens"),
-        additionalProperties=True,
-        description="Anthropic Messages API request.",
-    ),
-    "CountTokensRequest": obj(
-        {
-            "model": {"type": "string", "minLength": 1, "maxLength": 200},
-            "messages": {"type": "array", "items": ref("AnthropicInputMessage"), "minItems": 1},
-            "system": ref("AnthropicSystem"),
-            "tools": {"type": "array", "items": ref("AnthropicTool")},
-        },
-        ("model", "messages"),
-        additionalProperties=True,
-    ),
-}
 
-# The pydantic models behind request bodies, by component name.
-_REQUEST_MODEL_NAMES = ("ChatCompletionRequest", *_EXPLICIT_REQUESTS)
-
-
-def _request_models() -> list[type[BaseModel]]:
-    found = (getattr(schemas, name, None) for name in _REQUEST_MODEL_NAMES)
-    return [m for m in found if isinstance(m, type) and issubclass(m, BaseModel)]
+def _renamed(node: Any, names: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        # pydantic's titles are noise in a document; a property named "title" is a dict, and stays
+        out = {k: _renamed(v, names) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
+        if isinstance(node.get("$ref"), str):
+            out["$ref"] = ref(names[node["$ref"].rpartition("/")[2]])["$ref"]
+        return out
+    if isinstance(node, list):
+        return [_renamed(v, names) for v in node]
+    return node
 
 
 def _derived_schemas() -> dict[str, Schema]:
-    """JSON Schema 2020-12 of the request models, their nested models hoisted into components."""
-    models = _request_models()
-    _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
-    derived = dict(top.get("$defs", {}))
-    for name, schema in derived.items():
-        schema.pop("title", None)
-        for prop in schema.get("properties", {}).values():
-            prop.pop("title", None)
+    """The request models' schemas and their nested models, hoisted into components."""
+    derived: dict[str, Schema] = {}
+    for prefix, models in REQUEST_MODELS.items():
+        _, top = models_json_schema([(m, "validation") for m in models], ref_template="{model}")
+        defs = top.get("$defs", {})
+        names = {n: n if n.startswith(prefix) else prefix + n for n in defs}
+        for name, schema in defs.items():
+            renamed = _renamed(schema, names)
+            if derived.setdefault(names[name], renamed) != renamed:
+                raise RuntimeError(f"two request models are both named {names[name]!r}")
     return derived
 
 
@@ -219,8 +151,8 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "usage": ref("CompletionUsage"),
             "node": ref("NodeInfo"),
         },
-        ("id", "object", "created", "model", "choices", "node"),
-        description="`usage` is absent only when the node reported none (the request is then billed an estimate).",
+        ("id", "object", "created", "model", "choices", "usage", "node"),
+        description="`usage` is what was billed: the node's count, or an estimate if it reported none.",
     ),
     "ChatCompletionChunk": obj(
         {
@@ -264,7 +196,7 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "usage": ref("CompletionUsage"),
             "node": ref("NodeInfo"),
         },
-        ("id", "object", "created", "model", "choices", "node"),
+        ("id", "object", "created", "model", "choices", "usage", "node"),
     ),
     "EmbeddingList": obj(
         {
@@ -289,31 +221,8 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "usage": obj({"prompt_tokens": COUNT, "total_tokens": COUNT}, ("prompt_tokens", "total_tokens")),
             "node": ref("NodeInfo"),
         },
-        ("object", "data", "model", "usage"),
+        ("object", "data", "model", "usage", "node"),
     ),
-    "ResponseInputItem": {
-        "anyOf": [
-            obj(
-                {
-                    "type": {"const": "message"},
-                    "role": {"enum": ["user", "assistant", "system", "developer"]},
-                    "content": {"anyOf": [STRING, {"type": "array", "items": {"type": "object"}}]},
-                },
-                ("role", "content"),
-                additionalProperties=True,
-            ),
-            obj(
-                {"type": {"const": "function_call"}, "call_id": STRING, "name": STRING, "arguments": STRING},
-                ("type", "call_id", "name", "arguments"),
-                additionalProperties=True,
-            ),
-            obj(
-                {"type": {"const": "function_call_output"}, "call_id": STRING, "output": STRING},
-                ("type", "call_id", "output"),
-                additionalProperties=True,
-            ),
-        ]
-    },
     "ResponseOutputItem": {
         "oneOf": [
             obj(
@@ -355,51 +264,38 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "object": {"const": "response"},
             "created_at": TIMESTAMP,
             "status": {"enum": ["completed", "incomplete", "failed"]},
+            "error": nullable(obj({"code": STRING, "message": STRING}, ("code", "message"))),
+            "incomplete_details": nullable(obj({"reason": STRING}, ("reason",))),
             "model": STRING,
             "output": {"type": "array", "items": ref("ResponseOutputItem")},
-            "output_text": STRING,
             "usage": nullable(
                 obj(
                     {
                         "input_tokens": COUNT,
+                        "input_tokens_details": obj({"cached_tokens": COUNT}, ("cached_tokens",)),
                         "output_tokens": COUNT,
+                        "output_tokens_details": obj({"reasoning_tokens": COUNT}, ("reasoning_tokens",)),
                         "total_tokens": COUNT,
-                        "input_tokens_details": obj({"cached_tokens": COUNT}),
-                        "output_tokens_details": obj({"reasoning_tokens": COUNT}),
                     },
                     ("input_tokens", "output_tokens", "total_tokens"),
                 )
             ),
-            "incomplete_details": nullable(obj({"reason": STRING})),
             "instructions": nullable(STRING),
             "max_output_tokens": nullable(INTEGER),
-            "previous_response_id": nullable(STRING),
-            "metadata": nullable({"type": "object"}),
+            "parallel_tool_calls": {"type": "boolean"},
+            "previous_response_id": {"type": "null"},
+            "store": {"type": "boolean"},
+            "temperature": nullable({"type": "number"}),
+            "top_p": nullable({"type": "number"}),
+            "text": {"type": "object"},
+            "tool_choice": {"anyOf": [STRING, {"type": "object"}]},
+            "tools": {"type": "array", "items": {"type": "object"}},
+            "truncation": STRING,
+            "metadata": {"type": "object", "additionalProperties": STRING},
             "node": ref("NodeInfo"),
         },
-        ("id", "object", "created_at", "status", "model", "output"),
-    ),
-    "AnthropicSystem": {
-        "anyOf": [STRING, {"type": "array", "items": obj({"type": {"const": "text"}, "text": STRING}, ("type", "text"))}]
-    },
-    "AnthropicInputMessage": obj(
-        {
-            "role": {"enum": ["user", "assistant"]},
-            "content": {"anyOf": [STRING, {"type": "array", "items": ref("AnthropicContentBlock")}]},
-        },
-        ("role", "content"),
-        additionalProperties=True,
-    ),
-    "AnthropicContentBlock": {
-        "type": "object",
-        "properties": {"type": {"enum": ["text", "image", "tool_use", "tool_result", "document", "thinking"]}},
-        "required": ["type"],
-        "additionalProperties": True,
-    },
-    "AnthropicTool": obj(
-        {"name": STRING, "description": STRING, "input_schema": {"type": "object"}},
-        ("name", "input_schema"),
-        additionalProperties=True,
+        ("id", "object", "created_at", "status", "model", "output", "usage", "node"),
+        description="A response, as answered and as stored (when `store` is true) for GET /v1/responses/{id}.",
     ),
     "Message": obj(
         {
@@ -432,7 +328,7 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             ),
             "node": ref("NodeInfo"),
         },
-        ("id", "type", "role", "model", "content", "stop_reason", "usage"),
+        ("id", "type", "role", "model", "content", "stop_reason", "usage", "node"),
     ),
     "MessageTokensCount": obj({"input_tokens": COUNT}, ("input_tokens",)),
     "Model": obj(
@@ -532,17 +428,10 @@ def sse(data: Schema) -> Schema:
 
 # --- errors ----------------------------------------------------------------------------
 
-ANTHROPIC_ERROR_TYPES = [
-    "invalid_request_error",
-    "authentication_error",
-    "billing_error",
-    "permission_error",
-    "not_found_error",
-    "request_too_large",
-    "rate_limit_error",
-    "api_error",
-    "overloaded_error",
-]
+# Codes that only ever close a stream (as its last event), never an HTTP status.
+STREAM_ONLY_CODES = {"stream_cancelled"}
+# How the Anthropic routes name each status's error type (gateway/protocols/messages.py).
+ANTHROPIC_TYPES: dict[int, str] = messages._ERROR_TYPES
 
 _STATUS_NAMES = {
     400: "BadRequest",
@@ -565,7 +454,8 @@ _STATUS_NAMES = {
 def _codes_by_status() -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for code, (status, _) in CODES.items():
-        out.setdefault(status, []).append(code)
+        if code not in STREAM_ONLY_CODES:
+            out.setdefault(status, []).append(code)
     return out
 
 
@@ -591,10 +481,13 @@ def _error_schemas() -> dict[str, Schema]:
         "AnthropicError": obj(
             {
                 "type": {"const": "error"},
-                "error": obj({"type": {"enum": ANTHROPIC_ERROR_TYPES}, "message": STRING}, ("type", "message")),
+                "error": obj(
+                    {"type": {"enum": sorted(set(ANTHROPIC_TYPES.values()))}, "message": STRING, "code": ref("ErrorCode")},
+                    ("type", "message", "code"),
+                ),
                 "request_id": STRING,
             },
-            ("type", "error"),
+            ("type", "error", "request_id"),
             description="Errors on /v1/messages routes, in the Anthropic API's shape.",
         ),
     }
@@ -617,6 +510,7 @@ def _headers() -> dict[str, Schema]:
         "X-Node-ID": _header(STRING, "The node that answered."),
         "X-Node-Attestation": _header({"enum": ["none", "unverified", "verified"]}, "That node's attestation."),
         "Idempotent-Replayed": _header({"const": "true"}, "Present when this is a stored answer to a retried key."),
+        "request-id": _header(STRING, "The same id, where Anthropic clients look for it.", required=True),
     }
     for unit in ("requests", "tokens"):
         headers[f"X-RateLimit-Limit-{unit.title()}"] = _header(_LIMIT, f"The project's {unit} per minute.")
@@ -654,10 +548,11 @@ def _error_responses() -> dict[str, Schema]:
             "headers": headers,
             "content": {"application/json": {"schema": {"allOf": [ref("Error"), narrowed]}}},
         }
+        narrowed = obj({"error": obj({"code": {"enum": codes}, "type": {"const": ANTHROPIC_TYPES[status]}})})
         responses[f"Anthropic{name}"] = {
             "description": f"{status}, in the Anthropic error shape.",
-            "headers": headers,
-            "content": {"application/json": {"schema": ref("AnthropicError")}},
+            "headers": {**headers, **_header_refs(["request-id"])},
+            "content": {"application/json": {"schema": {"allOf": [ref("AnthropicError"), narrowed]}}},
         }
     return responses
 
@@ -761,12 +656,13 @@ _PARAMETERS: dict[str, Schema] = {
         "name": "Last-Event-ID",
         "in": "header",
         "required": False,
-        "description": "Resume after this event.",
-        "schema": {"type": "string", "pattern": "^evt_[0-9]+$"},
+        "description": "Resume after this event (`evt_<n>`, as the stream numbered it); "
+        "also honoured when a paid request is replayed for its Idempotency-Key.",
+        "schema": {"type": "string"},
     },
 }
 
-_PAID_PARAMS = [_param("IdempotencyKey"), _param("RequestId"), _param("SessionId")]
+_PAID_PARAMS = [_param("IdempotencyKey"), _param("RequestId"), _param("SessionId"), _param("LastEventId")]
 
 
 def _path_param(name: str, description: str) -> Schema:
@@ -817,7 +713,7 @@ def _paths() -> dict[str, Schema]:
                 "tags": ["OpenAI"],
                 "summary": "Response (OpenAI Responses API)",
                 "parameters": _PAID_PARAMS,
-                "requestBody": _json_body(ref("ResponseRequest")),
+                "requestBody": _json_body(ref("ResponsesRequest")),
                 "responses": {
                     "200": _paid_ok(ref("Response"), "The response.", stream=_RESPONSE_EVENT),
                     **_errors(PAID),
@@ -842,7 +738,7 @@ def _paths() -> dict[str, Schema]:
                 "tags": ["Anthropic"],
                 "summary": "Message (Anthropic Messages API)",
                 "parameters": [*_PAID_PARAMS, _param("AnthropicVersion")],
-                "requestBody": _json_body(ref("MessagesRequest")),
+                "requestBody": _json_body(ref("AnthropicMessagesRequest")),
                 "responses": {
                     "200": _paid_ok(ref("Message"), "The message.", stream=_MESSAGE_EVENT),
                     **_errors(PAID, anthropic=True),
@@ -855,10 +751,10 @@ def _paths() -> dict[str, Schema]:
                 "tags": ["Anthropic"],
                 "summary": "Count the input tokens of a message request",
                 "parameters": [_param("RequestId"), _param("AnthropicVersion")],
-                "requestBody": _json_body(ref("CountTokensRequest")),
+                "requestBody": _json_body(ref("AnthropicCountTokensRequest")),
                 "responses": {
                     "200": _ok(ref("MessageTokensCount"), "The count."),
-                    **_errors((400, 401, 403, 404, 413, 429, 500, 502, 503), anthropic=True),
+                    **_errors((400, 401, 403, 404, 413, 500, 503), anthropic=True),
                 },
             }
         },
@@ -877,7 +773,7 @@ def _paths() -> dict[str, Schema]:
                         "headers": _header_refs(["X-Request-ID"]),
                         "content": {"text/event-stream": {"schema": sse({"type": "object"})}},
                     },
-                    **_errors((401, 403, 404, 500, 503)),
+                    **_errors((400, 401, 403, 404, 500, 503)),
                 },
             }
         },
@@ -978,8 +874,7 @@ def _schemas() -> dict[str, Schema]:
     clash = derived.keys() & written.keys()
     if clash:  # a new pydantic model must not silently replace a response shape
         raise RuntimeError(f"schema names used twice in the OpenAPI document: {sorted(clash)}")
-    # A pydantic model wins over the explicit dict of the same name.
-    return {**written, **{k: v for k, v in _EXPLICIT_REQUESTS.items() if k not in derived}, **derived}
+    return {**written, **derived}
 
 
 def build() -> dict[str, Any]:

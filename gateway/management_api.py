@@ -93,7 +93,7 @@ class KeyDetail(APIView):
         form = KeyLimits(data=request.data)
         form.is_valid(raise_exception=True)
         changes = form.validated_data
-        key = selectors.key_in_project(request.auth.project_id, key_id)
+        key = _key(request, key_id)
         with transaction.atomic():
             if "rpm_limit" in changes or "tpm_limit" in changes:
                 services.api_key_limits_set(

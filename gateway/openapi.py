@@ -119,6 +119,14 @@ _FINISH_REASON = nullable(
     {"type": "string", "description": "`stop`, `length`, `tool_calls` or `content_filter`, as the node reports it."}
 )
 
+_KEY_LIMITS = {
+    "rpm_limit": nullable({"type": "integer", "minimum": 1, "maximum": 1_000_000, "description": "Requests a minute."}),
+    "tpm_limit": nullable({"type": "integer", "minimum": 1, "maximum": 10**12, "description": "Tokens a minute."}),
+    "monthly_spend_cap": nullable(
+        {"type": "integer", "minimum": 0, "maximum": 10**15, "description": "Micro-units a calendar month (UTC)."}
+    ),
+}
+
 _RESPONSE_OBJECTS: dict[str, Schema] = {
     "NodeInfo": _NODE_INFO,
     "CompletionUsage": _CHAT_USAGE,
@@ -369,11 +377,13 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "expires_at": nullable(TIMESTAMP),
             "revoked_at": nullable(TIMESTAMP),
             "rotated_from": nullable(STRING),
+            **_KEY_LIMITS,
         },
         (
             "id", "object", "kind", "name", "redacted", "status", "project", "created_at", "expires_at",
-            "revoked_at", "rotated_from",
+            "revoked_at", "rotated_from", *_KEY_LIMITS,
         ),
+        description="A key; its own limits apply on top of the project's (null: none of its own).",
     ),
     "ApiKeyCreated": {
         "allOf": [ref("ApiKey"), obj({"key": {"type": "string", "description": "The key itself; shown only here."}}, ("key",))]
@@ -386,9 +396,14 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
         {"object": {"const": "list"}, "data": {"type": "array", "items": ref("ApiKey")}}, ("object", "data")
     ),
     "KeyCreateRequest": obj(
-        {"kind": {"enum": ["secret", "publishable"]}, "name": {"type": "string", "maxLength": 200, "default": ""}},
+        {
+            "kind": {"enum": ["secret", "publishable"]},
+            "name": {"type": "string", "maxLength": 200, "default": ""},
+            **_KEY_LIMITS,
+        },
         ("kind",),
     ),
+    "KeyUpdateRequest": obj(_KEY_LIMITS, description="Only the fields sent change; null removes a limit."),
     "KeyRotateRequest": obj(
         {
             "grace_seconds": {
@@ -669,6 +684,16 @@ def _path_param(name: str, description: str) -> Schema:
     return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
 
 
+def _key_update(operation_id: str, summary: str = "Change a key's limits or spend cap") -> Schema:
+    return {
+        "operationId": operation_id,
+        "tags": ["Management"],
+        "summary": summary,
+        "requestBody": _json_body(ref("KeyUpdateRequest"), required=False),
+        "responses": {"200": _ok(ref("ApiKey"), "The key as it is now."), **_errors((400, 401, 403, 404, 415, 500))},
+    }
+
+
 def _paths() -> dict[str, Schema]:
     return {
         "/v1/chat/completions": {
@@ -823,6 +848,8 @@ def _paths() -> dict[str, Schema]:
                 "summary": "One API key",
                 "responses": {"200": _ok(ref("ApiKey"), "The key."), **_errors((401, 403, 404, 500))},
             },
+            "patch": _key_update("updateKey"),
+            "post": _key_update("updateKeyWithPost", "Change a key's limits or spend cap (POST, as OpenAI-style clients do)"),
             "delete": {
                 "operationId": "revokeKey",
                 "tags": ["Management"],

@@ -51,6 +51,7 @@ def test_a_key_id_no_key_can_have_answers_404_not_500(server, alice):
     for key_id in ("%00", "key_%00abc", "k%C3%A9y"):  # a NUL byte once reached PostgreSQL and failed there
         for response in (
             httpx.get(f"{server.api}/keys/{key_id}", headers=alice.auth()),
+            httpx.patch(f"{server.api}/keys/{key_id}", headers=alice.auth(), json={"rpm_limit": 5}),
             httpx.delete(f"{server.api}/keys/{key_id}", headers=alice.auth()),
             httpx.post(f"{server.api}/keys/{key_id}/rotate", headers=alice.auth(), json={}),
         ):

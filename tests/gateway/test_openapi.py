@@ -53,6 +53,8 @@ ROUTES = [
     ("GET", "/v1/keys"),
     ("POST", "/v1/keys"),
     ("GET", "/v1/keys/{key_id}"),
+    ("PATCH", "/v1/keys/{key_id}"),
+    ("POST", "/v1/keys/{key_id}"),
     ("DELETE", "/v1/keys/{key_id}"),
     ("POST", "/v1/keys/{key_id}/rotate"),
     ("GET", "/v1/balance"),

@@ -21,6 +21,7 @@ from . import endpoints as ep
 from .context import ApiRequest, error_response
 from .errors import GatewayError
 from .model_views import get_model, list_models
+from .openapi import openapi_json
 from .protocols import messages
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ routes = [
     Route("/v1/streams/{request_id}", endpoint(ep.stream_get), methods=["GET"]),
     Route("/v1/models", endpoint(list_models), methods=["GET"]),
     Route("/v1/models/{model_id:path}", endpoint(get_model), methods=["GET"]),
+    Route("/v1/openapi.json", endpoint(openapi_json), methods=["GET"]),
 ]
 
 _router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

@@ -6,6 +6,7 @@ Authentication and the error envelope are in gateway/drf.py.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from django.db import transaction
 from rest_framework import serializers, status
@@ -15,6 +16,16 @@ from rest_framework.views import APIView
 from billing import selectors as billing_selectors
 from console import selectors, services
 from console.models import ApiKey
+
+# Key ids are plain ASCII; anything else cannot name a key (and a NUL byte would
+# make PostgreSQL refuse the query: a 500 instead of a 404).
+_KEY_ID = re.compile(r"[A-Za-z0-9_]{1,40}")
+
+
+def _key(request, key_id: str) -> ApiKey:
+    if not _KEY_ID.fullmatch(key_id):
+        raise ApiKey.DoesNotExist
+    return selectors.key_in_project(request.auth.project_id, key_id)
 
 
 def key_object(key: ApiKey, plaintext: str | None = None) -> dict:
@@ -75,14 +86,14 @@ class KeyList(APIView):
 
 class KeyDetail(APIView):
     def get(self, request, key_id: str):
-        return Response(key_object(selectors.key_in_project(request.auth.project_id, key_id)))
+        return Response(key_object(_key(request, key_id)))
 
     def patch(self, request, key_id: str):
         """Change the key's limits or cap: only the fields sent; null clears one."""
         form = KeyLimits(data=request.data)
         form.is_valid(raise_exception=True)
         changes = form.validated_data
-        key = selectors.key_in_project(request.auth.project_id, key_id)
+        key = _key(request, key_id)
         with transaction.atomic():
             if "rpm_limit" in changes or "tpm_limit" in changes:
                 services.api_key_limits_set(
@@ -97,7 +108,7 @@ class KeyDetail(APIView):
     post = patch  # OpenAI-style clients modify with POST
 
     def delete(self, request, key_id: str):
-        key = services.api_key_revoke(key=selectors.key_in_project(request.auth.project_id, key_id))
+        key = services.api_key_revoke(key=_key(request, key_id))
         return Response(key_object(key))
 
 
@@ -105,7 +116,7 @@ class KeyRotateView(APIView):
     def post(self, request, key_id: str):
         form = KeyRotate(data=request.data)
         form.is_valid(raise_exception=True)
-        old = selectors.key_in_project(request.auth.project_id, key_id)
+        old = _key(request, key_id)
         new, plaintext = services.api_key_rotate(key=old, grace=dt.timedelta(seconds=form.validated_data["grace_seconds"]))
         old.refresh_from_db()
         return Response({**key_object(new, plaintext), "previous": key_object(old)}, status=status.HTTP_201_CREATED)

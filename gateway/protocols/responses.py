@@ -9,6 +9,7 @@ events ``response.created`` … ``response.output_text.delta`` …
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,9 @@ from ..errors import GatewayError
 from .base import Dialect, Encoder, content_modalities
 
 _PURPOSE = "responses"
+# Response ids are plain ASCII (config.ids); anything else was never stored, and a
+# NUL byte would make PostgreSQL refuse the query: a 500 instead of a 404.
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 class FunctionTool(schemas._Open):
@@ -395,6 +399,8 @@ def store_statement(obj: dict[str, Any], *, project_id: int, request_id: str) ->
 
 
 async def load(response_id: str, *, project_id: int) -> bytes | None:
+    if not _RESPONSE_ID.fullmatch(response_id):
+        return None
     row = await asyncdb.fetch_one(
         "SELECT body FROM gateway_storedresponse WHERE public_id = %(id)s AND project_id = %(project_id)s",
         {"id": response_id, "project_id": project_id},

@@ -76,3 +76,9 @@ def test_image_input_to_a_text_only_model_is_a_clear_400(post):
     unknown = {"type": "file", "file": {"file_id": "x"}}
     body["messages"][0]["content"] = [unknown]
     assert error_of(post("chat/completions", body), 400)["code"] == "invalid_request"
+
+
+def test_a_response_id_no_response_can_have_answers_404_not_500(server, alice):
+    for response_id in ("%00", "resp_%00abc", "r%C3%A9sp"):  # a NUL byte once reached PostgreSQL and failed there
+        response = httpx.get(f"{server.api}/responses/{response_id}", headers=alice.auth())
+        assert error_of(response, 404)["code"] == "not_found"

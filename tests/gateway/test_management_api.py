@@ -47,6 +47,17 @@ def test_other_tenants_keys_answer_404(server, alice, charlie):
     assert ApiKey.objects.get(public_id=theirs).status == "active"
 
 
+def test_a_key_id_no_key_can_have_answers_404_not_500(server, alice):
+    for key_id in ("%00", "key_%00abc", "k%C3%A9y"):  # a NUL byte once reached PostgreSQL and failed there
+        for response in (
+            httpx.get(f"{server.api}/keys/{key_id}", headers=alice.auth()),
+            httpx.patch(f"{server.api}/keys/{key_id}", headers=alice.auth(), json={"rpm_limit": 5}),
+            httpx.delete(f"{server.api}/keys/{key_id}", headers=alice.auth()),
+            httpx.post(f"{server.api}/keys/{key_id}/rotate", headers=alice.auth(), json={}),
+        ):
+            assert response.status_code == 404 and response.json()["error"]["code"] == "not_found", response.text
+
+
 def test_bad_input_is_named(server, alice):
     bad_kind = httpx.post(f"{server.api}/keys", headers=alice.auth(), json={"kind": "root"})
     assert bad_kind.status_code == 400 and bad_kind.json()["error"]["param"] == "kind"

@@ -1,0 +1,944 @@
+"""GET /v1/openapi.json: the OpenAPI 3.1 document of the /v1 surface.
+
+Built once per process and served as cached bytes. Request bodies are the JSON
+Schema of the pydantic models that validate them (gateway/schemas.py and
+gateway/protocols/), so the document cannot drift from validation; response
+objects are written out here. Error responses are derived from ``errors.CODES``
+(and, on /v1/messages, from the Anthropic type names): each status lists exactly
+the codes that produce it. tests/gateway/test_openapi.py runs schemathesis
+against a live server to keep every documented shape, status and header true.
+"""
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from . import schemas
+from .context import ApiRequest, json_response
+from .errors import CODES
+from .protocols import completions, messages, responses
+
+Schema = dict[str, Any]
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1.0.0"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: Schema, required: tuple[str, ...] = (), **extra: Any) -> Schema:
+    return {"type": "object", "properties": properties, "required": list(required), **extra}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+STRING = {"type": "string"}
+INTEGER = {"type": "integer"}
+COUNT = {"type": "integer", "minimum": 0}
+TIMESTAMP = {"type": "integer", "description": "Unix time in seconds."}
+
+
+# --- request bodies ------------------------------------------------------------------
+# Every request body is validated by a pydantic model; the document uses their own
+# JSON Schema (2020-12, as OpenAPI 3.1). Each protocol's nested models get its prefix,
+# so the OpenAI chat `Tool` and the Anthropic `Tool` stay apart.
+
+REQUEST_MODELS: dict[str, tuple[type[BaseModel], ...]] = {
+    "": (schemas.ChatCompletionRequest, completions.CompletionRequest, completions.EmbeddingRequest),
+    "Responses": (responses.ResponsesRequest,),
+    "Anthropic": (messages.MessagesRequest, messages.CountTokensRequest),
+}
+
+
+def _renamed(node: Any, names: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        # pydantic's titles are noise in a document; a property named "title" is a dict, and stays
+        out = {k: _renamed(v, names) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
+        if isinstance(node.get("$ref"), str):
+            out["$ref"] = ref(names[node["$ref"].rpartition("/")[2]])["$ref"]
+        return out
+    if isinstance(node, list):
+        return [_renamed(v, names) for v in node]
+    return node
+
+
+def _derived_schemas() -> dict[str, Schema]:
+    """The request models' schemas and their nested models, hoisted into components."""
+    derived: dict[str, Schema] = {}
+    for prefix, models in REQUEST_MODELS.items():
+        _, top = models_json_schema([(m, "validation") for m in models], ref_template="{model}")
+        defs = top.get("$defs", {})
+        names = {n: n if n.startswith(prefix) else prefix + n for n in defs}
+        for name, schema in defs.items():
+            renamed = _renamed(schema, names)
+            if derived.setdefault(names[name], renamed) != renamed:
+                raise RuntimeError(f"two request models are both named {names[name]!r}")
+    return derived
+
+
+# --- response objects ----------------------------------------------------------------
+
+_NODE_INFO = obj(
+    {
+        "id": {"type": "string", "description": "Public id of the node that answered."},
+        "attestation": {"enum": ["none", "unverified", "verified"]},
+        "region": STRING,
+    },
+    ("id", "attestation", "region"),
+    description="The node that ran the request, and whether its confidential-computing attestation was verified.",
+)
+
+_CHAT_USAGE = obj(
+    {
+        "prompt_tokens": COUNT,
+        "completion_tokens": COUNT,
+        "total_tokens": COUNT,
+        "prompt_tokens_details": nullable(obj({"cached_tokens": COUNT})),
+        "completion_tokens_details": nullable({"type": "object"}),
+    },
+    ("prompt_tokens", "completion_tokens", "total_tokens"),
+)
+
+_TOOL_CALL_OUT = obj(
+    {
+        "id": STRING,
+        "type": {"const": "function"},
+        "function": obj({"name": STRING, "arguments": STRING}, ("name", "arguments")),
+    },
+    ("id", "type", "function"),
+)
+
+_FINISH_REASON = nullable(
+    {"type": "string", "description": "`stop`, `length`, `tool_calls` or `content_filter`, as the node reports it."}
+)
+
+_KEY_LIMITS = {
+    "rpm_limit": nullable({"type": "integer", "minimum": 1, "maximum": 1_000_000, "description": "Requests a minute."}),
+    "tpm_limit": nullable({"type": "integer", "minimum": 1, "maximum": 10**12, "description": "Tokens a minute."}),
+    "monthly_spend_cap": nullable(
+        {"type": "integer", "minimum": 0, "maximum": 10**15, "description": "Micro-units a calendar month (UTC)."}
+    ),
+}
+
+_RESPONSE_OBJECTS: dict[str, Schema] = {
+    "NodeInfo": _NODE_INFO,
+    "CompletionUsage": _CHAT_USAGE,
+    "ChatCompletion": obj(
+        {
+            "id": {"type": "string", "pattern": "^chatcmpl-"},
+            "object": {"const": "chat.completion"},
+            "created": TIMESTAMP,
+            "model": STRING,
+            "choices": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "index": COUNT,
+                        "message": obj(
+                            {
+                                "role": {"const": "assistant"},
+                                "content": nullable(STRING),
+                                "tool_calls": {"type": "array", "items": _TOOL_CALL_OUT},
+                                "refusal": nullable(STRING),
+                            },
+                            ("role",),
+                        ),
+                        "finish_reason": _FINISH_REASON,
+                        "logprobs": nullable({"type": "object"}),
+                    },
+                    ("index", "message", "finish_reason"),
+                ),
+            },
+            "usage": ref("CompletionUsage"),
+            "node": ref("NodeInfo"),
+        },
+        ("id", "object", "created", "model", "choices", "usage", "node"),
+        description="`usage` is what was billed: the node's count, or an estimate if it reported none.",
+    ),
+    "ChatCompletionChunk": obj(
+        {
+            "id": {"type": "string", "pattern": "^chatcmpl-"},
+            "object": {"const": "chat.completion.chunk"},
+            "created": TIMESTAMP,
+            "model": STRING,
+            "choices": {
+                "type": "array",
+                "items": obj(
+                    {"index": COUNT, "delta": {"type": "object"}, "finish_reason": _FINISH_REASON},
+                    ("index", "delta"),
+                ),
+            },
+            "usage": nullable(ref("CompletionUsage")),
+            "node": ref("NodeInfo"),
+        },
+        ("id", "object", "created", "model", "choices"),
+        description="One `data:` event of a chat stream. The first carries `node`; with "
+        "`stream_options.include_usage` a last chunk with empty `choices` carries `usage`; "
+        "the stream ends with `data: [DONE]`, or with an error envelope if the node failed mid-answer.",
+    ),
+    "TextCompletion": obj(
+        {
+            "id": {"type": "string", "pattern": "^cmpl-"},
+            "object": {"const": "text_completion"},
+            "created": TIMESTAMP,
+            "model": STRING,
+            "choices": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "index": COUNT,
+                        "text": STRING,
+                        "finish_reason": _FINISH_REASON,
+                        "logprobs": nullable({"type": "object"}),
+                    },
+                    ("index", "text", "finish_reason"),
+                ),
+            },
+            "usage": ref("CompletionUsage"),
+            "node": ref("NodeInfo"),
+        },
+        ("id", "object", "created", "model", "choices", "usage", "node"),
+    ),
+    "EmbeddingList": obj(
+        {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "object": {"const": "embedding"},
+                        "index": COUNT,
+                        "embedding": {
+                            "anyOf": [
+                                {"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "contentEncoding": "base64", "description": "Little-endian float32s."},
+                            ]
+                        },
+                    },
+                    ("object", "index", "embedding"),
+                ),
+            },
+            "model": STRING,
+            "usage": obj({"prompt_tokens": COUNT, "total_tokens": COUNT}, ("prompt_tokens", "total_tokens")),
+            "node": ref("NodeInfo"),
+        },
+        ("object", "data", "model", "usage", "node"),
+    ),
+    "ResponseOutputItem": {
+        "oneOf": [
+            obj(
+                {
+                    "type": {"const": "message"},
+                    "id": STRING,
+                    "role": {"const": "assistant"},
+                    "status": {"enum": ["completed", "incomplete", "in_progress"]},
+                    "content": {
+                        "type": "array",
+                        "items": obj(
+                            {
+                                "type": {"const": "output_text"},
+                                "text": STRING,
+                                "annotations": {"type": "array"},
+                            },
+                            ("type", "text", "annotations"),
+                        ),
+                    },
+                },
+                ("type", "id", "role", "status", "content"),
+            ),
+            obj(
+                {
+                    "type": {"const": "function_call"},
+                    "id": STRING,
+                    "call_id": STRING,
+                    "name": STRING,
+                    "arguments": STRING,
+                    "status": {"enum": ["completed", "incomplete", "in_progress"]},
+                },
+                ("type", "id", "call_id", "name", "arguments"),
+            ),
+        ]
+    },
+    "Response": obj(
+        {
+            "id": {"type": "string", "pattern": "^resp_"},
+            "object": {"const": "response"},
+            "created_at": TIMESTAMP,
+            "status": {"enum": ["completed", "incomplete", "failed"]},
+            "error": nullable(obj({"code": STRING, "message": STRING}, ("code", "message"))),
+            "incomplete_details": nullable(obj({"reason": STRING}, ("reason",))),
+            "model": STRING,
+            "output": {"type": "array", "items": ref("ResponseOutputItem")},
+            "usage": nullable(
+                obj(
+                    {
+                        "input_tokens": COUNT,
+                        "input_tokens_details": obj({"cached_tokens": COUNT}, ("cached_tokens",)),
+                        "output_tokens": COUNT,
+                        "output_tokens_details": obj({"reasoning_tokens": COUNT}, ("reasoning_tokens",)),
+                        "total_tokens": COUNT,
+                    },
+                    ("input_tokens", "output_tokens", "total_tokens"),
+                )
+            ),
+            "instructions": nullable(STRING),
+            "max_output_tokens": nullable(INTEGER),
+            "parallel_tool_calls": {"type": "boolean"},
+            "previous_response_id": {"type": "null"},
+            "store": {"type": "boolean"},
+            "temperature": nullable({"type": "number"}),
+            "top_p": nullable({"type": "number"}),
+            "text": {"type": "object"},
+            "tool_choice": {"anyOf": [STRING, {"type": "object"}]},
+            "tools": {"type": "array", "items": {"type": "object"}},
+            "truncation": STRING,
+            "metadata": {"type": "object", "additionalProperties": STRING},
+            "node": ref("NodeInfo"),
+        },
+        ("id", "object", "created_at", "status", "model", "output", "usage", "node"),
+        description="A response, as answered and as stored (when `store` is true) for GET /v1/responses/{id}.",
+    ),
+    "Message": obj(
+        {
+            "id": {"type": "string", "pattern": "^msg_"},
+            "type": {"const": "message"},
+            "role": {"const": "assistant"},
+            "model": STRING,
+            "content": {
+                "type": "array",
+                "items": {
+                    "oneOf": [
+                        obj({"type": {"const": "text"}, "text": STRING}, ("type", "text")),
+                        obj(
+                            {"type": {"const": "tool_use"}, "id": STRING, "name": STRING, "input": {"type": "object"}},
+                            ("type", "id", "name", "input"),
+                        ),
+                    ]
+                },
+            },
+            "stop_reason": nullable({"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]}),
+            "stop_sequence": nullable(STRING),
+            "usage": obj(
+                {
+                    "input_tokens": COUNT,
+                    "output_tokens": COUNT,
+                    "cache_read_input_tokens": nullable(COUNT),
+                    "cache_creation_input_tokens": nullable(COUNT),
+                },
+                ("input_tokens", "output_tokens"),
+            ),
+            "node": ref("NodeInfo"),
+        },
+        ("id", "type", "role", "model", "content", "stop_reason", "usage", "node"),
+    ),
+    "MessageTokensCount": obj({"input_tokens": COUNT}, ("input_tokens",)),
+    "Model": obj(
+        {
+            "id": STRING,
+            "object": {"const": "model"},
+            "created": TIMESTAMP,
+            "owned_by": STRING,
+            "context_window": {"type": "integer", "minimum": 1},
+            "max_output_tokens": {"type": "integer", "minimum": 1},
+            "pricing": obj(
+                {
+                    "currency": STRING,
+                    "unit": {"const": "micros_per_million_tokens"},
+                    "input": COUNT,
+                    "cached_input": COUNT,
+                    "output": COUNT,
+                    "version": INTEGER,
+                },
+                ("currency", "unit", "input", "cached_input", "output", "version"),
+            ),
+        },
+        ("id", "object", "created", "owned_by", "context_window", "max_output_tokens", "pricing"),
+    ),
+    "ModelList": obj(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}, ("object", "data")
+    ),
+    "ApiKey": obj(
+        {
+            "id": {"type": "string", "pattern": "^key_"},
+            "object": {"const": "api_key"},
+            "kind": {"enum": ["secret", "publishable"]},
+            "name": STRING,
+            "redacted": STRING,
+            "status": {"enum": ["active", "revoked"]},
+            "project": STRING,
+            "created_at": TIMESTAMP,
+            "expires_at": nullable(TIMESTAMP),
+            "revoked_at": nullable(TIMESTAMP),
+            "rotated_from": nullable(STRING),
+            **_KEY_LIMITS,
+        },
+        (
+            "id", "object", "kind", "name", "redacted", "status", "project", "created_at", "expires_at",
+            "revoked_at", "rotated_from", *_KEY_LIMITS,
+        ),
+        description="A key; its own limits apply on top of the project's (null: none of its own).",
+    ),
+    "ApiKeyCreated": {
+        "allOf": [ref("ApiKey"), obj({"key": {"type": "string", "description": "The key itself; shown only here."}}, ("key",))]
+    },
+    "ApiKeyRotated": {
+        "allOf": [ref("ApiKeyCreated"), obj({"previous": ref("ApiKey")}, ("previous",))],
+        "description": "The new key; `previous` is the old one, which expires after the grace period.",
+    },
+    "ApiKeyList": obj(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": ref("ApiKey")}}, ("object", "data")
+    ),
+    "KeyCreateRequest": obj(
+        {
+            "kind": {"enum": ["secret", "publishable"]},
+            "name": {"type": "string", "maxLength": 200, "default": ""},
+            **_KEY_LIMITS,
+        },
+        ("kind",),
+    ),
+    "KeyUpdateRequest": obj(_KEY_LIMITS, description="Only the fields sent change; null removes a limit."),
+    "KeyRotateRequest": obj(
+        {
+            "grace_seconds": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 30 * 24 * 3600,
+                "default": 3600,
+                "description": "How long the old key keeps working.",
+            }
+        }
+    ),
+    "Balance": obj(
+        {
+            "object": {"const": "balance"},
+            "currency": STRING,
+            "balance_micros": {"type": "integer", "description": "Micro-units of the currency."},
+            "reserved_micros": {"type": "integer", "description": "Held for requests in flight."},
+            "available_micros": INTEGER,
+        },
+        ("object", "currency", "balance_micros", "reserved_micros", "available_micros"),
+    ),
+}
+
+
+def sse(data: Schema) -> Schema:
+    """One server-sent event (OpenAPI 3.1 reads a ``text/event-stream`` schema per event);
+    ``data`` is JSON described by ``contentSchema``, or the closing ``[DONE]``."""
+    return obj(
+        {
+            "id": {"type": "string", "pattern": "^evt_[0-9]+$", "description": "Send it back as Last-Event-ID to resume."},
+            "event": STRING,
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+        ("data",),
+    )
+
+
+# --- errors ----------------------------------------------------------------------------
+
+# Codes that only ever close a stream (as its last event), never an HTTP status.
+STREAM_ONLY_CODES = {"stream_cancelled"}
+# How the Anthropic routes name each status's error type (gateway/protocols/messages.py).
+ANTHROPIC_TYPES: dict[int, str] = messages._ERROR_TYPES
+
+_STATUS_NAMES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    402: "PaymentRequired",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    422: "UnprocessableEntity",
+    429: "TooManyRequests",
+    500: "InternalError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+}
+
+
+def _codes_by_status() -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for code, (status, _) in CODES.items():
+        if code not in STREAM_ONLY_CODES:
+            out.setdefault(status, []).append(code)
+    return out
+
+
+def _error_schemas() -> dict[str, Schema]:
+    return {
+        "ErrorCode": {"enum": list(CODES)},
+        "Error": obj(
+            {
+                "error": obj(
+                    {
+                        "type": {"enum": sorted({t for _, t in CODES.values()})},
+                        "code": ref("ErrorCode"),
+                        "message": STRING,
+                        "request_id": STRING,
+                        "param": {"type": "string", "description": "The request field at fault, when there is one."},
+                    },
+                    ("type", "code", "message", "request_id"),
+                )
+            },
+            ("error",),
+            description="Every error under /v1 but /v1/messages. `code` fixes the HTTP status.",
+        ),
+        "AnthropicError": obj(
+            {
+                "type": {"const": "error"},
+                "error": obj(
+                    {"type": {"enum": sorted(set(ANTHROPIC_TYPES.values()))}, "message": STRING, "code": ref("ErrorCode")},
+                    ("type", "message", "code"),
+                ),
+                "request_id": STRING,
+            },
+            ("type", "error", "request_id"),
+            description="Errors on /v1/messages routes, in the Anthropic API's shape.",
+        ),
+    }
+
+
+def _header(schema: Schema, description: str, *, required: bool = False) -> Schema:
+    return {"description": description, "required": required, "schema": schema}
+
+
+_LIMIT = {"type": "integer", "minimum": 0}
+_RESET = {"type": "string", "pattern": "^[0-9]+ms$"}
+
+
+def _headers() -> dict[str, Schema]:
+    headers = {
+        "X-Request-ID": _header(
+            STRING, "This request's id (the client's own, if it sent a valid one). On every response.", required=True
+        ),
+        "Retry-After": _header({"type": "integer", "minimum": 1}, "Seconds to wait before retrying."),
+        "X-Node-ID": _header(STRING, "The node that answered."),
+        "X-Node-Attestation": _header({"enum": ["none", "unverified", "verified"]}, "That node's attestation."),
+        "Idempotent-Replayed": _header({"const": "true"}, "Present when this is a stored answer to a retried key."),
+        "request-id": _header(STRING, "The same id, where Anthropic clients look for it.", required=True),
+    }
+    for unit in ("requests", "tokens"):
+        headers[f"X-RateLimit-Limit-{unit.title()}"] = _header(_LIMIT, f"The project's {unit} per minute.")
+        headers[f"X-RateLimit-Remaining-{unit.title()}"] = _header(_LIMIT, f"{unit.title()} left in the bucket.")
+        headers[f"X-RateLimit-Reset-{unit.title()}"] = _header(_RESET, "Time until the bucket is full again.")
+    return headers
+
+
+_HEADERS = _headers()
+RATE_LIMIT_HEADERS = [f"X-RateLimit-{a}-{b}" for a in ("Limit", "Remaining", "Reset") for b in ("Requests", "Tokens")]
+
+
+def _header_refs(names: list[str], *, required: tuple[str, ...] = ()) -> Schema:
+    out = {}
+    for name in names:
+        if name in required and not _HEADERS[name]["required"]:
+            out[name] = {**_HEADERS[name], "required": True}  # a $ref cannot change `required`
+        else:
+            out[name] = {"$ref": f"#/components/headers/{name}"}
+    return out
+
+
+def _error_responses() -> dict[str, Schema]:
+    """One reusable response per status, in each error shape; each names only its own codes."""
+    responses = {}
+    for status, codes in sorted(_codes_by_status().items()):
+        name = _STATUS_NAMES[status]
+        types = sorted({CODES[c][1] for c in codes})
+        narrowed = obj({"error": obj({"code": {"enum": codes}, "type": {"enum": types}})})
+        headers = _header_refs(
+            ["X-Request-ID", "Retry-After", *RATE_LIMIT_HEADERS], required=("Retry-After",) if status == 429 else ()
+        )
+        responses[name] = {
+            "description": f"{status}: " + ", ".join(f"`{c}`" for c in codes) + ".",
+            "headers": headers,
+            "content": {"application/json": {"schema": {"allOf": [ref("Error"), narrowed]}}},
+        }
+        narrowed = obj({"error": obj({"code": {"enum": codes}, "type": {"const": ANTHROPIC_TYPES[status]}})})
+        responses[f"Anthropic{name}"] = {
+            "description": f"{status}, in the Anthropic error shape.",
+            "headers": {**headers, **_header_refs(["request-id"])},
+            "content": {"application/json": {"schema": {"allOf": [ref("AnthropicError"), narrowed]}}},
+        }
+    return responses
+
+
+# --- operations ------------------------------------------------------------------------
+
+PAID = (400, 401, 402, 403, 404, 409, 413, 422, 429, 500, 502, 503)
+_RESPONSE_EVENT = obj(
+    {"type": {"type": "string", "description": "`response.created`, `response.output_text.delta`, … `response.completed`."}},
+    ("type",),
+)
+_MESSAGE_EVENT = obj(
+    {
+        "type": {
+            "enum": [
+                "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                "message_delta", "message_stop", "ping", "error",
+            ]
+        }
+    },
+    ("type",),
+    description="The event's `data`; the SSE `event:` field carries the same type.",
+)
+
+
+def _errors(statuses, *, anthropic: bool = False) -> dict[str, Schema]:
+    prefix = "Anthropic" if anthropic else ""
+    return {str(s): {"$ref": f"#/components/responses/{prefix}{_STATUS_NAMES[s]}"} for s in statuses}
+
+
+def _json_body(schema: Schema, *, required: bool = True) -> Schema:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _ok(
+    schema: Schema,
+    description: str,
+    *,
+    headers: list[str] = (),
+    required_headers: tuple[str, ...] = (),
+    stream: Schema | None = None,
+) -> Schema:
+    content = {"application/json": {"schema": schema}}
+    if stream is not None:
+        content["text/event-stream"] = {"schema": sse(stream)}
+    return {
+        "description": description,
+        "headers": _header_refs(["X-Request-ID", *headers], required=required_headers),
+        "content": content,
+    }
+
+
+def _paid_ok(schema: Schema, description: str, *, stream: Schema | None = None) -> Schema:
+    return _ok(
+        schema,
+        description + (" With `stream: true`, a `text/event-stream` of chunks." if stream else ""),
+        headers=[*RATE_LIMIT_HEADERS, "X-Node-ID", "X-Node-Attestation", "Idempotent-Replayed"],
+        required_headers=tuple(RATE_LIMIT_HEADERS),
+        stream=stream,
+    )
+
+
+def _param(name: str) -> Schema:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+_PARAMETERS: dict[str, Schema] = {
+    "IdempotencyKey": {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Makes a paid request safe to retry: the same key and body replay the first answer, "
+        "a different body is refused (422), a retry while the first still runs gets 409. "
+        "`X-Idempotency-Key` is accepted too.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    },
+    "RequestId": {
+        "name": "X-Request-ID",
+        "in": "header",
+        "required": False,
+        "description": "Your own id for the request, echoed back if it matches "
+        "`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$` (otherwise one is assigned).",
+        "schema": {"type": "string"},
+    },
+    "SessionId": {
+        "name": "X-Session-ID",
+        "in": "header",
+        "required": False,
+        "description": "Groups the requests of one conversation in usage records; echoed back if it matches "
+        "`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$` (otherwise ignored).",
+        "schema": {"type": "string"},
+    },
+    "AnthropicVersion": {
+        "name": "anthropic-version",
+        "in": "header",
+        "required": False,
+        "description": "Accepted for compatibility with Anthropic clients.",
+        "schema": {"type": "string"},
+    },
+    "LastEventId": {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "description": "Resume after this event (`evt_<n>`, as the stream numbered it); "
+        "also honoured when a paid request is replayed for its Idempotency-Key.",
+        "schema": {"type": "string"},
+    },
+}
+
+_PAID_PARAMS = [_param("IdempotencyKey"), _param("RequestId"), _param("SessionId"), _param("LastEventId")]
+
+
+def _path_param(name: str, description: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+def _key_update(operation_id: str, summary: str = "Change a key's limits or spend cap") -> Schema:
+    return {
+        "operationId": operation_id,
+        "tags": ["Management"],
+        "summary": summary,
+        "requestBody": _json_body(ref("KeyUpdateRequest"), required=False),
+        "responses": {"200": _ok(ref("ApiKey"), "The key as it is now."), **_errors((400, 401, 403, 404, 415, 500))},
+    }
+
+
+def _paths() -> dict[str, Schema]:
+    return {
+        "/v1/chat/completions": {
+            "post": {
+                "operationId": "createChatCompletion",
+                "tags": ["OpenAI"],
+                "summary": "Chat completion",
+                "parameters": _PAID_PARAMS,
+                "requestBody": _json_body(ref("ChatCompletionRequest")),
+                "responses": {
+                    "200": _paid_ok(ref("ChatCompletion"), "The answer.", stream=ref("ChatCompletionChunk")),
+                    **_errors(PAID),
+                },
+            }
+        },
+        "/v1/completions": {
+            "post": {
+                "operationId": "createCompletion",
+                "tags": ["OpenAI"],
+                "summary": "Text completion (legacy)",
+                "parameters": _PAID_PARAMS,
+                "requestBody": _json_body(ref("CompletionRequest")),
+                "responses": {
+                    "200": _paid_ok(ref("TextCompletion"), "The completion.", stream=ref("TextCompletion")),
+                    **_errors(PAID),
+                },
+            }
+        },
+        "/v1/embeddings": {
+            "post": {
+                "operationId": "createEmbedding",
+                "tags": ["OpenAI"],
+                "summary": "Embeddings (secret keys only)",
+                "parameters": _PAID_PARAMS,
+                "requestBody": _json_body(ref("EmbeddingRequest")),
+                "responses": {"200": _paid_ok(ref("EmbeddingList"), "One vector per input."), **_errors(PAID)},
+            }
+        },
+        "/v1/responses": {
+            "post": {
+                "operationId": "createResponse",
+                "tags": ["OpenAI"],
+                "summary": "Response (OpenAI Responses API)",
+                "parameters": _PAID_PARAMS,
+                "requestBody": _json_body(ref("ResponsesRequest")),
+                "responses": {
+                    "200": _paid_ok(ref("Response"), "The response.", stream=_RESPONSE_EVENT),
+                    **_errors(PAID),
+                },
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "operationId": "getResponse",
+                "tags": ["OpenAI"],
+                "summary": "A stored response of this project",
+                "parameters": [_path_param("response_id", "The `resp_…` id."), _param("RequestId")],
+                "responses": {
+                    "200": _ok(ref("Response"), "The stored response."),
+                    **_errors((401, 403, 404, 500, 503)),
+                },
+            }
+        },
+        "/v1/messages": {
+            "post": {
+                "operationId": "createMessage",
+                "tags": ["Anthropic"],
+                "summary": "Message (Anthropic Messages API)",
+                "parameters": [*_PAID_PARAMS, _param("AnthropicVersion")],
+                "requestBody": _json_body(ref("AnthropicMessagesRequest")),
+                "responses": {
+                    "200": _paid_ok(ref("Message"), "The message.", stream=_MESSAGE_EVENT),
+                    **_errors(PAID, anthropic=True),
+                },
+            }
+        },
+        "/v1/messages/count_tokens": {
+            "post": {
+                "operationId": "countMessageTokens",
+                "tags": ["Anthropic"],
+                "summary": "Count the input tokens of a message request",
+                "parameters": [_param("RequestId"), _param("AnthropicVersion")],
+                "requestBody": _json_body(ref("AnthropicCountTokensRequest")),
+                "responses": {
+                    "200": _ok(ref("MessageTokensCount"), "The count."),
+                    **_errors((400, 401, 403, 404, 413, 500, 503), anthropic=True),
+                },
+            }
+        },
+        "/v1/streams/{request_id}": {
+            "get": {
+                "operationId": "resumeStream",
+                "tags": ["Streams"],
+                "summary": "Resume a stream after a dropped connection",
+                "parameters": [
+                    _path_param("request_id", "The X-Request-ID of the streaming request."),
+                    _param("LastEventId"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The events after Last-Event-ID, then the rest as they come.",
+                        "headers": _header_refs(["X-Request-ID"]),
+                        "content": {"text/event-stream": {"schema": sse({"type": "object"})}},
+                    },
+                    **_errors((400, 401, 403, 404, 500, 503)),
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "tags": ["OpenAI"],
+                "summary": "The models this project may use, with prices",
+                "parameters": [_param("RequestId")],
+                "responses": {"200": _ok(ref("ModelList"), "The models."), **_errors((401, 403, 500, 503))},
+            }
+        },
+        "/v1/models/{model_id}": {
+            "get": {
+                "operationId": "getModel",
+                "tags": ["OpenAI"],
+                "summary": "One model",
+                "parameters": [_path_param("model_id", "The model's name (may contain `/`)."), _param("RequestId")],
+                "responses": {"200": _ok(ref("Model"), "The model."), **_errors((401, 403, 404, 500, 503))},
+            }
+        },
+        "/v1/keys": {
+            "get": {
+                "operationId": "listKeys",
+                "tags": ["Management"],
+                "summary": "This project's API keys (secret keys only)",
+                "parameters": [_param("RequestId")],
+                "responses": {"200": _ok(ref("ApiKeyList"), "The keys, newest first."), **_errors((401, 403, 500))},
+            },
+            "post": {
+                "operationId": "createKey",
+                "tags": ["Management"],
+                "summary": "Create an API key",
+                "parameters": [_param("RequestId")],
+                "requestBody": _json_body(ref("KeyCreateRequest")),
+                "responses": {
+                    "201": _ok(ref("ApiKeyCreated"), "The new key; `key` is shown only here."),
+                    **_errors((400, 401, 403, 415, 500)),
+                },
+            },
+        },
+        "/v1/keys/{key_id}": {
+            "parameters": [_path_param("key_id", "The `key_…` id."), _param("RequestId")],
+            "get": {
+                "operationId": "getKey",
+                "tags": ["Management"],
+                "summary": "One API key",
+                "responses": {"200": _ok(ref("ApiKey"), "The key."), **_errors((401, 403, 404, 500))},
+            },
+            "patch": _key_update("updateKey"),
+            "post": _key_update("updateKeyWithPost", "Change a key's limits or spend cap (POST, as OpenAI-style clients do)"),
+            "delete": {
+                "operationId": "revokeKey",
+                "tags": ["Management"],
+                "summary": "Revoke an API key (at once, in every gateway process)",
+                "responses": {"200": _ok(ref("ApiKey"), "The revoked key."), **_errors((401, 403, 404, 500))},
+            },
+        },
+        "/v1/keys/{key_id}/rotate": {
+            "post": {
+                "operationId": "rotateKey",
+                "tags": ["Management"],
+                "summary": "Replace an active key; the old one works for a grace period",
+                "parameters": [_path_param("key_id", "The `key_…` id."), _param("RequestId")],
+                "requestBody": _json_body(ref("KeyRotateRequest"), required=False),
+                "responses": {
+                    "201": _ok(ref("ApiKeyRotated"), "The new key and the old one."),
+                    **_errors((400, 401, 403, 404, 415, 500)),
+                },
+            }
+        },
+        "/v1/balance": {
+            "get": {
+                "operationId": "getBalance",
+                "tags": ["Management"],
+                "summary": "The organization's prepaid balance",
+                "parameters": [_param("RequestId")],
+                "responses": {"200": _ok(ref("Balance"), "The balance."), **_errors((401, 403, 500))},
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "getOpenApiDocument",
+                "tags": ["Meta"],
+                "summary": "This document",
+                "security": [],
+                "parameters": [_param("RequestId")],
+                "responses": {
+                    "200": _ok({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1."),
+                    **_errors((500,)),
+                },
+            }
+        },
+    }
+
+
+def _schemas() -> dict[str, Schema]:
+    derived = _derived_schemas()
+    written = {**_error_schemas(), **_RESPONSE_OBJECTS}
+    clash = derived.keys() & written.keys()
+    if clash:  # a new pydantic model must not silently replace a response shape
+        raise RuntimeError(f"schema names used twice in the OpenAPI document: {sorted(clash)}")
+    return {**written, **derived}
+
+
+def build() -> dict[str, Any]:
+    return {
+        "openapi": OPENAPI_VERSION,
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {
+            "title": "Private inference API",
+            "version": API_VERSION,
+            "description": "OpenAI- and Anthropic-compatible inference on attested nodes, billed exactly from a "
+            "prepaid balance. Every error but those of /v1/messages is `{\"error\": {type, code, message, "
+            "request_id, param?}}`; paid requests may carry an Idempotency-Key.",
+        },
+        "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
+        "tags": [{"name": n} for n in ("OpenAI", "Anthropic", "Streams", "Management", "Meta")],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A secret (`sk_live_…`) or publishable (`pk_live_…`) key.",
+                },
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
+            "schemas": _schemas(),
+            "responses": _error_responses(),
+            "parameters": _PARAMETERS,
+            "headers": _HEADERS,
+        },
+    }
+
+
+@cache
+def document_bytes() -> bytes:
+    return orjson.dumps(build())
+
+
+async def openapi_json(req: ApiRequest):
+    return json_response(req, document_bytes())

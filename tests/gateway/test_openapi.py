@@ -1,0 +1,179 @@
+"""GET /v1/openapi.json: a valid OpenAPI 3.1 document that the live server keeps true.
+
+schemathesis generates requests from the document (valid ones and invalid ones)
+for every non-streaming route and checks each answer against it: never a 5xx,
+only documented statuses, content types and headers, bodies that match their
+schemas. A route in ROUTES that the server does not serve yet (it answers
+404 "No such endpoint") is skipped, so routes can be listed before they land.
+"""
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from openapi_spec_validator import validate as validate_openapi
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from gateway.errors import CODES
+from tests.conftest import SIM_MODEL
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+# Per route and generation mode: the whole file runs in about 35 s.
+MAX_EXAMPLES = 20
+
+# The non-streaming routes (every request is sent with `stream: false`).
+ROUTES = [
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model_id}"),
+    ("GET", "/v1/keys"),
+    ("POST", "/v1/keys"),
+    ("GET", "/v1/keys/{key_id}"),
+    ("PATCH", "/v1/keys/{key_id}"),
+    ("POST", "/v1/keys/{key_id}"),
+    ("DELETE", "/v1/keys/{key_id}"),
+    ("POST", "/v1/keys/{key_id}/rotate"),
+    ("GET", "/v1/balance"),
+    ("GET", "/v1/openapi.json"),
+]
+
+
+@pytest.fixture
+def document(server) -> dict:
+    response = httpx.get(f"{server.api}/openapi.json")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.headers["x-request-id"]
+    return response.json()
+
+
+def test_the_document_is_valid_openapi_3_1_and_needs_no_key(document):
+    assert document["openapi"].startswith("3.1.")
+    validate_openapi(document)  # raises on any violation of the OpenAPI 3.1 schema and its JSON Schema dialect
+    schemathesis.openapi.from_dict(document).validate()
+
+
+def test_each_error_status_lists_exactly_its_codes(document):
+    assert document["components"]["schemas"]["ErrorCode"]["enum"] == list(CODES)
+    responses = document["components"]["responses"]
+    listed = set()
+    for ops in document["paths"].values():
+        for op in (o for m, o in ops.items() if m != "parameters"):
+            for status, response in op["responses"].items():
+                name = response.get("$ref", "").rpartition("/")[2]
+                if not name:
+                    continue
+                schema = responses[name]["content"]["application/json"]["schema"]
+                codes = schema["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"]
+                assert {CODES[c][0] for c in codes} == {int(status)}, (status, name, codes)
+                listed.update(codes)
+    # No route answers 405 to a documented method; a cancelled stream's code only closes the stream.
+    assert listed == set(CODES) - {"method_not_allowed", "stream_cancelled"}
+
+
+def test_every_served_route_is_documented_and_checked(document):
+    from gateway.app import routes
+    from gateway.management_urls import urlpatterns
+
+    served = {(m, re.sub(r":\w+}", "}", r.path)) for r in routes for m in r.methods if m != "HEAD"}
+    for pattern in urlpatterns:
+        view = getattr(pattern.callback, "view_class", None)  # the catch-all 404 has none
+        if view is not None:
+            path = "/v1/" + re.sub(r"<\w+:(\w+)>", r"{\1}", str(pattern.pattern))
+            served |= {(m.upper(), path) for m in ("get", "post", "put", "patch", "delete") if hasattr(view, m)}
+    documented = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops if m != "parameters"}
+    assert served <= documented, f"served but not documented: {sorted(served - documented)}"
+    streaming_only = {("GET", "/v1/streams/{request_id}")}
+    assert documented - streaming_only == set(ROUTES), "ROUTES must list every documented non-streaming route"
+
+
+def _not_served(server, method: str, path: str) -> bool:
+    """Does the server answer this route with 404 "No such endpoint" (it has not landed yet)?
+    Routing comes before authentication, so no key is needed to tell."""
+    response = httpx.request(method, server.url + re.sub(r"\{\w+\}", "probe", path))
+    if response.status_code != 404:
+        return False
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error, dict) and str(error.get("message", "")).startswith("No such endpoint")
+
+
+def _steer(case, data, existing: dict[str, str]) -> None:
+    """Point a share of the cases at things that exist (the priced model, a spare
+    key, a stored response), so success answers are checked as well as refusals;
+    never stream."""
+    params = case.path_parameters or {}
+    for name in params.keys() & existing.keys():
+        if data.draw(st.booleans(), label=f"existing {name}"):
+            params[name] = existing[name]
+    if isinstance(case.body, dict):
+        if case.body.get("stream") is True:
+            case.body["stream"] = False
+        if "model" in case.body and data.draw(st.booleans(), label="existing model"):
+            case.body["model"] = SIM_MODEL
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+def test_the_live_server_keeps_the_document_true(server, request, method, path):
+    from console import services
+
+    if _not_served(server, method, path):
+        pytest.skip(f"{method} {path} answers 404 'No such endpoint' here: not served in this build yet")
+    alice = request.getfixturevalue("alice")
+    request.getfixturevalue("sim_node")  # a priced model, so valid requests can succeed
+    auth = alice.auth()
+    spare, _ = services.api_key_create(project=alice.project, kind="secret", name="spare")
+    existing = {"model_id": SIM_MODEL, "key_id": spare.public_id}
+    if "{response_id}" in path:
+        stored = httpx.post(f"{server.api}/responses", headers=auth, json={"model": SIM_MODEL, "input": "hi"}, timeout=30)
+        existing["response_id"] = stored.raise_for_status().json()["id"]
+    schema = schemathesis.openapi.from_url(f"{server.api}/openapi.json")
+    operation = schema[path][method]
+    session = requests.Session()
+
+    def run(mode: GenerationMode) -> None:
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,  # the same cases on every run: CI stays deterministic
+            phases=[Phase.explicit, Phase.generate, Phase.shrink],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy(mode), data=st.data())
+        def conforms(case, data):
+            _steer(case, data, existing)
+            case.call_and_validate(base_url=server.url, session=session, headers=auth, checks=CHECKS, timeout=30)
+
+        conforms()
+
+    # Invalid cases need a body or a path to get wrong (headers alone are all free text here).
+    negative = bool(operation.body.items or operation.path_parameters.items)
+    with session:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if negative else (GenerationMode.POSITIVE,):
+            run(mode)

@@ -67,7 +67,9 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     req = ApiRequest(request)
     render = messages.error_response if request.url.path.startswith("/v1/messages") else error_response
     if exc.status_code == 405:
-        return render(req, GatewayError("method_not_allowed", f"{request.method} is not allowed on {request.url.path}."))
+        allow = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}."
+        return render(req, GatewayError("method_not_allowed", message, headers={"allow": allow} if allow else None))
     return render(req, GatewayError("not_found", f"No such endpoint: {request.method} {request.url.path}."))
 
 

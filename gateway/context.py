@@ -16,7 +16,7 @@ from .idempotency import StoredResponse
 from .sse import frames_after
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
-_EXPOSED = "x-request-id, x-session-id, x-node-id, x-node-attestation, idempotent-replayed, retry-after, " + ", ".join(
+_EXPOSED = "x-request-id, x-client-request-id, x-session-id, x-node-id, x-node-attestation, idempotent-replayed, retry-after, " + ", ".join(
     f"x-ratelimit-{a}-{b}" for a in ("limit", "remaining", "reset") for b in ("requests", "tokens")
 )
 
@@ -26,8 +26,9 @@ class ApiRequest:
 
     def __init__(self, request: Request):
         self.request = request
-        client_id = request.headers.get("x-request-id")
-        self.request_id = client_id if client_id and _CLIENT_ID.match(client_id) else new_id("req")
+        # Always ours: it names the stream a client resumes and the records it is billed by,
+        # so two requests can never share it. A client's own id is echoed beside it.
+        self.request_id = new_id("req")
         session = request.headers.get("x-session-id")
         self.session_id = session if session and _CLIENT_ID.match(session) else ""
         self.extra_headers: dict[str, str] = {}
@@ -71,6 +72,9 @@ class ApiRequest:
 
     def response_headers(self) -> dict[str, str]:
         headers = {"x-request-id": self.request_id, **self.extra_headers}
+        client_id = self.request.headers.get("x-client-request-id") or self.request.headers.get("x-request-id")
+        if client_id and _CLIENT_ID.match(client_id):
+            headers["x-client-request-id"] = client_id
         if self.session_id:
             headers["x-session-id"] = self.session_id
         return headers

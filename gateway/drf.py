@@ -106,27 +106,32 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 
 
 def request_id_middleware(get_response):
-    """Give every Django response an X-Request-ID (a valid client one is echoed)."""
+    """Give every Django response our own X-Request-ID (a valid client id is echoed beside it)."""
 
     def assign(request) -> str:
-        given = request.headers.get("x-request-id")
-        request.request_id = given if given and _CLIENT_ID.match(given) else new_id("req")
+        request.request_id = new_id("req")
         return request.request_id
+
+    def label(request, response) -> None:
+        response["X-Request-ID"] = request.request_id
+        given = request.headers.get("x-client-request-id") or request.headers.get("x-request-id")
+        if given and _CLIENT_ID.match(given):
+            response["X-Client-Request-ID"] = given
 
     if iscoroutinefunction(get_response):
 
         async def middleware(request):
-            rid = assign(request)
+            assign(request)
             response = await get_response(request)
-            response["X-Request-ID"] = rid
+            label(request, response)
             return response
 
     else:
 
         def middleware(request):
-            rid = assign(request)
+            assign(request)
             response = get_response(request)
-            response["X-Request-ID"] = rid
+            label(request, response)
             return response
 
     return middleware

@@ -31,7 +31,8 @@ async def create_response(req: ApiRequest):
 
 
 async def get_response(req: ApiRequest):
-    key = await req.authenticate(publishable_ok=True)
+    # Stored answers are read server-side: a browser key (public by design) may not list them back.
+    key = await req.authenticate(publishable_ok=False)
     response_id = req.request.path_params["response_id"]
     body = await responses.load(response_id, project_id=key.project_id)
     if body is None:  # another project's response is indistinguishable from a missing one

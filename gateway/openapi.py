@@ -446,7 +446,7 @@ def sse(data: Schema) -> Schema:
 # Codes that only ever close a stream (as its last event), never an HTTP status.
 STREAM_ONLY_CODES = {"stream_cancelled"}
 # How the Anthropic routes name each status's error type (gateway/protocols/messages.py).
-ANTHROPIC_TYPES: dict[int, str] = messages._ERROR_TYPES
+ANTHROPIC_TYPES: dict[int, str] = messages.ERROR_TYPES
 
 _STATUS_NAMES = {
     400: "BadRequest",

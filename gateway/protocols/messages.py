@@ -25,7 +25,7 @@ from .base import Dialect, Encoder, content_modalities
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use"}
 
 # Our error codes by status, as Anthropic names them.
-_ERROR_TYPES = {
+ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     402: "billing_error",
@@ -45,7 +45,7 @@ _ERROR_TYPES = {
 
 
 def error_body(exc: GatewayError, request_id: str) -> bytes:
-    error = {"type": _ERROR_TYPES.get(exc.status, "api_error"), "message": exc.message, "code": exc.code}
+    error = {"type": ERROR_TYPES.get(exc.status, "api_error"), "message": exc.message, "code": exc.code}
     return orjson.dumps({"type": "error", "error": error, "request_id": request_id})
 
 

@@ -67,7 +67,9 @@ def test_stream_without_include_usage_has_no_usage_chunk_and_raw_sse_has_ids(ser
         headers={**alice.auth(), "X-Request-ID": "client-chosen-id-1"},
         json={"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
     ) as response:
-        assert response.headers["x-request-id"] == "client-chosen-id-1"
+        # the client's id is echoed beside ours; ours alone names the stream and its bill
+        assert response.headers["x-client-request-id"] == "client-chosen-id-1"
+        assert response.headers["x-request-id"].startswith("req_")
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
     ids = [int(line[len("id: evt_"):]) for line in lines if line.startswith("id: ")]

@@ -103,7 +103,9 @@ def test_unknown_paths_and_methods_answer_in_the_envelope(server, alice):
         httpx.get(f"{server.api}/keys/key_x/y/z", headers=alice.auth()),
     ):
         assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
-    assert_envelope(httpx.get(f"{server.api}/chat/completions", headers=alice.auth()), 405, "method_not_allowed")
+    wrong_method = httpx.get(f"{server.api}/chat/completions", headers=alice.auth())
+    assert_envelope(wrong_method, 405, "method_not_allowed")
+    assert wrong_method.headers["allow"] == "POST"
 
 
 def test_rate_limit_answers_429_with_headers(server, alice, sim_node):

@@ -82,6 +82,10 @@ def test_responses_create_retrieve_and_isolation(client, alice, charlie, server,
     outsider = openai.OpenAI(base_url=server.api, api_key=charlie.secret_key, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         outsider.responses.retrieve(response.id)
+    browser = openai.OpenAI(base_url=server.api, api_key=alice.publishable_key, max_retries=0,
+                            default_headers={"Origin": "https://app.alice.example"})
+    with pytest.raises(openai.PermissionDeniedError):  # stored answers are for server-side keys
+        browser.responses.retrieve(response.id)
 
 
 def test_responses_stream_typed_events_end_with_usage(client, alice):

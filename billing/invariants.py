@@ -53,7 +53,8 @@ def check_spend_counters() -> list[str]:
     from .services import period_bounds
 
     problems: list[str] = []
-    for counter in SpendCounter.objects.all():
+    # A cleared cap's counter is left as it was (a new cap rebuilds it from the ledger).
+    for counter in SpendCounter.objects.filter(cap__isnull=False):
         start, end = period_bounds(counter.period)
         owner, flag = (
             ("api_key_id", "counted_key") if counter.scope == SpendCounter.Scope.KEY else ("project_id", "counted_project")

@@ -229,7 +229,6 @@ _COUNTERS = [
     _COUNTER_SETTLE.format(scope="project", id_col="project_id", counted_col="counted_project"),
     _COUNTER_SETTLE.format(scope="key", id_col="api_key_id", counted_col="counted_key"),
 ]
-_SETTLE += _COUNTERS
 
 _VOID = [
     """
@@ -240,11 +239,13 @@ _VOID = [
     UPDATE billing_wallet SET reserved = reserved - ({_CLAIMED.format(col="pending_amount")})
     WHERE id = ({_CLAIMED.format(col="debit_wallet_id")})
     """,
-    *_COUNTERS,  # a voided transfer's amount is 0: this only releases its hold
 ]
+# A voided transfer's amount is 0: there the counter statements only release its hold.
 
 
-def settle_statements(*, transfer_id: int, amount: int, usage: Usage, now: dt.datetime) -> list[Stmt]:
+def settle_statements(
+    *, transfer_id: int, amount: int, usage: Usage, now: dt.datetime, counters: bool = True
+) -> list[Stmt]:
     params = {
         "id": transfer_id,
         "amount": amount,
@@ -254,12 +255,12 @@ def settle_statements(*, transfer_id: int, amount: int, usage: Usage, now: dt.da
         "now": now,
         "claim": secrets.token_hex(16),
     }
-    return [Stmt(sql, params) for sql in _SETTLE]
+    return [Stmt(sql, params) for sql in (*_SETTLE, *(_COUNTERS if counters else ()))]
 
 
-def void_statements(*, transfer_id: int, now: dt.datetime) -> list[Stmt]:
+def void_statements(*, transfer_id: int, now: dt.datetime, counters: bool = True) -> list[Stmt]:
     params = {"id": transfer_id, "now": now, "claim": secrets.token_hex(16)}
-    return [Stmt(sql, params) for sql in _VOID]
+    return [Stmt(sql, params) for sql in (*_VOID, *(_COUNTERS if counters else ()))]
 
 
 def settlement_amount(reservation: Reservation, usage: Usage) -> tuple[int, bool]:
@@ -270,17 +271,24 @@ def settlement_amount(reservation: Reservation, usage: Usage) -> tuple[int, bool
 
 
 async def settle(
-    *, reservation: Reservation, usage: Usage, now: dt.datetime, after: Sequence[Stmt] = ()
+    *, reservation: Reservation, usage: Usage, now: dt.datetime, after: Sequence[Stmt] = (), counters: bool = True
 ) -> Settlement:
-    """Post the exact cost (never more than reserved) and release the rest."""
+    """Post the exact cost (never more than reserved) and release the rest.
+
+    ``counters=False`` skips the spend-counter statements, for a caller that knows
+    no counter can exist for this transfer's project or key: planning those joins
+    costs PostgreSQL more than the rest of the settlement (measured: ~1.5 ms a request).
+    """
     amount, capped = settlement_amount(reservation, usage)
-    results = await asyncdb.run(
-        *settle_statements(transfer_id=reservation.transfer_id, amount=amount, usage=usage, now=now), *after
-    )
+    stmts = settle_statements(transfer_id=reservation.transfer_id, amount=amount, usage=usage, now=now, counters=counters)
+    results = await asyncdb.run(*stmts, *after)
     return Settlement(amount=amount, applied=results[0].rowcount == 1, capped=capped)
 
 
-async def void(*, reservation: Reservation, now: dt.datetime, after: Sequence[Stmt] = ()) -> bool:
+async def void(
+    *, reservation: Reservation, now: dt.datetime, after: Sequence[Stmt] = (), counters: bool = True
+) -> bool:
     """Release a reservation that produced nothing billable."""
-    results = await asyncdb.run(*void_statements(transfer_id=reservation.transfer_id, now=now), *after)
+    stmts = void_statements(transfer_id=reservation.transfer_id, now=now, counters=counters)
+    results = await asyncdb.run(*stmts, *after)
     return results[0].rowcount == 1

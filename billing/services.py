@@ -126,7 +126,8 @@ def spend_cap_set(*, project, key=None, cap: int | None, now: dt.datetime | None
     Setting a cap derives the counter from the ledger: ``spent`` is the month's
     posted usage so far, ``reserved`` its pending holds, which are marked as
     held here so settling or voiding them releases the counter. Clearing keeps
-    the row (settlements still keep it exact) but stops enforcing it.
+    the row but stops enforcing it; the gateway then stops keeping it up
+    (gateway.paid leaves the counter statements out), and a new cap rebuilds it.
     """
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
         raise ValueError("a spend cap is a non-negative integer of micro-units")

@@ -56,6 +56,11 @@ def publish(topic: str, value: str) -> None:
             log.exception("invalidation publish failed for %s", topic)
 
 
+def subscribed() -> bool:
+    """Whether invalidations reach this process right now."""
+    return _subscribed
+
+
 def max_age() -> float:
     return settings.CACHE_SUBSCRIBED_TTL_SECONDS if _subscribed else settings.CACHE_UNSUBSCRIBED_TTL_SECONDS
 

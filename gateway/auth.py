@@ -99,14 +99,17 @@ class KeyCache:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[KeyRecord | None, float]] = {}
         self._loading: dict[str, asyncio.Future] = {}
+        self.generation = 0  # bumped by every invalidation: "did anything change since?"
 
     def drop(self, lookup: str | None) -> None:
+        self.generation += 1
         if lookup is None:
             self._entries.clear()
         else:
             self._entries.pop(lookup, None)
 
     def drop_project(self, project_id: str | None) -> None:
+        self.generation += 1
         if project_id is None:
             self._entries.clear()
             return

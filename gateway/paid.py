@@ -13,10 +13,10 @@ from django.utils import timezone
 
 from billing import ledger
 from billing.pricing import Price, Usage, reservation_micros
-from config import asyncdb
+from config import asyncdb, bus
 from config.asyncdb import Stmt
 
-from . import background, idempotency, limits
+from . import auth, background, idempotency, limits
 from .auth import KeyRecord
 from .errors import GatewayError, status_code_for
 from .records import RequestMeta, insert_statement
@@ -55,6 +55,7 @@ class PaidRequest:
             session_id=session_id,
             price_version=price.version,
         )
+        self.key_generation = auth.cache.generation
         self.reservation: ledger.Reservation | None = None
         self.settlement: ledger.Settlement | None = None
         self.finished = False
@@ -156,11 +157,13 @@ class PaidRequest:
             else:
                 after.append(idempotency.release_statement(self.claim, request_id=self.request_id))
 
+        counters = self._may_have_counters()
+
         async def attempt() -> ledger.Settlement | None:
             if usage is None:
-                await ledger.void(reservation=self.reservation, now=now, after=after)
+                await ledger.void(reservation=self.reservation, now=now, after=after, counters=counters)
                 return None
-            return await ledger.settle(reservation=self.reservation, usage=usage, now=now, after=after)
+            return await ledger.settle(reservation=self.reservation, usage=usage, now=now, after=after, counters=counters)
 
         try:
             self.settlement = await attempt()
@@ -173,6 +176,23 @@ class PaidRequest:
         if self.settlement is not None and self.settlement.capped:
             log.warning("request %s: node usage exceeded the reservation; billed the reservation", self.request_id)
         return self.settlement
+
+    def _may_have_counters(self) -> bool:
+        """Whether a spend counter may track this request's project or key this month.
+
+        Counters exist only where a cap is (or was) set, and setting one
+        invalidates the cached key records everywhere. So when this key has no
+        cap, no invalidation arrived since the request began, and invalidations
+        are live, the settlement can leave the counter statements out (their
+        planning costs PostgreSQL more than the rest of the settlement).
+        """
+        key = self.key
+        return (
+            key.project_spend_cap is not None
+            or key.key_spend_cap is not None
+            or auth.cache.generation != self.key_generation
+            or not bus.subscribed()
+        )
 
     async def _retry(self, attempt) -> None:
         deadline = time.monotonic() + SETTLE_RETRY_SECONDS

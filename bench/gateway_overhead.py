@@ -93,8 +93,21 @@ async def one(session: aiohttp.ClientSession, url: str, headers: dict, stream: b
         return first
 
 
-async def load(url: str, headers: list[dict], *, concurrency: int, seconds: float, stream: bool) -> dict:
-    """Worker i sends with headers[i % len(headers)] (one tenant each when there are several)."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU a process used so far (Linux /proc); 0 without a pid."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(url: str, headers: list[dict], *, concurrency: int, seconds: float, stream: bool,
+               pid: int | None = None) -> dict:
+    """Worker i sends with headers[i % len(headers)] (one tenant each when there are several).
+
+    With ``pid``, also the CPU that process spent per request: steadier than
+    throughput on a machine whose neighbours come and go."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -111,12 +124,13 @@ async def load(url: str, headers: list[dict], *, concurrency: int, seconds: floa
                 except Exception:
                     errors += 1
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(pid)
         await asyncio.gather(*(worker(headers[i % len(headers)]) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds(pid) - cpu
     latencies.sort()
     return {"p50": percentile(latencies, 0.50) * 1000, "p99": percentile(latencies, 0.99) * 1000,
-            "rps": len(latencies) / elapsed, "n": len(latencies), "errors": errors}
+            "rps": len(latencies) / elapsed, "n": len(latencies), "errors": errors,
+            "cpu_us": cpu / max(1, len(latencies)) * 1e6}
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -152,8 +166,9 @@ def main() -> None:
     try:
         for name, concurrency, stream in cases:
             results = {}
-            for label, (url, headers) in (("direct", direct), ("gateway", through)):
-                runs = [asyncio.run(load(url, headers, concurrency=concurrency, seconds=args.seconds, stream=stream))
+            for label, (url, headers), pid in (("direct", direct, None), ("gateway", through, gateway.pid)):
+                runs = [asyncio.run(load(url, headers, concurrency=concurrency, seconds=args.seconds, stream=stream,
+                                         pid=pid))
                         for _ in range(args.repeat)]
                 results[label] = median_of(runs)
             rows.append((name, results["direct"], results["gateway"]))
@@ -168,9 +183,11 @@ def main() -> None:
     print("Simulator: 16 output tokens, 0 ms latency. Gateway pinned to core 0; simulator and client on core 1.\n")
     ms = lambda v: f"{v:.2f}ms"  # noqa: E731
     print_table(
-        ["case", "direct p50", "p99", "gateway p50", "p99", "added p50", "added p99", "gateway req/s", "errors"],
+        ["case", "direct p50", "p99", "gateway p50", "p99", "added p50", "added p99", "gateway req/s", "CPU/req",
+         "errors"],
         [[name, ms(d["p50"]), ms(d["p99"]), ms(g["p50"]), ms(g["p99"]), ms(g["p50"] - d["p50"]),
-          ms(g["p99"] - d["p99"]), f"{g['rps']:.0f}", f"{g['errors']:.0f}"] for name, d, g in rows],
+          ms(g["p99"] - d["p99"]), f"{g['rps']:.0f}", f"{g['cpu_us']:.0f}µs", f"{g['errors']:.0f}"]
+         for name, d, g in rows],
     )
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ are *followers* of that log, reading from a position (the Last-Event-ID) on.
 The client that started the request is just the first follower, so a client
 that drops and reconnects gets exactly the events after the last id it saw.
 
-In production the log is mirrored to a Redis stream (entries ``0-<n>`` for
-event ``evt_<n>``, one pipelined write per batch of events), so the reconnect
+In production the log is mirrored to a Redis stream (one entry per batch of
+events written together, ``0-<n>`` for a batch ending with ``evt_<n>``; batches
+gather for a few ms, so a fast stream is one or two writes), so the reconnect
 may land on any server process; a remote follower refreshes a short-lived
 ``watch`` key, which tells the producer that someone is still listening. The
 embedded default (no Redis) resumes within the process only.
@@ -19,16 +20,19 @@ import logging
 import re
 import time
 
+import orjson
 from django.conf import settings
 
 from config import redisconn
 
 from .errors import GatewayError
+from .sse import frames_after
 
 log = logging.getLogger(__name__)
 
 WATCH_MS = 3000  # a remote follower refreshes its watch key every ≤1 s
 READ_BLOCK_MS = 1000
+COALESCE_SECONDS = 0.005
 _EVENT_ID = re.compile(r"^(?:evt_)?(\d{1,9})$")
 
 
@@ -36,12 +40,9 @@ def retention_seconds() -> int:
     return settings.GATEWAY_STREAM_RETENTION_SECONDS
 
 
-def _keys(request_id: str) -> tuple[str, str, str]:
-    return (
-        redisconn.key("stream", request_id),
-        redisconn.key("stream", request_id, "meta"),
-        redisconn.key("stream", request_id, "watch"),
-    )
+def _keys(request_id: str) -> tuple[str, str]:
+    """The stream's Redis stream, and the key its remote followers keep alive."""
+    return redisconn.key("stream", request_id), redisconn.key("stream", request_id, "watch")
 
 
 def parse_last_event_id(headers) -> int:
@@ -144,7 +145,7 @@ class RemoteFollower:
 
     def __init__(self, client, request_id: str, after: int):
         self.client = client
-        self.key, _, self.watch = _keys(request_id)
+        self.key, self.watch = _keys(request_id)
         self.last = f"0-{after}"
         self.closed = False
         self.ended = False
@@ -164,11 +165,14 @@ class RemoteFollower:
             out: list[bytes] = []
             for _, entries in reply or ():
                 for entry_id, fields in entries:
-                    self.last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    # The first entry may start before the client's Last-Event-ID.
+                    frames = frames_after(fields[b"f"], int(self.last.split("-")[1]))
+                    self.last = entry_id
+                    if frames:
+                        out.append(frames)
                     if b"end" in fields:
                         self.ended = True
-                        break
-                    out.append(fields[b"f"])
             if out or self.ended:
                 return out if out else None
             if self.closed:
@@ -204,31 +208,34 @@ class _RedisMirror:
 
     async def _run(self) -> None:
         stream = self.stream
-        key, meta, _ = _keys(stream.request_id)
-        ttl = retention_seconds()
+        key, _ = _keys(stream.request_id)
+        retention = retention_seconds()
         first = True
         client = redisconn.get_async()
         while True:
             await self.wake.wait()
+            # Coalesce: a remote reader may see events a few ms late; the local client never waits.
+            await asyncio.sleep(COALESCE_SECONDS)
             self.wake.clear()
             batch, self.pending = self.pending, []
             pipe = client.pipeline(transaction=False)
-            if first:
-                pipe.hset(meta, mapping={"project": stream.project_id, "endpoint": stream.endpoint, **{
-                    f"h:{k}": v for k, v in stream.headers.items()}})
-                pipe.expire(meta, ttl)
-                first = False
-            ended = False
-            for frame in batch:
-                self.written += 1
-                if frame is None:
-                    pipe.xadd(key, {"end": b"1"}, id=f"0-{self.written}")
-                    ended = True
-                else:
-                    pipe.xadd(key, {"f": frame}, id=f"0-{self.written}")
-            pipe.expire(key, ttl)
+            # One entry per batch: its id is its last event's number, its value the frames joined.
+            frames = [f for f in batch if f is not None]
+            ended = len(frames) < len(batch)
+            self.written += len(frames)
+            fields = {"f": b"".join(frames)}
+            if first:  # the first entry says whose stream it is
+                fields["p"] = stream.project_id
+                fields["h"] = orjson.dumps(stream.headers)
             if ended:
-                pipe.expire(meta, ttl)
+                fields["end"] = b"1"
+            # (an end marker alone takes the next number: ids must grow, and no event has it)
+            pipe.xadd(key, fields, id=f"0-{self.written if frames else self.written + 1}")
+            if ended:  # kept while it may still run, then for the retention time
+                pipe.expire(key, retention)
+            elif first:
+                pipe.expire(key, settings.GATEWAY_MAX_REQUEST_SECONDS + retention)
+            first = False
             try:
                 await pipe.execute()
             except Exception:  # the local client still gets every event; only resume elsewhere degrades
@@ -277,15 +284,15 @@ async def open_follower(request_id: str, *, project_id: int, after: int):
     client = redisconn.get_async()
     if client is None:
         raise _not_found(request_id)
-    key, meta, _ = _keys(request_id)
+    key, _ = _keys(request_id)
     try:
-        fields = await client.hgetall(meta)
+        first = await client.xrange(key, count=1)
     except Exception as exc:
         raise GatewayError("service_unavailable", "The stream store is unreachable; try again shortly.") from exc
-    if not fields or int(fields.get(b"project", b"0")) != project_id:
+    fields = first[0][1] if first else {}
+    if int(fields.get(b"p", b"0")) != project_id:
         raise _not_found(request_id)
-    headers = {k[2:].decode(): v.decode() for k, v in fields.items() if k.startswith(b"h:")}
-    return RemoteFollower(client, request_id, after), headers
+    return RemoteFollower(client, request_id, after), orjson.loads(fields[b"h"])
 
 
 async def watched(request_id: str) -> bool:
@@ -294,7 +301,7 @@ async def watched(request_id: str) -> bool:
     if client is None:
         return False
     try:
-        return bool(await client.exists(_keys(request_id)[2]))
+        return bool(await client.exists(_keys(request_id)[1]))
     except Exception:  # unknown: assume someone is there rather than cut a live stream
         log.warning("stream %s: cannot read its watch key", request_id)
         return True

@@ -694,57 +694,40 @@ def _key_update(operation_id: str, summary: str = "Change a key's limits or spen
     }
 
 
+def _paid_post(op: str, tag: str, summary: str, request: str, ok: Schema, description: str, *,
+               stream: Schema | None = None, anthropic: bool = False) -> Schema:
+    """A metered POST: reserve-then-settle, rate-limit headers, every paid error status."""
+    params = [*_PAID_PARAMS, _param("AnthropicVersion")] if anthropic else _PAID_PARAMS
+    return {
+        "post": {
+            "operationId": op,
+            "tags": [tag],
+            "summary": summary,
+            "parameters": params,
+            "requestBody": _json_body(ref(request)),
+            "responses": {"200": _paid_ok(ok, description, stream=stream), **_errors(PAID, anthropic=anthropic)},
+        }
+    }
+
+
 def _paths() -> dict[str, Schema]:
     return {
-        "/v1/chat/completions": {
-            "post": {
-                "operationId": "createChatCompletion",
-                "tags": ["OpenAI"],
-                "summary": "Chat completion",
-                "parameters": _PAID_PARAMS,
-                "requestBody": _json_body(ref("ChatCompletionRequest")),
-                "responses": {
-                    "200": _paid_ok(ref("ChatCompletion"), "The answer.", stream=ref("ChatCompletionChunk")),
-                    **_errors(PAID),
-                },
-            }
-        },
-        "/v1/completions": {
-            "post": {
-                "operationId": "createCompletion",
-                "tags": ["OpenAI"],
-                "summary": "Text completion (legacy)",
-                "parameters": _PAID_PARAMS,
-                "requestBody": _json_body(ref("CompletionRequest")),
-                "responses": {
-                    "200": _paid_ok(ref("TextCompletion"), "The completion.", stream=ref("TextCompletion")),
-                    **_errors(PAID),
-                },
-            }
-        },
-        "/v1/embeddings": {
-            "post": {
-                "operationId": "createEmbedding",
-                "tags": ["OpenAI"],
-                "summary": "Embeddings (secret keys only)",
-                "parameters": _PAID_PARAMS,
-                "requestBody": _json_body(ref("EmbeddingRequest")),
-                "responses": {"200": _paid_ok(ref("EmbeddingList"), "One vector per input."), **_errors(PAID)},
-            }
-        },
-        "/v1/responses": {
-            "post": {
-                "operationId": "createResponse",
-                "tags": ["OpenAI"],
-                "summary": "Response (OpenAI Responses API)",
-                "parameters": _PAID_PARAMS,
-                "requestBody": _json_body(ref("ResponsesRequest")),
-                "responses": {
-                    "200": _paid_ok(ref("Response"), "The response.", stream=_RESPONSE_EVENT),
-                    **_errors(PAID),
-                },
-            }
-        },
+        "/v1/chat/completions": _paid_post(
+            "createChatCompletion", "OpenAI", "Chat completion", "ChatCompletionRequest",
+            ref("ChatCompletion"), "The answer.", stream=ref("ChatCompletionChunk"),
+        ),
+        "/v1/completions": _paid_post(
+            "createCompletion", "OpenAI", "Text completion (legacy)", "CompletionRequest",
+            ref("TextCompletion"), "The completion.", stream=ref("TextCompletion"),
+        ),
+        "/v1/embeddings": _paid_post(
+            "createEmbedding", "OpenAI", "Embeddings (secret keys only)", "EmbeddingRequest",
+            ref("EmbeddingList"), "One vector per input.",
+        ),
+        "/v1/responses": _paid_post(
+            "createResponse", "OpenAI", "Response (OpenAI Responses API)", "ResponsesRequest",
+            ref("Response"), "The response.", stream=_RESPONSE_EVENT,
+        ),
         "/v1/responses/{response_id}": {
             "get": {
                 "operationId": "getResponse",
@@ -757,19 +740,10 @@ def _paths() -> dict[str, Schema]:
                 },
             }
         },
-        "/v1/messages": {
-            "post": {
-                "operationId": "createMessage",
-                "tags": ["Anthropic"],
-                "summary": "Message (Anthropic Messages API)",
-                "parameters": [*_PAID_PARAMS, _param("AnthropicVersion")],
-                "requestBody": _json_body(ref("AnthropicMessagesRequest")),
-                "responses": {
-                    "200": _paid_ok(ref("Message"), "The message.", stream=_MESSAGE_EVENT),
-                    **_errors(PAID, anthropic=True),
-                },
-            }
-        },
+        "/v1/messages": _paid_post(
+            "createMessage", "Anthropic", "Message (Anthropic Messages API)", "AnthropicMessagesRequest",
+            ref("Message"), "The message.", stream=_MESSAGE_EVENT, anthropic=True,
+        ),
         "/v1/messages/count_tokens": {
             "post": {
                 "operationId": "countMessageTokens",

@@ -79,10 +79,11 @@ class StreamLog:
 
     def close(self) -> None:
         self.done = True
-        if self._mirror is not None:
-            self._mirror.push(None)
         self._notify()
-        _forget_later(self)
+        if self._mirror is not None:
+            self._mirror.push(None)  # Redis keeps it for reconnects; this process forgets it once written
+        else:
+            _forget_later(self)
 
     def body(self) -> bytes:
         return b"".join(self.frames)
@@ -243,6 +244,7 @@ class _RedisMirror:
             if not self.pending:
                 self.idle.set()
             if ended:
+                _forget(stream)
                 return
 
 
@@ -256,15 +258,17 @@ def register(stream: StreamLog) -> StreamLog:
     return stream
 
 
-def _forget_later(stream: StreamLog) -> None:
-    def forget() -> None:
-        if _local.get(stream.request_id) is stream:
-            del _local[stream.request_id]
+def _forget(stream: StreamLog) -> None:
+    if _local.get(stream.request_id) is stream:
+        del _local[stream.request_id]
 
+
+def _forget_later(stream: StreamLog) -> None:
+    """Without Redis this process is the only place a reconnect can read the stream."""
     try:
-        asyncio.get_running_loop().call_later(retention_seconds(), forget)
+        asyncio.get_running_loop().call_later(retention_seconds(), _forget, stream)
     except RuntimeError:
-        forget()
+        _forget(stream)
 
 
 def _not_found(request_id: str) -> GatewayError:

@@ -162,7 +162,7 @@ GATEWAY_UPSTREAM_CONNECT_SECONDS = env_int("GATEWAY_UPSTREAM_CONNECT_SECONDS", 5
 GATEWAY_FIRST_TOKEN_SECONDS = env_int("GATEWAY_FIRST_TOKEN_SECONDS", 120, minimum=1)
 GATEWAY_HEARTBEAT_SECONDS = env_int("GATEWAY_HEARTBEAT_SECONDS", 15, minimum=1, maximum=15)
 # How long a finished stream stays readable for a reconnect (GET /v1/streams/{id}, Last-Event-ID).
-GATEWAY_STREAM_RETENTION_SECONDS = env_int("GATEWAY_STREAM_RETENTION_SECONDS", 600, minimum=1, maximum=86400)
+GATEWAY_STREAM_RETENTION_SECONDS = env_int("GATEWAY_STREAM_RETENTION_SECONDS", 120, minimum=1, maximum=86400)
 # A reservation older than this is voided by billing.tasks.void_expired_reservations.
 # It must outlive the longest request, so the sweeper never voids a live one.
 RESERVATION_TIMEOUT_SECONDS = env_int("RESERVATION_TIMEOUT_SECONDS", 900, minimum=60)

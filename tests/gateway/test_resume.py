@@ -136,3 +136,14 @@ def test_nobody_back_within_the_resume_window_stops_the_node_and_bills_what_was_
     assert transfer.amount == sim_cost(transfer.input_tokens, transfer.output_tokens)
     assert RequestRecord.objects.get().error_code == "client_disconnected"
     assert alice.wallet.reserved == 0 and check_ledger() == []
+
+
+def test_a_finished_stream_is_still_readable_after_its_last_event_id(server, second_server_proc, alice, sim_node, sim):
+    with httpx.stream("POST", f"{server.api}/chat/completions", headers=alice.auth(), json=BODY, timeout=30) as r:
+        request_id = r.headers["x-request-id"]
+        whole = events(r.iter_lines())
+    wait_settled()
+    for process in (server, second_server_proc):  # the producer's process forgot it: both read Redis
+        tail = httpx.get(f"{process.api}/streams/{request_id}", headers={**alice.auth(), "Last-Event-ID": "evt_3"})
+        assert tail.status_code == 200 and events(tail.text.splitlines()) == whole[3:]
+    assert Transfer.objects.filter(kind="usage").count() == 1

@@ -147,3 +147,21 @@ def test_a_finished_stream_is_still_readable_after_its_last_event_id(server, sec
         tail = httpx.get(f"{process.api}/streams/{request_id}", headers={**alice.auth(), "Last-Event-ID": "evt_3"})
         assert tail.status_code == 200 and events(tail.text.splitlines()) == whole[3:]
     assert Transfer.objects.filter(kind="usage").count() == 1
+
+
+def test_session_id_groups_requests_and_comes_back_on_a_resumed_stream(server, second_server_proc, alice, sim_node,
+                                                                       sim):
+    sim.configure(tokens_per_s=40)
+    headers = {**alice.auth(), "X-Session-ID": "sess-42"}
+    plain = httpx.post(f"{server.api}/chat/completions", headers=headers, timeout=30,
+                       json={**BODY, "stream": False, "stream_options": None})
+    assert plain.headers["x-session-id"] == "sess-42"
+    request_id, _ = read_some(f"{server.api}/chat/completions", headers, 2)
+    resumed = httpx.get(f"{second_server_proc.api}/streams/{request_id}", timeout=30,
+                        headers={**alice.auth(), "Last-Event-ID": "evt_2"})
+    assert resumed.headers["x-session-id"] == "sess-42" and resumed.headers["x-request-id"] == request_id
+    wait_settled()
+    assert sorted(RequestRecord.objects.values_list("session_id", flat=True)) == ["sess-42", "sess-42"]
+    invalid = httpx.post(f"{server.api}/chat/completions", headers={**alice.auth(), "X-Session-ID": "bad id!"},
+                         json={**BODY, "stream": False, "stream_options": None}, timeout=30)
+    assert invalid.status_code == 200 and "x-session-id" not in invalid.headers

@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tenants", type=int, default=16,
                         help="spread the load over this many organizations (wallets); 1 = one hot wallet")
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = parser.parse_args()
 
     state = tempfile.mkdtemp(prefix="bench-state-")
@@ -162,6 +163,7 @@ def main() -> None:
     through = (f"http://127.0.0.1:{gw_port}/v1/chat/completions", [{"Authorization": f"Bearer {k}"} for k in keys])
     cases = [("chat, concurrency 1", 1, False), ("chat, concurrency 16", 16, False),
              ("stream TTFT, concurrency 1", 1, True), ("stream TTFT, concurrency 16", 16, True)]
+    cases = [case for case in cases if args.only in case[0]]
     rows = []
     try:
         for name, concurrency, stream in cases:

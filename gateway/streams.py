@@ -8,7 +8,7 @@ that drops and reconnects gets exactly the events after the last id it saw.
 
 In production the log is mirrored to a Redis stream (one entry per batch of
 events written together, ``0-<n>`` for a batch ending with ``evt_<n>``; batches
-gather for a few ms, so a fast stream is one or two writes), so the reconnect
+gather for 25 ms, so a fast stream is one or two writes), so the reconnect
 may land on any server process; a remote follower refreshes a short-lived
 ``watch`` key, which tells the producer that someone is still listening. The
 embedded default (no Redis) resumes within the process only.
@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 WATCH_MS = 3000  # a remote follower refreshes its watch key every ≤1 s
 READ_BLOCK_MS = 1000
-COALESCE_SECONDS = 0.005
+COALESCE_SECONDS = 0.025
+STARTING_MS = 500  # how long a reconnect waits for a stream that is still being opened
 _EVENT_ID = re.compile(r"^(?:evt_)?(\d{1,9})$")
 
 
@@ -215,8 +216,11 @@ class _RedisMirror:
         client = redisconn.get_async()
         while True:
             await self.wake.wait()
-            # Coalesce: a remote reader may see events a few ms late; the local client never waits.
-            await asyncio.sleep(COALESCE_SECONDS)
+            if not first:
+                # Coalesce: a remote reader sees events up to 25 ms late (the local client never
+                # waits); one write per batch, not per event, keeps resumable streams as cheap as
+                # plain ones. The first entry goes at once: it tells other processes the stream exists.
+                await asyncio.sleep(COALESCE_SECONDS)
             self.wake.clear()
             batch, self.pending = self.pending, []
             pipe = client.pipeline(transaction=False)
@@ -291,6 +295,9 @@ async def open_follower(request_id: str, *, project_id: int, after: int):
     key, _ = _keys(request_id)
     try:
         first = await client.xrange(key, count=1)
+        if not first:  # a stream that started a moment ago may not be written yet
+            reply = await client.xread({key: "0-0"}, count=1, block=STARTING_MS)
+            first = reply[0][1] if reply else []
     except Exception as exc:
         raise GatewayError("service_unavailable", "The stream store is unreachable; try again shortly.") from exc
     fields = first[0][1] if first else {}

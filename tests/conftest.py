@@ -130,6 +130,11 @@ class Simulator:
         return httpx.post(f"{self.url}/_sim/config", json=config).raise_for_status().json()
 
     def reset(self) -> None:
+        # A stream an earlier test dropped may still be generating (streams outlive their
+        # clients for the resume window): let it end, or its outcome lands in this test's stats.
+        deadline = time.monotonic() + 10
+        while self.stats()["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         httpx.post(f"{self.url}/_sim/reset").raise_for_status()
 
     def stats(self) -> dict:

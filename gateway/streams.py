@@ -216,11 +216,10 @@ class _RedisMirror:
         client = redisconn.get_async()
         while True:
             await self.wake.wait()
-            if not first:
-                # Coalesce: a remote reader sees events up to 25 ms late (the local client never
-                # waits); one write per batch, not per event, keeps resumable streams as cheap as
-                # plain ones. The first entry goes at once: it tells other processes the stream exists.
-                await asyncio.sleep(COALESCE_SECONDS)
+            # Coalesce: a remote reader sees events up to 25 ms late (the local client never waits,
+            # and a reconnect waits for a stream's first entry); one write per batch, not per
+            # event, is most of what keeps resumable streams cheap.
+            await asyncio.sleep(COALESCE_SECONDS)
             self.wake.clear()
             batch, self.pending = self.pending, []
             pipe = client.pipeline(transaction=False)

@@ -101,10 +101,12 @@ async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
     try:
         stored = await paid.reserve(max_input_tokens=prompt_bound, max_output_tokens=output_cap)
     except idempotency.InProgress as exc:
+        _give_back(key, decision.cost)  # nothing new runs: its tokens go back (it still counts as a request)
         if dialect.stream:  # the same streamed request again: resume it, never run it twice
             return await resume(req, exc.request_id, project_id=key.project_id)
         raise
     if stored is not None:
+        _give_back(key, decision.cost)
         return replay_response(req, stored, after=streams.parse_last_event_id(req.headers))
 
     upstream = dialect.upstream(output_cap)
@@ -116,6 +118,10 @@ async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
         if not paid.finished:  # a bug, not a node failure: release the hold now, not at the sweeper
             await paid.finish(usage=None, status_code=500, error_code="internal_error")
         raise
+
+
+def _give_back(key, tokens: int) -> None:
+    background.spawn(limits.refund(key=key, tokens=tokens), name="refund:replay")
 
 
 async def _first_node(candidates, upstream, attempt):

@@ -180,3 +180,22 @@ async def test_tokens_per_minute_hold_exactly_across_two_server_processes(
     codes = [r.status_code for r in responses]
     assert codes.count(200) == fits and codes.count(429) == 2 * fits, codes
     assert all(r.headers["x-ratelimit-limit-tokens"] == str(fits * CHAT_TOKENS) for r in responses)
+
+
+def test_an_idempotent_replay_counts_as_a_request_but_gives_its_tokens_back(server, alice, sim_node):
+    import time
+
+    services.project_update(project=alice.project, tpm_limit=600)  # refills 10 tokens a second
+    cache_settle()
+    headers = {**alice.auth(), "Idempotency-Key": "replay-tokens"}
+    assert post_chat(server, headers).status_code == 200
+    time.sleep(0.3)  # the unused part of the first request goes back after it settles
+    replay = post_chat(server, headers)
+    assert replay.headers["idempotent-replayed"] == "true"
+    time.sleep(0.3)
+    after = post_chat(server, alice.auth())
+    left_at_replay = int(replay.headers["x-ratelimit-remaining-tokens"])
+    left_after = int(after.headers["x-ratelimit-remaining-tokens"])
+    # The next request is charged CHAT_TOKENS from where the replay left off plus its refund;
+    # without the refund it would start CHAT_TOKENS lower.
+    assert left_after >= left_at_replay - 10, (left_at_replay, left_after, CHAT_TOKENS)

@@ -6,6 +6,10 @@ Answers are OpenAI JSON objects; streams yield the parsed chunks up to
 ``[DONE]`` and raise NodeError if the node fails or stops before it. Errors say whether trying another node could help
 (``permanent=False``: connection refused, 5xx, 429, timeouts) or not
 (``permanent=True``: the request itself is bad for this model).
+
+Images and model management (load, unload, pull) exist only on some
+backends; the defaults here refuse with a permanent NodeError, so a caller
+never retries them on the same kind of node.
 """
 from __future__ import annotations
 
@@ -53,6 +57,25 @@ class NodeAdapter:
 
     async def health(self) -> bool:
         raise NotImplementedError
+
+    async def images(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An ``/images/generations`` answer."""
+        raise self._unsupported("image generation")
+
+    async def load_model(self, name: str) -> None:
+        """Bring a model into memory so the first request does not pay for it."""
+        raise self._unsupported("loading models")
+
+    async def unload_model(self, name: str) -> None:
+        raise self._unsupported("unloading models")
+
+    async def pull_model(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """Download a model; yields progress events ``{"status", "completed"?, "total"?}`` until it is servable."""
+        raise self._unsupported("pulling models")
+        yield {}  # an async generator, like the overrides, so callers always iterate it
+
+    def _unsupported(self, what: str) -> NodeError:
+        return NodeError(f"{what} is not supported by this backend ({self.kind})", permanent=True, code="unsupported")
 
 
 ADAPTERS: dict[str, type[NodeAdapter]] = {}

@@ -2,7 +2,8 @@
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``, ``POST /v1/embeddings``, ``GET /stats``, plus the
-engine's own control endpoints (the simulator's ``/_sim/*``). Errors use
+engine's own control endpoints (the simulator's ``/_sim/*``), and with the
+"ollama" dialect Ollama's native ``/api`` routes (``ollama.py``). Errors use
 OpenAI's envelope ``{"error": {"message", "type", "code"}}``.
 
 Chat messages may carry text, ``image_url`` and ``input_audio`` parts; parts of
@@ -40,6 +41,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import ollama
 from .engines import ApiError, Control, DropConnection, Engine, Generation
 
 log = logging.getLogger(__name__)
@@ -514,7 +516,11 @@ def _control(control: Control) -> Handler:
     return handler
 
 
-def build_app(engine: Engine) -> web.Application:
+DIALECTS = ("openai", "ollama")
+
+
+def build_app(engine: Engine, dialect: str = "openai") -> web.Application:
+    """The OpenAI routes; with the "ollama" dialect also Ollama's native ``/api`` (see ``ollama.py``)."""
     app = web.Application(middlewares=[errors], client_max_size=MAX_BODY_BYTES)
     app[ENGINE] = engine
     app[STARTED] = int(time.time())
@@ -528,6 +534,10 @@ def build_app(engine: Engine) -> web.Application:
             web.get("/stats", stats),
         ]
     )
+    if dialect == "ollama":
+        ollama.add_routes(app, engine)
+    elif dialect != "openai":
+        raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     for (method, path), control in engine.controls().items():
         app.router.add_route(method, path, _control(control))
 
@@ -538,8 +548,8 @@ def build_app(engine: Engine) -> web.Application:
     return app
 
 
-async def _serve(engine: Engine, host: str, port: int, banner: str) -> None:
-    runner = web.AppRunner(build_app(engine), handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+async def _serve(engine: Engine, host: str, port: int, banner: str, dialect: str) -> None:
+    runner = web.AppRunner(build_app(engine, dialect), handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()
@@ -554,6 +564,6 @@ async def _serve(engine: Engine, host: str, port: int, banner: str) -> None:
         await runner.cleanup()
 
 
-def serve(engine: Engine, host: str, port: int, banner: str) -> None:
+def serve(engine: Engine, host: str, port: int, banner: str, dialect: str = "openai") -> None:
     """Serve until SIGTERM or SIGINT, printing ``<banner> listening on http://HOST:PORT`` when ready."""
-    asyncio.run(_serve(engine, host, port, banner))
+    asyncio.run(_serve(engine, host, port, banner, dialect))

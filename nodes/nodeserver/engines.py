@@ -198,6 +198,7 @@ class Engine:
 
     def __init__(self, models: Sequence[str]) -> None:
         self.models = list(models)
+        self.loaded: set[str] = set()  # models held in memory, as the Ollama dialect reports them (/api/ps)
         self.stats = Stats()
 
     @property
@@ -278,6 +279,7 @@ class SimulatorEngine(Engine):
 
     def __init__(self, models: Sequence[str], config: SimConfig, seed: int = 0) -> None:
         super().__init__(models)
+        self.initial_models = list(models)
         self.initial_config = self.config = config
         self.seed = seed
         self.rng = random.Random(seed)
@@ -365,7 +367,7 @@ class SimulatorEngine(Engine):
         return {
             ("POST", "/_sim/config"): self._configure,
             ("POST", "/_sim/reset"): self._reset,
-            ("GET", "/_sim/stats"): lambda body: self.stats.snapshot(),
+            ("GET", "/_sim/stats"): lambda body: {**self.stats.snapshot(), "loaded": sorted(self.loaded)},
         }
 
     def _configure(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -377,6 +379,8 @@ class SimulatorEngine(Engine):
 
     def _reset(self, body: dict[str, Any]) -> dict[str, Any]:
         self.config = self.initial_config
+        self.models[:] = self.initial_models  # forget pulled models
+        self.loaded.clear()
         self.rng = random.Random(self.seed)
         self.stats.reset()
         return dataclasses.asdict(self.config)

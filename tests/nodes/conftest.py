@@ -54,3 +54,19 @@ async def wait_idle(sim, timeout: float = 3.0) -> dict[str, Any]:
         await asyncio.sleep(0.02)
     assert stats["active"] == 0, stats
     return stats
+
+
+@pytest.fixture(scope="session")
+def ollama_process():
+    from tests.conftest import start_simulator
+
+    sim = start_simulator("--dialect", "ollama")
+    yield sim
+    sim.process.stop()
+
+
+@pytest.fixture
+def ollama_sim(ollama_process):
+    """A simulator speaking the Ollama dialect, reset: pulled models forgotten, nothing loaded."""
+    ollama_process.reset()
+    return ollama_process

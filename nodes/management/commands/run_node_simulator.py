@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from nodes.nodeserver.app import serve
+from nodes.nodeserver.app import DIALECTS, serve
 from nodes.nodeserver.engines import FAIL_MODES, MODALITIES, SimConfig, SimulatorEngine
 
 
@@ -31,6 +31,13 @@ class Command(BaseCommand):
             help=f"comma-separated input the models accept, from {','.join(MODALITIES)} (must include text)",
         )
 
+        parser.add_argument(
+            "--dialect",
+            choices=DIALECTS,
+            default="openai",
+            help="ollama also serves Ollama's native /api (tags, ps, pull, load/unload via generate)",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         models = [m.strip() for m in options["models"].split(",") if m.strip()]
         if not models:
@@ -48,4 +55,4 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         engine = SimulatorEngine(models, config, seed=options["seed"])
-        serve(engine, options["host"], options["port"], banner="node simulator")
+        serve(engine, options["host"], options["port"], banner="node simulator", dialect=options["dialect"])

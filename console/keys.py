@@ -1,6 +1,7 @@
 """API key format, checksum and keyed hash.
 
-``sk_live_<body>`` / ``pk_live_<body>``; body = 32 base62 characters of
+``sk_live_<body>`` / ``pk_live_<body>`` (and node operators' tokens, ``nt_live_<body>``,
+which are never API keys: :func:`parse` refuses them, :func:`parse_node_token` reads them); body = 32 base62 characters of
 randomness (190 bits) followed by a 6-character base62 CRC32 of everything
 before it, so typos and truncated keys are refused without a database lookup.
 The first 12 body characters are the lookup prefix stored in clear; the whole
@@ -21,7 +22,9 @@ from config.ids import ALPHABET, b62
 
 SECRET = "secret"
 PUBLISHABLE = "publishable"
+NODE_TOKEN = "node_token"
 PREFIXES = {SECRET: "sk_live_", PUBLISHABLE: "pk_live_"}
+NODE_TOKEN_PREFIX = "nt_live_"
 _KIND_BY_PREFIX = {v: k for k, v in PREFIXES.items()}
 RANDOM_CHARS = 32
 CHECKSUM_CHARS = 6
@@ -57,17 +60,26 @@ def hash_key(plaintext: str) -> str:
 
 
 def generate(kind: str) -> NewKey:
-    prefix = PREFIXES[kind]
+    prefix = NODE_TOKEN_PREFIX if kind == NODE_TOKEN else PREFIXES[kind]
     body = "".join(secrets.choice(ALPHABET) for _ in range(RANDOM_CHARS))
     plaintext = f"{prefix}{body}{_checksum(prefix + body)}"
     return NewKey(plaintext=plaintext, lookup=body[:LOOKUP_CHARS], hash=hash_key(plaintext), last4=plaintext[-4:])
 
 
 def parse(raw: str) -> ParsedKey | None:
-    """The key's kind and lookup prefix, or None if it cannot be one of ours."""
+    """The key's kind and lookup prefix, or None if it cannot be one of our API keys."""
+    return _parse(raw, _KIND_BY_PREFIX)
+
+
+def parse_node_token(raw: str) -> ParsedKey | None:
+    """A node token's lookup prefix, or None if it cannot be one of ours."""
+    return _parse(raw, {NODE_TOKEN_PREFIX: NODE_TOKEN})
+
+
+def _parse(raw: str, kinds: dict[str, str]) -> ParsedKey | None:
     if len(raw) != KEY_LENGTH:
         return None
-    kind = _KIND_BY_PREFIX.get(raw[:8])
+    kind = kinds.get(raw[:8])
     if kind is None:
         return None
     body, checksum = raw[8:-CHECKSUM_CHARS], raw[-CHECKSUM_CHARS:]

@@ -21,6 +21,7 @@ from . import endpoints as ep
 from .context import ApiRequest, error_response
 from .errors import GatewayError
 from .model_views import get_model, list_models
+from .nodes_api import list_nodes, node_heartbeat, register_node
 from .openapi import openapi_json
 from .protocols import messages
 
@@ -84,6 +85,9 @@ routes = [
     Route("/v1/streams/{request_id}", endpoint(ep.stream_get), methods=["GET"]),
     Route("/v1/models", endpoint(list_models), methods=["GET"]),
     Route("/v1/models/{model_id:path}", endpoint(get_model), methods=["GET"]),
+    Route("/v1/nodes", endpoint(list_nodes), methods=["GET"]),
+    Route("/v1/nodes/register", endpoint(register_node), methods=["POST"]),
+    Route("/v1/nodes/{node_id}/heartbeat", endpoint(node_heartbeat), methods=["POST"]),
     Route("/v1/openapi.json", endpoint(openapi_json), methods=["GET"]),
 ]
 

@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from . import schemas
+from . import nodes_api, schemas
 from .context import ApiRequest, json_response
 from .errors import CODES
 from .protocols import completions, messages, responses
@@ -54,6 +54,7 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], ...]] = {
     "": (schemas.ChatCompletionRequest, completions.CompletionRequest, completions.EmbeddingRequest),
     "Responses": (responses.ResponsesRequest,),
     "Anthropic": (messages.MessagesRequest, messages.CountTokensRequest),
+    "Node": (nodes_api.NodeRegisterRequest, nodes_api.NodeHeartbeatRequest),
 }
 
 
@@ -414,6 +415,61 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
                 "description": "How long the old key keeps working.",
             }
         }
+    ),
+    "PublicNode": obj(
+        {
+            "id": {"type": "string", "pattern": "^node_"},
+            "region": STRING,
+            "attestation": {"enum": ["none", "unverified", "verified"]},
+            "gpus": COUNT,
+            "load": {"type": "number", "minimum": 0, "maximum": 1, "description": "As last reported by the node."},
+            "models": {"type": "array", "items": STRING},
+        },
+        ("id", "region", "attestation", "gpus", "load", "models"),
+        additionalProperties=False,
+    ),
+    "PublicNodeList": obj(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": ref("PublicNode")}}, ("object", "data")
+    ),
+    "Node": obj(
+        {
+            "id": {"type": "string", "pattern": "^node_"},
+            "object": {"const": "node"},
+            "name": STRING,
+            "base_url": STRING,
+            "adapter": STRING,
+            "region": STRING,
+            "hardware": STRING,
+            "gpus": COUNT,
+            "status": {"enum": ["active", "draining", "disabled"]},
+            "attestation": {"enum": ["none", "unverified", "verified"]},
+            "healthy": {"type": "boolean"},
+            "load": {"type": "number", "minimum": 0, "maximum": 1},
+            "has_credentials": {"type": "boolean", "description": "Credentials are never returned."},
+            "models": {"type": "array", "items": obj(
+                {
+                    "model": STRING,
+                    "upstream_model": STRING,
+                    "context_window": COUNT,
+                    "max_output_tokens": COUNT,
+                    "input_modalities": {"type": "array", "items": {"enum": ["text", "image", "audio"]}},
+                },
+                ("model", "upstream_model", "context_window", "max_output_tokens", "input_modalities"),
+            )},
+            "created_at": TIMESTAMP,
+        },
+        ("id", "object", "name", "base_url", "adapter", "region", "hardware", "gpus", "status", "attestation",
+         "healthy", "load", "has_credentials", "models", "created_at"),
+    ),
+    "NodeHeartbeat": obj(
+        {
+            "id": {"type": "string"},
+            "object": {"const": "node.heartbeat"},
+            "status": {"enum": ["active", "draining", "disabled"]},
+            "healthy": {"const": True},
+            "received_at": TIMESTAMP,
+        },
+        ("id", "object", "status", "healthy", "received_at"),
     ),
     "Balance": obj(
         {
@@ -853,6 +909,40 @@ def _paths() -> dict[str, Schema]:
                 "responses": {"200": _ok(ref("Balance"), "The balance."), **_errors((401, 403, 500))},
             }
         },
+        "/v1/nodes": {
+            "get": {
+                "operationId": "listNodes",
+                "tags": ["Nodes"],
+                "summary": "The active, healthy nodes serving a priced model this project may use",
+                "parameters": [_param("RequestId")],
+                "responses": {"200": _ok(ref("PublicNodeList"), "The nodes."), **_errors((401, 403, 500, 503))},
+            }
+        },
+        "/v1/nodes/register": {
+            "post": {
+                "operationId": "registerNode",
+                "tags": ["Nodes"],
+                "summary": "Register or update a node (by name) with a node token",
+                "security": [{"nodeToken": []}],
+                "parameters": [_param("RequestId")],
+                "requestBody": _json_body(ref("NodeRegisterRequest")),
+                "responses": {"200": _ok(ref("Node"), "The node."), **_errors((400, 401, 403, 413, 500, 503))},
+            }
+        },
+        "/v1/nodes/{node_id}/heartbeat": {
+            "post": {
+                "operationId": "nodeHeartbeat",
+                "tags": ["Nodes"],
+                "summary": "Report a node's load, queue depth and loaded models; marks it healthy",
+                "security": [{"nodeToken": []}],
+                "parameters": [_path_param("node_id", "The `node_…` id."), _param("RequestId")],
+                "requestBody": _json_body(ref("NodeHeartbeatRequest")),
+                "responses": {
+                    "200": _ok(ref("NodeHeartbeat"), "Recorded."),
+                    **_errors((400, 401, 403, 404, 413, 500, 503)),
+                },
+            }
+        },
         "/v1/openapi.json": {
             "get": {
                 "operationId": "getOpenApiDocument",
@@ -890,7 +980,7 @@ def build() -> dict[str, Any]:
             "request_id, param?}}`; paid requests may carry an Idempotency-Key.",
         },
         "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
-        "tags": [{"name": n} for n in ("OpenAI", "Anthropic", "Streams", "Management", "Meta")],
+        "tags": [{"name": n} for n in ("OpenAI", "Anthropic", "Streams", "Management", "Nodes", "Meta")],
         "paths": _paths(),
         "components": {
             "securitySchemes": {
@@ -900,6 +990,11 @@ def build() -> dict[str, Any]:
                     "description": "A secret (`sk_live_…`) or publishable (`pk_live_…`) key.",
                 },
                 "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "nodeToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A node operator's token (`nt_live_…`); API keys are refused (403).",
+                },
             },
             "schemas": _schemas(),
             "responses": _error_responses(),

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from django.conf import settings
 from django.db import models
 
 from config.ids import new_id
@@ -27,12 +28,60 @@ class Node(models.Model):
     hardware = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     attestation = models.CharField(max_length=16, choices=Attestation.choices, default=Attestation.NONE)
+    gpus = models.PositiveIntegerField(default=0, help_text="GPU count (e.g. 8 for '8x H100')")
     healthy = models.BooleanField(default=True)
     last_health_at = models.DateTimeField(null=True, blank=True)
+    # Sealed with config.crypto (purpose "node-credentials", bound to public_id); set and read
+    # only through services.node_credentials_set / node_credentials.
+    credentials = models.BinaryField(null=True, blank=True, editable=False)
+    # Reported by the node's heartbeat (POST /v1/nodes/{id}/heartbeat).
+    load = models.FloatField(default=0.0)
+    queue_depth = models.PositiveIntegerField(default=0)
+    models_loaded = models.JSONField(default=list, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(load__gte=0, load__lte=1), name="node_load_range"),
+            # An operator registers by name, so the name is its key (admin-added nodes have no operator).
+            models.UniqueConstraint(
+                fields=["operator", "name"], condition=models.Q(operator__isnull=False), name="node_operator_name_unique"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.public_id})"
+
+
+class NodeToken(models.Model):
+    """An operator's credential for registering nodes and pushing heartbeats (``nt_live_…``).
+
+    Same scheme as API keys (console.keys): the lookup prefix in clear, a keyed hash of
+    the whole token, the plaintext shown once.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        REVOKED = "revoked"
+
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "ntok"), editable=False)
+    organization = models.ForeignKey("console.Organization", on_delete=models.PROTECT, related_name="node_tokens")
+    name = models.CharField(max_length=200, blank=True)
+    lookup = models.CharField(max_length=16, unique=True, editable=False)
+    hash = models.CharField(max_length=64, editable=False)
+    last4 = models.CharField(max_length=4, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    @property
+    def redacted(self) -> str:
+        return f"nt_live_…{self.last4}"
+
+    def __str__(self) -> str:
+        return f"{self.name or self.public_id} ({self.redacted})"
 
 
 class Modality(models.TextChoices):

@@ -9,6 +9,9 @@ import orjson
 from config import asyncdb
 
 NODES_TOPIC = "nodes"
+# "<node id>:<load>" from a heartbeat: routers update their view of the load without
+# reloading the catalog (heartbeats are frequent; NODES_TOPIC reloads everything).
+LOAD_TOPIC = "node-load"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +23,8 @@ class NodeTarget:
     region: str
     attestation: str
     healthy: bool
+    load: float = 0.0  # as last reported by the node's heartbeat, 0..1
+    gpus: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +39,7 @@ class ServedModel:
 
 
 _SERVED_SQL = """
-SELECT n.id, n.public_id, n.base_url, n.adapter, n.region, n.attestation, n.healthy,
+SELECT n.id, n.public_id, n.base_url, n.adapter, n.region, n.attestation, n.healthy, n.load, n.gpus,
        m.model, m.upstream_model, m.context_window, m.max_output_tokens, m.input_modalities
 FROM nodes_node n JOIN nodes_nodemodel m ON m.node_id = n.id
 WHERE n.status = 'active'
@@ -53,12 +58,12 @@ async def served_models() -> list[ServedModel]:
     (result,) = await asyncdb.run(asyncdb.Stmt(_SERVED_SQL, fetch=True))
     return [
         ServedModel(
-            model=row[7],
-            upstream_model=row[8],
-            context_window=row[9],
-            max_output_tokens=row[10],
-            node=NodeTarget(*row[:6], healthy=bool(row[6])),
-            modalities=_modalities(row[11]),
+            model=row[9],
+            upstream_model=row[10],
+            context_window=row[11],
+            max_output_tokens=row[12],
+            node=NodeTarget(*row[:6], healthy=bool(row[6]), load=float(row[7]), gpus=row[8]),
+            modalities=_modalities(row[13]),
         )
         for row in result.rows
     ]

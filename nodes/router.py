@@ -2,7 +2,8 @@
 
 Healthy nodes first (the health task's view, and this process's own: a node
 that just failed is skipped for a backoff that doubles up to a minute), then
-by this process's in-flight count, random among equals.
+by this process's in-flight count, then by the load the node last reported
+in a heartbeat (the least-loaded first), random among equals.
 """
 from __future__ import annotations
 
@@ -12,13 +13,34 @@ from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import contextmanager
 
-from nodes.registry import ServedModel
+from config import bus
+from nodes.registry import LOAD_TOPIC, ServedModel
 
 MAX_BACKOFF = 60.0
 
 _inflight: dict[int, int] = defaultdict(int)
 _down_until: dict[int, float] = {}
 _backoff: dict[int, float] = {}
+# Heartbeat loads newer than the catalog's snapshot (NodeTarget.load), by node id.
+_reported_load: dict[int, float] = {}
+
+
+def _on_load(value: str | None) -> None:
+    if value is None:  # "drop everything": the next catalog load has fresh loads
+        _reported_load.clear()
+        return
+    node_id, _, load = value.partition(":")
+    try:
+        _reported_load[int(node_id)] = float(load)
+    except ValueError:
+        pass
+
+
+bus.on(LOAD_TOPIC, _on_load)
+
+
+def load_of(served: ServedModel) -> float:
+    return _reported_load.get(served.node.id, served.node.load)
 
 
 def order(candidates: Sequence[ServedModel]) -> list[ServedModel]:
@@ -27,7 +49,7 @@ def order(candidates: Sequence[ServedModel]) -> list[ServedModel]:
     def rank(served: ServedModel) -> tuple:
         node = served.node
         usable = node.healthy and _down_until.get(node.id, 0.0) <= now
-        return (not usable, _inflight[node.id], random.random())
+        return (not usable, _inflight[node.id], load_of(served), random.random())
 
     return sorted(candidates, key=rank)
 

@@ -1,13 +1,20 @@
-"""Registry writes: nodes, the models they serve, health."""
+"""Registry writes: nodes, the models they serve, health, operators' node tokens, credentials."""
 from __future__ import annotations
+
+import re
 
 from django.db import transaction
 from django.utils import timezone
 
-from config import bus
+from config import bus, crypto
+from config.ids import new_id
+from console import keys
 
-from .models import Modality, Node, NodeModel
+from .models import Modality, Node, NodeModel, NodeToken
 from .registry import NODES_TOPIC
+
+CREDENTIALS_PURPOSE = "node-credentials"
+_GPU_COUNT = re.compile(r"^\s*(\d+)\s*[x×]", re.IGNORECASE)
 
 
 def _changed() -> None:
@@ -37,14 +44,16 @@ def node_upsert(
     region: str = "local",
     attestation: str = Node.Attestation.NONE,
     hardware: str = "",
+    gpus: int | None = None,
     public_id: str | None = None,
     operator=None,
+    status: str = Node.Status.ACTIVE,
 ) -> Node:
     """Create or update a node and replace the list of models it serves.
 
     ``models``: ``[{"model", "upstream_model"?, "context_window"?, "max_output_tokens"?,
     "input_modalities"?}]``; ``input_modalities`` is a list of :class:`Modality` values
-    (default ``["text"]``).
+    (default ``["text"]``). ``gpus`` defaults to the count in ``hardware`` ("8x H100" → 8).
     """
     rows = [
         NodeModel(
@@ -66,8 +75,9 @@ def node_upsert(
             "region": region,
             "attestation": attestation,
             "hardware": hardware,
+            "gpus": gpus if gpus is not None else gpus_from_hardware(hardware),
             "operator": operator,
-            "status": Node.Status.ACTIVE,
+            "status": status,
         },
     )
     node.models.all().delete()
@@ -91,3 +101,89 @@ def node_record_health(*, node: Node, healthy: bool) -> None:
     Node.objects.filter(id=node.id).update(last_health_at=timezone.now())
     if changed:
         bus.publish(NODES_TOPIC, node.public_id)
+
+
+def gpus_from_hardware(hardware: str) -> int:
+    match = _GPU_COUNT.match(hardware or "")
+    return int(match.group(1)) if match else 0
+
+
+@transaction.atomic
+def node_register(
+    *,
+    operator,
+    name: str,
+    base_url: str,
+    models: list[dict],
+    adapter: str = "openai",
+    region: str = "local",
+    hardware: str = "",
+    gpus: int | None = None,
+    credentials: str | None = None,
+) -> Node:
+    """An operator registers (or re-registers) a node; idempotent by (operator, name).
+
+    A new node starts active and unverified. Re-registering keeps what admins and the
+    attestation task decided (status, attestation): an operator cannot re-enable a node
+    an admin disabled by registering it again.
+    """
+    existing = (
+        Node.objects.select_for_update().filter(operator=operator, name=name).only("public_id", "status", "attestation").first()
+    )
+    node = node_upsert(
+        name=name,
+        base_url=base_url,
+        models=models,
+        adapter=adapter,
+        region=region,
+        hardware=hardware,
+        gpus=gpus,
+        operator=operator,
+        # Never looked up by base_url: that could adopt a node someone else added.
+        public_id=existing.public_id if existing else new_id("node"),
+        attestation=existing.attestation if existing else Node.Attestation.UNVERIFIED,
+        status=existing.status if existing else Node.Status.ACTIVE,
+    )
+    if credentials is not None:
+        node_credentials_set(node=node, credentials=credentials)
+    return node
+
+
+def _credentials_aad(node: Node) -> bytes:
+    return f"node:{node.public_id}".encode()
+
+
+def node_credentials_set(*, node: Node, credentials: str | None) -> None:
+    """Store the secret the adapter sends upstream (as Authorization), sealed; None or "" clears it."""
+    sealed = crypto.seal(CREDENTIALS_PURPOSE, credentials.encode(), _credentials_aad(node)) if credentials else None
+    Node.objects.filter(id=node.id).update(credentials=sealed)
+    node.credentials = sealed
+    _changed()
+
+
+def node_credentials(*, node: Node) -> str | None:
+    """The node's upstream credentials in clear, or None."""
+    sealed = Node.objects.filter(id=node.id).values_list("credentials", flat=True).first()
+    if not sealed:
+        return None
+    return crypto.open_sealed(CREDENTIALS_PURPOSE, bytes(sealed), _credentials_aad(node)).decode()
+
+
+@transaction.atomic
+def node_token_create(*, organization, name: str = "", created_by=None) -> tuple[NodeToken, str]:
+    """A node token for an operator organization; the plaintext is returned once and never stored."""
+    new = keys.generate(keys.NODE_TOKEN)
+    token = NodeToken.objects.create(
+        organization=organization, name=name, lookup=new.lookup, hash=new.hash, last4=new.last4, created_by=created_by
+    )
+    return token, new.plaintext
+
+
+@transaction.atomic
+def node_token_revoke(*, token: NodeToken) -> NodeToken:
+    # Tokens are looked up on every node call (no cache), so a revocation holds at once.
+    if NodeToken.objects.filter(id=token.id, status=NodeToken.Status.ACTIVE).update(
+        status=NodeToken.Status.REVOKED, revoked_at=timezone.now()
+    ):
+        token.refresh_from_db(fields=["status", "revoked_at"])
+    return token

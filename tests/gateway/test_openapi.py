@@ -58,6 +58,9 @@ ROUTES = [
     ("DELETE", "/v1/keys/{key_id}"),
     ("POST", "/v1/keys/{key_id}/rotate"),
     ("GET", "/v1/balance"),
+    ("GET", "/v1/nodes"),
+    ("POST", "/v1/nodes/register"),
+    ("POST", "/v1/nodes/{node_id}/heartbeat"),
     ("GET", "/v1/openapi.json"),
 ]
 

@@ -1,0 +1,238 @@
+"""/v1/nodes: operators register nodes and push heartbeats; projects see the nodes that may serve them.
+
+Operators authenticate with a node token (``nt_live_…``), never an API key; an API
+key on an operator route is refused (403), and a node token is no API key anywhere
+else (401). What a project sees of a node never includes its base URL, credentials,
+operator or token.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from config import asyncdb, bus
+from console import keys
+from nodes import router
+from nodes.adapters import ADAPTERS
+from nodes.registry import LOAD_TOPIC, NODES_TOPIC
+
+from .auth import presented_key
+from .catalog import catalog
+from .context import ApiRequest, json_response
+from .errors import GatewayError
+from .schemas import parse_json, validate
+
+# --- input ---------------------------------------------------------------------------
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class NodeServedModel(_Closed):
+    model: Name
+    upstream_model: Name | None = None
+    context_window: Annotated[int, Field(ge=1, le=100_000_000)] = 4096
+    max_output_tokens: Annotated[int, Field(ge=1, le=100_000_000)] = 1024
+    input_modalities: list[str] | None = None
+
+
+class NodeRegisterRequest(_Closed):
+    name: Name
+    base_url: Annotated[str, Field(min_length=1, max_length=500)]
+    adapter: str = "openai"
+    region: Annotated[str, Field(min_length=1, max_length=64)] = "local"
+    hardware: Annotated[str, Field(max_length=200)] = ""
+    gpus: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    models: Annotated[list[NodeServedModel], Field(min_length=1, max_length=1000)]
+    credentials: Annotated[str, Field(max_length=8192)] | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        return value.rstrip("/")
+
+    @field_validator("adapter")
+    @classmethod
+    def _known_adapter(cls, value: str) -> str:
+        if value not in ADAPTERS:
+            raise ValueError(f"unknown adapter; use one of {', '.join(sorted(ADAPTERS))}")
+        return value
+
+
+class NodeHeartbeatRequest(_Closed):
+    load: Annotated[float, Field(ge=0.0, le=1.0)]
+    queue_depth: Annotated[int, Field(ge=0, le=2_147_483_647)] = 0
+    models_loaded: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=1000)] = []
+
+
+# --- node token --------------------------------------------------------------------------
+
+_TOKEN_SQL = "SELECT organization_id, hash, status FROM nodes_nodetoken WHERE lookup = %(lookup)s"
+
+
+async def authenticate_operator(req: ApiRequest) -> int:
+    """The operator organization's id for the request's node token."""
+    raw = presented_key(req.headers)
+    if raw is None:
+        raise GatewayError("unauthenticated", "No node token provided. Send it as 'Authorization: Bearer nt_live_…'.")
+    if keys.parse(raw) is not None:
+        raise GatewayError("permission_denied", "API keys cannot manage nodes; use a node token (nt_live_…).")
+    parsed = keys.parse_node_token(raw)
+    if parsed is None:
+        raise GatewayError("invalid_api_key", "The node token is malformed.")
+    try:
+        row = await asyncdb.fetch_one(_TOKEN_SQL, {"lookup": parsed.lookup})
+    except asyncdb.DatabaseUnavailable:
+        raise GatewayError("service_unavailable", "The token store is unreachable; try again shortly.") from None
+    if row is None or not hmac.compare_digest(keys.hash_key(raw), row[1]):
+        raise GatewayError("invalid_api_key", "The node token is not valid.")
+    if row[2] != "active":
+        raise GatewayError("invalid_api_key", "The node token has been revoked.")
+    return row[0]
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def operator_node_object(node) -> dict[str, Any]:
+    """A node as its own operator sees it: everything but the credentials."""
+    return {
+        "id": node.public_id,
+        "object": "node",
+        "name": node.name,
+        "base_url": node.base_url,
+        "adapter": node.adapter,
+        "region": node.region,
+        "hardware": node.hardware,
+        "gpus": node.gpus,
+        "status": node.status,
+        "attestation": node.attestation,
+        "healthy": node.healthy,
+        "load": node.load,
+        "has_credentials": bool(node.credentials),
+        "models": [
+            {
+                "model": m.model,
+                "upstream_model": m.upstream_model,
+                "context_window": m.context_window,
+                "max_output_tokens": m.max_output_tokens,
+                "input_modalities": m.input_modalities,
+            }
+            for m in sorted(node.models.all(), key=lambda m: m.model)
+        ],
+        "created_at": int(node.created_at.timestamp()),
+    }
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+def _register_sync(operator_id: int, data: NodeRegisterRequest) -> dict[str, Any]:
+    from console.models import Organization
+    from nodes.models import Node
+    from nodes.services import node_register
+
+    try:
+        node = node_register(
+            operator=Organization.objects.get(id=operator_id),
+            name=data.name,
+            base_url=data.base_url,
+            adapter=data.adapter,
+            region=data.region,
+            hardware=data.hardware,
+            gpus=data.gpus,
+            models=[m.model_dump(exclude_none=True) for m in data.models],
+            credentials=data.credentials,
+        )
+    except ValueError as exc:
+        raise GatewayError("invalid_request", f"Invalid value for 'models': {exc}.", param="models") from None
+    return operator_node_object(Node.objects.prefetch_related("models").get(id=node.id))
+
+
+async def register_node(req: ApiRequest):
+    operator_id = await authenticate_operator(req)
+    data = validate(NodeRegisterRequest, parse_json(await req.body()))
+    names = [m.model for m in data.models]
+    if len(set(names)) != len(names):
+        raise GatewayError("invalid_request", "Invalid value for 'models': a model is listed twice.", param="models")
+    obj = await sync_to_async(_register_sync, thread_sensitive=True)(operator_id, data)
+    return json_response(req, orjson.dumps(obj))
+
+
+# Two statements, one round trip: was the node healthy (a change reloads every catalog), then the update.
+_HEARTBEAT_SQL = (
+    "SELECT id, healthy, status FROM nodes_node WHERE public_id = %(node)s AND operator_id = %(operator)s",
+    """UPDATE nodes_node SET load = %(load)s, queue_depth = %(queue_depth)s, models_loaded = %(models_loaded)s,
+           last_heartbeat_at = %(now)s, last_health_at = %(now)s, healthy = TRUE
+       WHERE public_id = %(node)s AND operator_id = %(operator)s""",
+)
+
+
+async def node_heartbeat(req: ApiRequest):
+    operator_id = await authenticate_operator(req)
+    node_id = req.request.path_params["node_id"]
+    data = validate(NodeHeartbeatRequest, parse_json(await req.body()))
+    now = timezone.now()
+    params = {
+        "node": node_id,
+        "operator": operator_id,
+        "load": data.load,
+        "queue_depth": data.queue_depth,
+        "models_loaded": orjson.dumps(data.models_loaded).decode(),
+        "now": now,
+    }
+    try:
+        before, _ = await asyncdb.run(asyncdb.Stmt(_HEARTBEAT_SQL[0], params, fetch=True), asyncdb.Stmt(_HEARTBEAT_SQL[1], params))
+    except asyncdb.DatabaseUnavailable:
+        raise GatewayError("service_unavailable", "The node registry is unreachable; try again shortly.") from None
+    if not before.rows:  # another operator's node is as absent as a missing one
+        raise GatewayError("not_found", f"No such node: {node_id}.")
+    pk, was_healthy, status = before.rows[0]
+    await bus.publish_async(LOAD_TOPIC, f"{pk}:{data.load}")
+    if not was_healthy:
+        await asyncio.to_thread(bus.publish, NODES_TOPIC, node_id)
+    payload = {"id": node_id, "object": "node.heartbeat", "status": status, "healthy": True, "received_at": int(now.timestamp())}
+    return json_response(req, orjson.dumps(payload))
+
+
+async def list_nodes(req: ApiRequest):
+    """The active, healthy nodes serving a priced model the caller's project can use."""
+    await req.authenticate(publishable_ok=False)
+    now = timezone.now()
+    nodes: dict[str, dict[str, Any]] = {}
+    for entry in (await catalog.models()).values():
+        if entry.price_at(now) is None:
+            continue
+        for served in entry.served_by:
+            target = served.node
+            if not target.healthy:
+                continue
+            obj = nodes.get(target.public_id)
+            if obj is None:
+                obj = nodes[target.public_id] = {
+                    "id": target.public_id,
+                    "region": target.region,
+                    "attestation": target.attestation,
+                    "gpus": target.gpus,
+                    "load": router.load_of(served),
+                    "models": [],
+                }
+            obj["models"].append(entry.name)
+    data = sorted(nodes.values(), key=lambda o: o["id"])
+    for obj in data:
+        obj["models"].sort()
+    return json_response(req, orjson.dumps({"object": "list", "data": data}))

@@ -1,17 +1,29 @@
 """What the gateway needs to know about nodes, loaded without the sync ORM."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from config import asyncdb
+from config import asyncdb, crypto
 
 NODES_TOPIC = "nodes"
 # "<node id>:<load>" from a heartbeat: routers update their view of the load without
 # reloading the catalog (heartbeats are frequent; NODES_TOPIC reloads everything).
 LOAD_TOPIC = "node-load"
+CREDENTIALS_PURPOSE = "node-credentials"
+
+
+def credentials_aad(public_id: str) -> bytes:
+    """Binds sealed credentials to their node: moved to another row, they do not open."""
+    return f"node:{public_id}".encode()
+
+
+def open_credentials(public_id: str, sealed: bytes | memoryview | None) -> str | None:
+    if not sealed:
+        return None
+    return crypto.open_sealed(CREDENTIALS_PURPOSE, bytes(sealed), credentials_aad(public_id)).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +37,8 @@ class NodeTarget:
     healthy: bool
     load: float = 0.0  # as last reported by the node's heartbeat, 0..1
     gpus: int = 0
+    # What the adapter sends upstream as Authorization; in memory only, never in a repr or a log.
+    credentials: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +54,7 @@ class ServedModel:
 
 _SERVED_SQL = """
 SELECT n.id, n.public_id, n.base_url, n.adapter, n.region, n.attestation, n.healthy, n.load, n.gpus,
-       m.model, m.upstream_model, m.context_window, m.max_output_tokens, m.input_modalities
+       m.model, m.upstream_model, m.context_window, m.max_output_tokens, m.input_modalities, n.credentials
 FROM nodes_node n JOIN nodes_nodemodel m ON m.node_id = n.id
 WHERE n.status = 'active'
 ORDER BY m.model, n.id
@@ -56,14 +70,17 @@ def _modalities(value: Any) -> frozenset[str]:
 
 async def served_models() -> list[ServedModel]:
     (result,) = await asyncdb.run(asyncdb.Stmt(_SERVED_SQL, fetch=True))
-    return [
-        ServedModel(
-            model=row[9],
-            upstream_model=row[10],
-            context_window=row[11],
-            max_output_tokens=row[12],
-            node=NodeTarget(*row[:6], healthy=bool(row[6]), load=float(row[7]), gpus=row[8]),
+    nodes: dict[int, NodeTarget] = {}  # one target per node, its credentials opened once
+    out = []
+    for row in result.rows:
+        node = nodes.get(row[0])
+        if node is None:
+            node = nodes[row[0]] = NodeTarget(
+                *row[:6], healthy=bool(row[6]), load=float(row[7]), gpus=row[8],
+                credentials=open_credentials(row[1], row[14]),
+            )
+        out.append(ServedModel(
+            model=row[9], upstream_model=row[10], context_window=row[11], max_output_tokens=row[12], node=node,
             modalities=_modalities(row[13]),
-        )
-        for row in result.rows
-    ]
+        ))
+    return out

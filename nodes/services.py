@@ -11,9 +11,9 @@ from config.ids import new_id
 from console import keys
 
 from .models import Modality, Node, NodeModel, NodeToken
+from . import registry
 from .registry import NODES_TOPIC
 
-CREDENTIALS_PURPOSE = "node-credentials"
 _GPU_COUNT = re.compile(r"^\s*(\d+)\s*[x×]", re.IGNORECASE)
 
 
@@ -149,13 +149,12 @@ def node_register(
     return node
 
 
-def _credentials_aad(node: Node) -> bytes:
-    return f"node:{node.public_id}".encode()
-
-
 def node_credentials_set(*, node: Node, credentials: str | None) -> None:
     """Store the secret the adapter sends upstream (as Authorization), sealed; None or "" clears it."""
-    sealed = crypto.seal(CREDENTIALS_PURPOSE, credentials.encode(), _credentials_aad(node)) if credentials else None
+    sealed = (
+        crypto.seal(registry.CREDENTIALS_PURPOSE, credentials.encode(), registry.credentials_aad(node.public_id))
+        if credentials else None
+    )
     Node.objects.filter(id=node.id).update(credentials=sealed)
     node.credentials = sealed
     _changed()
@@ -164,9 +163,7 @@ def node_credentials_set(*, node: Node, credentials: str | None) -> None:
 def node_credentials(*, node: Node) -> str | None:
     """The node's upstream credentials in clear, or None."""
     sealed = Node.objects.filter(id=node.id).values_list("credentials", flat=True).first()
-    if not sealed:
-        return None
-    return crypto.open_sealed(CREDENTIALS_PURPOSE, bytes(sealed), _credentials_aad(node)).decode()
+    return registry.open_credentials(node.public_id, sealed)
 
 
 @transaction.atomic

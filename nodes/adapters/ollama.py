@@ -22,7 +22,7 @@ from django.conf import settings
 from nodes import http
 
 from .base import NodeError, register
-from .openai import _JSON, OpenAICompatibleAdapter, _error_from, _timeout
+from .openai import OpenAICompatibleAdapter, _error_from, _timeout
 
 KEEP_ALIVE = "5m"  # Ollama's own default for a loaded model
 PULL_IDLE_SECONDS = 300  # a pull may go quiet this long (large layers, slow registry) before it counts as stuck
@@ -46,7 +46,7 @@ class OllamaAdapter(OpenAICompatibleAdapter):
         data = orjson.dumps(body) if body is not None else None
         try:
             async with http.session().request(
-                method, self._native(path), data=data, headers=_JSON, timeout=_timeout()
+                method, self._native(path), data=data, headers=self._json, timeout=_timeout()
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
@@ -90,7 +90,7 @@ class OllamaAdapter(OpenAICompatibleAdapter):
         )
         body = orjson.dumps({"model": name, "stream": True})
         try:
-            async with http.session().post(self._native("/api/pull"), data=body, headers=_JSON, timeout=timeout) as resp:
+            async with http.session().post(self._native("/api/pull"), data=body, headers=self._json, timeout=timeout) as resp:
                 if resp.status >= 400:
                     raise _native_error(resp.status, await resp.read())
                 buffer = b""

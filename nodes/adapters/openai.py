@@ -44,6 +44,14 @@ def _error_from(status: int, raw: bytes) -> NodeError:
 class OpenAICompatibleAdapter(NodeAdapter):
     kind = "openai"
 
+    def __init__(self, target):
+        super().__init__(target)
+        if target.credentials:  # a hosted or protected upstream: its key goes with every call
+            auth = {"authorization": f"Bearer {target.credentials}"}
+            self._json, self._sse = {**_JSON, **auth}, {**_SSE, **auth}
+        else:
+            self._json, self._sse = _JSON, _SSE
+
     def _url(self, path: str) -> str:
         return self.target.base_url.rstrip("/") + path
 
@@ -65,7 +73,7 @@ class OpenAICompatibleAdapter(NodeAdapter):
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             async with http.session().post(
-                self._url(path), data=orjson.dumps(body), headers=_JSON, timeout=_timeout()
+                self._url(path), data=orjson.dumps(body), headers=self._json, timeout=_timeout()
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
@@ -77,7 +85,9 @@ class OpenAICompatibleAdapter(NodeAdapter):
     async def _post_stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The parsed ``data:`` events of an SSE answer, up to ``[DONE]``."""
         try:
-            resp = await http.session().post(self._url(path), data=orjson.dumps(body), headers=_SSE, timeout=_timeout())
+            resp = await http.session().post(
+                self._url(path), data=orjson.dumps(body), headers=self._sse, timeout=_timeout()
+            )
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise NodeError(f"node unreachable: {exc.__class__.__name__}", permanent=False) from exc
         done = False
@@ -109,7 +119,7 @@ class OpenAICompatibleAdapter(NodeAdapter):
 
     async def list_models(self) -> list[str]:
         try:
-            async with http.session().get(self._url("/models"), headers=_JSON, timeout=_timeout()) as resp:
+            async with http.session().get(self._url("/models"), headers=self._json, timeout=_timeout()) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise _error_from(resp.status, raw)

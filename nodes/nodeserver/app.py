@@ -519,9 +519,23 @@ def _control(control: Control) -> Handler:
 DIALECTS = ("openai", "ollama")
 
 
-def build_app(engine: Engine, dialect: str = "openai") -> web.Application:
+def require_key(api_key: str):
+    """Like a hosted upstream: /v1 answers 401 unless ``Authorization: Bearer <api_key>``."""
+    expected = f"Bearer {api_key}"
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/") and request.headers.get("Authorization") != expected:
+            return error_response(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        return await handler(request)
+
+    return check
+
+
+def build_app(engine: Engine, dialect: str = "openai", api_key: str = "") -> web.Application:
     """The OpenAI routes; with the "ollama" dialect also Ollama's native ``/api`` (see ``ollama.py``)."""
-    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY_BYTES)
+    middlewares = [errors, require_key(api_key)] if api_key else [errors]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[ENGINE] = engine
     app[STARTED] = int(time.time())
     app.add_routes(
@@ -548,8 +562,10 @@ def build_app(engine: Engine, dialect: str = "openai") -> web.Application:
     return app
 
 
-async def _serve(engine: Engine, host: str, port: int, banner: str, dialect: str) -> None:
-    runner = web.AppRunner(build_app(engine, dialect), handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+async def _serve(engine: Engine, host: str, port: int, banner: str, dialect: str, api_key: str) -> None:
+    runner = web.AppRunner(
+        build_app(engine, dialect, api_key), handler_cancellation=True, access_log=None, shutdown_timeout=5.0
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()
@@ -564,6 +580,6 @@ async def _serve(engine: Engine, host: str, port: int, banner: str, dialect: str
         await runner.cleanup()
 
 
-def serve(engine: Engine, host: str, port: int, banner: str, dialect: str = "openai") -> None:
+def serve(engine: Engine, host: str, port: int, banner: str, dialect: str = "openai", api_key: str = "") -> None:
     """Serve until SIGTERM or SIGINT, printing ``<banner> listening on http://HOST:PORT`` when ready."""
-    asyncio.run(_serve(engine, host, port, banner, dialect))
+    asyncio.run(_serve(engine, host, port, banner, dialect, api_key))

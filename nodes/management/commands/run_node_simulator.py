@@ -37,6 +37,7 @@ class Command(BaseCommand):
             default="openai",
             help="ollama also serves Ollama's native /api (tags, ps, pull, load/unload via generate)",
         )
+        parser.add_argument("--api-key", default="", help="require 'Authorization: Bearer <key>' on /v1, like a hosted API")
 
     def handle(self, *args: Any, **options: Any) -> None:
         models = [m.strip() for m in options["models"].split(",") if m.strip()]
@@ -55,4 +56,5 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         engine = SimulatorEngine(models, config, seed=options["seed"])
-        serve(engine, options["host"], options["port"], banner="node simulator", dialect=options["dialect"])
+        serve(engine, options["host"], options["port"], banner="node simulator", dialect=options["dialect"],
+              api_key=options["api_key"])

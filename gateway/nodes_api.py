@@ -7,7 +7,6 @@ operator or token.
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -17,11 +16,11 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from config import asyncdb, bus
+from config import asyncdb
 from console import keys
 from nodes import router
 from nodes.adapters import ADAPTERS
-from nodes.registry import LOAD_TOPIC, NODES_TOPIC
+from nodes.heartbeat import node_heartbeat_record
 
 from .auth import presented_key
 from .catalog import catalog
@@ -173,38 +172,20 @@ async def register_node(req: ApiRequest):
     return json_response(req, orjson.dumps(obj))
 
 
-# Two statements, one round trip: was the node healthy (a change reloads every catalog), then the update.
-_HEARTBEAT_SQL = (
-    "SELECT id, healthy, status FROM nodes_node WHERE public_id = %(node)s AND operator_id = %(operator)s",
-    """UPDATE nodes_node SET load = %(load)s, queue_depth = %(queue_depth)s, models_loaded = %(models_loaded)s,
-           last_heartbeat_at = %(now)s, last_health_at = %(now)s, healthy = TRUE
-       WHERE public_id = %(node)s AND operator_id = %(operator)s""",
-)
-
-
 async def node_heartbeat(req: ApiRequest):
     operator_id = await authenticate_operator(req)
     node_id = req.request.path_params["node_id"]
     data = validate(NodeHeartbeatRequest, parse_json(await req.body()))
     now = timezone.now()
-    params = {
-        "node": node_id,
-        "operator": operator_id,
-        "load": data.load,
-        "queue_depth": data.queue_depth,
-        "models_loaded": orjson.dumps(data.models_loaded).decode(),
-        "now": now,
-    }
     try:
-        before, _ = await asyncdb.run(asyncdb.Stmt(_HEARTBEAT_SQL[0], params, fetch=True), asyncdb.Stmt(_HEARTBEAT_SQL[1], params))
+        status = await node_heartbeat_record(
+            node_public_id=node_id, operator_id=operator_id, load=data.load, queue_depth=data.queue_depth,
+            models_loaded=data.models_loaded, now=now,
+        )
     except asyncdb.DatabaseUnavailable:
         raise GatewayError("service_unavailable", "The node registry is unreachable; try again shortly.") from None
-    if not before.rows:  # another operator's node is as absent as a missing one
+    if status is None:  # another operator's node is as absent as a missing one
         raise GatewayError("not_found", f"No such node: {node_id}.")
-    pk, was_healthy, status = before.rows[0]
-    await bus.publish_async(LOAD_TOPIC, f"{pk}:{data.load}")
-    if not was_healthy:
-        await asyncio.to_thread(bus.publish, NODES_TOPIC, node_id)
     payload = {"id": node_id, "object": "node.heartbeat", "status": status, "healthy": True, "received_at": int(now.timestamp())}
     return json_response(req, orjson.dumps(payload))
 

@@ -39,6 +39,8 @@ class Node(models.Model):
     queue_depth = models.PositiveIntegerField(default=0)
     models_loaded = models.JSONField(default=list, blank=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Probes failed in a row: NODE_UNHEALTHY_AFTER of them mark the node unhealthy.
+    consecutive_failures = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

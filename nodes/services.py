@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -96,11 +97,23 @@ def node_set_status(*, node: Node, status: str) -> Node:
     return node
 
 
-def node_record_health(*, node: Node, healthy: bool) -> None:
-    changed = Node.objects.filter(id=node.id).exclude(healthy=healthy).update(healthy=healthy)
-    Node.objects.filter(id=node.id).update(last_health_at=timezone.now())
-    if changed:
-        bus.publish(NODES_TOPIC, node.public_id)
+def node_record_health(*, node: Node, healthy: bool, now=None) -> bool:
+    """Record one probe. A failure counts; NODE_UNHEALTHY_AFTER in a row mark the node
+    unhealthy; one success marks it healthy again. A node that sent heartbeats and
+    then fell silent for NODE_HEARTBEAT_STALE_SECONDS is unhealthy whatever its probe says.
+    Returns the node's health now; routers everywhere hear of a change."""
+    now = now or timezone.now()
+    stale = node.last_heartbeat_at is not None and (
+        (now - node.last_heartbeat_at).total_seconds() > settings.NODE_HEARTBEAT_STALE_SECONDS
+    )
+    with transaction.atomic():
+        locked = Node.objects.select_for_update().only("healthy", "consecutive_failures").get(id=node.id)
+        failures = 0 if healthy else locked.consecutive_failures + 1
+        now_healthy = not stale and (healthy or (locked.healthy and failures < settings.NODE_UNHEALTHY_AFTER))
+        Node.objects.filter(id=node.id).update(healthy=now_healthy, consecutive_failures=failures, last_health_at=now)
+        if now_healthy != locked.healthy:
+            transaction.on_commit(lambda: bus.publish(NODES_TOPIC, node.public_id))
+    return now_healthy
 
 
 def gpus_from_hardware(hardware: str) -> int:

@@ -4,7 +4,7 @@ from celery import shared_task
 
 from .adapters import adapter_for
 from .models import Node
-from .registry import NodeTarget
+from .registry import NodeTarget, open_credentials
 from .services import node_record_health
 
 
@@ -17,6 +17,7 @@ def _target(node: Node) -> NodeTarget:
         region=node.region,
         attestation=node.attestation,
         healthy=node.healthy,
+        credentials=open_credentials(node.public_id, node.credentials),
     )
 
 
@@ -33,6 +34,4 @@ async def _probe(targets: list[NodeTarget]) -> list[bool]:
 def check_node_health() -> dict[str, bool]:
     nodes = list(Node.objects.exclude(status=Node.Status.DISABLED))
     results = asyncio.run(_probe([_target(n) for n in nodes])) if nodes else []
-    for node, healthy in zip(nodes, results):
-        node_record_health(node=node, healthy=healthy)
-    return {n.public_id: ok for n, ok in zip(nodes, results)}
+    return {node.public_id: node_record_health(node=node, healthy=ok) for node, ok in zip(nodes, results)}

@@ -120,9 +120,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Without a broker there is no beat process: the server runs the schedule itself.
 EMBEDDED_BEAT = env_bool("EMBEDDED_BEAT", CELERY_TASK_ALWAYS_EAGER)
+# A node is marked unhealthy after this many failed probes in a row (one success brings it back),
+# or when it sent heartbeats and then none for NODE_HEARTBEAT_STALE_SECONDS.
+NODE_UNHEALTHY_AFTER = env_int("NODE_UNHEALTHY_AFTER", 3, minimum=1)
+NODE_HEARTBEAT_STALE_SECONDS = env_int("NODE_HEARTBEAT_STALE_SECONDS", 60, minimum=5)
 CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
-    "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": 15.0},
+    "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": env_int("NODE_HEALTH_INTERVAL_SECONDS", 15, minimum=1)},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},
 }
 

@@ -38,3 +38,42 @@ def test_credentials_reach_a_protected_upstream_and_nowhere_else(server, alice, 
 
     [served_model] = run_async(registry.served_models())
     assert served_model.node.credentials == "upstream-s3cret" and "s3cret" not in repr(served_model)
+
+
+def test_health_probes_mark_a_node_down_after_failures_in_a_row_and_up_after_one_success(
+    transactional_db, guarded, settings
+):
+    from nodes.models import Node
+    from nodes.services import node_credentials_set
+    from nodes.tasks import check_node_health
+
+    node = node_upsert(name="hosted", base_url=f"{guarded.url}/v1", region="test-1",
+                       models=[{"model": SIM_MODEL, "context_window": 8192, "max_output_tokens": 256}])
+    node_credentials_set(node=node, credentials="upstream-s3cret")
+    assert check_node_health() == {node.public_id: True}  # the probe carries the node's credentials
+
+    node_credentials_set(node=node, credentials="wrong")  # now every probe fails
+    outcomes = [check_node_health()[node.public_id] for _ in range(settings.NODE_UNHEALTHY_AFTER)]
+    assert outcomes == [True] * (settings.NODE_UNHEALTHY_AFTER - 1) + [False]
+    assert Node.objects.get(id=node.id).consecutive_failures == settings.NODE_UNHEALTHY_AFTER
+
+    node_credentials_set(node=node, credentials="upstream-s3cret")
+    assert check_node_health() == {node.public_id: True}
+    assert Node.objects.get(id=node.id).consecutive_failures == 0
+
+
+def test_a_node_whose_heartbeats_stopped_is_unhealthy(transactional_db, sim, settings):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from nodes.models import Node
+    from nodes.tasks import check_node_health
+
+    node = node_upsert(name="quiet", base_url=f"{sim.url}/v1", region="test-1",
+                       models=[{"model": SIM_MODEL, "context_window": 8192, "max_output_tokens": 256}])
+    Node.objects.filter(id=node.id).update(last_heartbeat_at=timezone.now())
+    assert check_node_health() == {node.public_id: True}
+    silent = timezone.now() - dt.timedelta(seconds=settings.NODE_HEARTBEAT_STALE_SECONDS + 1)
+    Node.objects.filter(id=node.id).update(last_heartbeat_at=silent)
+    assert check_node_health() == {node.public_id: False}  # it answers probes, but stopped reporting

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import httpx
+from django.conf import settings
 import pytest
 
 from tests.conftest import SIM_PRICE, cache_settle
@@ -136,13 +137,15 @@ def test_a_heartbeat_brings_an_unhealthy_node_back(server, alice, sim, operator_
 
     price_publish(model=MODEL, **SIM_PRICE)
     node_id = register(server, operator_token, registration(sim))["id"]
-    node_record_health(node=Node.objects.get(public_id=node_id), healthy=False)
+    for _ in range(settings.NODE_UNHEALTHY_AFTER):  # failed probes in a row
+        node_record_health(node=Node.objects.get(public_id=node_id), healthy=False)
     cache_settle()
     assert list_nodes(server, alice).json()["data"] == []
     assert heartbeat(server, operator_token, node_id, load=0.2).status_code == 200
     cache_settle()
     assert [n["id"] for n in list_nodes(server, alice).json()["data"]] == [node_id]
-    assert Node.objects.get(public_id=node_id).healthy
+    node = Node.objects.get(public_id=node_id)
+    assert node.healthy and node.consecutive_failures == 0
 
 
 def test_another_operators_node_is_not_found(server, alice, sim, operator_token):

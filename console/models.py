@@ -49,6 +49,11 @@ class Project(models.Model):
     # Micro-units per calendar month (UTC); null means no cap. Enforced by
     # billing.SpendCounter; change it only through console.services.
     monthly_spend_cap = models.PositiveBigIntegerField(null=True, blank=True)
+    # Nodes without attestation (hosted providers, plain servers) see prompts in clear:
+    # they serve this project only if it says so. Off by default: the platform's promise.
+    allow_non_confidential = models.BooleanField(default=False)
+    # Nodes in this region are tried first (e.g. "eu-west"); blank means no preference.
+    region_preference = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -49,6 +49,8 @@ def project_update(
     tpm_limit: int | None = None,
     monthly_spend_cap: int | None = None,
     stream_resume_seconds: int | None = None,
+    allow_non_confidential: bool | None = None,
+    region_preference: str | None = None,
 ) -> Project:
     """Change the given settings; None leaves one as it is (clear a spend cap
     with ``project_spend_cap_set(monthly_spend_cap=None)``)."""
@@ -61,6 +63,8 @@ def project_update(
         "rpm_limit": rpm_limit,
         "tpm_limit": tpm_limit,
         "stream_resume_seconds": stream_resume_seconds,
+        "allow_non_confidential": allow_non_confidential,
+        "region_preference": region_preference.strip() if region_preference is not None else None,
     }
     fields = [field for field, value in changes.items() if value is not None]
     for field in fields:

@@ -45,6 +45,8 @@ class KeyRecord:
     key_tpm_limit: int | None = None
     project_spend_cap: int | None = None  # monthly, micro-units (None: uncapped)
     key_spend_cap: int | None = None
+    allow_non_confidential: bool = False  # the project's: may nodes without attestation serve it?
+    region_preference: str = ""  # the project's preferred node region ("" = none)
 
     @property
     def publishable(self) -> bool:
@@ -55,7 +57,8 @@ _KEY_SQL = """
 SELECT k.id, k.public_id, k.kind, k.hash, k.status, k.expires_at,
        p.id, p.public_id, p.organization_id, p.allowed_origins, p.idempotency_required, p.rpm_limit, p.tpm_limit,
        cw.id, uw.id, cw.currency, p.stream_resume_seconds,
-       k.rpm_limit, k.tpm_limit, p.monthly_spend_cap, k.monthly_spend_cap
+       k.rpm_limit, k.tpm_limit, p.monthly_spend_cap, k.monthly_spend_cap,
+       p.allow_non_confidential, p.region_preference
 FROM console_apikey k
 JOIN console_project p ON p.id = k.project_id
 JOIN billing_billingaccount a ON a.organization_id = p.organization_id
@@ -92,6 +95,8 @@ def _record(row: tuple) -> KeyRecord:
         key_tpm_limit=row[18],
         project_spend_cap=row[19],
         key_spend_cap=row[20],
+        allow_non_confidential=bool(row[21]),
+        region_preference=row[22] or "",
     )
 
 

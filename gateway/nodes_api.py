@@ -191,16 +191,20 @@ async def node_heartbeat(req: ApiRequest):
 
 
 async def list_nodes(req: ApiRequest):
-    """The active, healthy nodes serving a priced model the caller's project can use."""
-    await req.authenticate(publishable_ok=False)
+    """The nodes that may serve the caller's project now: active, healthy, eligible (attested,
+    or non-confidential where the project allows it), serving a priced model."""
+    key = await req.authenticate(publishable_ok=False)
     now = timezone.now()
+    epoch = now.timestamp()
     nodes: dict[str, dict[str, Any]] = {}
     for entry in (await catalog.models()).values():
         if entry.price_at(now) is None:
             continue
         for served in entry.served_by:
             target = served.node
-            if not target.healthy:
+            if not target.healthy or not router.eligible(
+                served, allow_non_confidential=key.allow_non_confidential, now=epoch
+            ):
                 continue
             obj = nodes.get(target.public_id)
             if obj is None:

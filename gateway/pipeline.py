@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.utils import timezone
 
 from billing.pricing import Usage
@@ -45,8 +46,15 @@ def usage_from(raw: dict[str, Any] | None) -> Usage | None:
     )
 
 
-def node_info(served: ServedModel) -> dict[str, str]:
-    return {"id": served.node.public_id, "attestation": served.node.attestation, "region": served.node.region}
+def node_info(served: ServedModel) -> dict[str, Any]:
+    """Who served the answer: every response says whether the node was confidential (attested)."""
+    node = served.node
+    return {
+        "id": node.public_id,
+        "attestation": node.attestation,
+        "confidential": node.attestation == router.VERIFIED,
+        "region": node.region,
+    }
 
 
 def node_headers(served: ServedModel) -> dict[str, str]:
@@ -76,17 +84,10 @@ async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
         )
     # A prompt can never be longer than the context window: a longer one is refused by the node.
     prompt_bound = min(dialect.prompt_bound(), entry.context_window)
-    candidates = [s for s in router.order(entry.served_by) if dialect.modalities <= s.modalities]
-    if not candidates:
-        wanted = ", ".join(sorted(dialect.modalities - {"text"}))
-        raise GatewayError(
-            "unsupported_content", f"The model '{dialect.model}' does not accept {wanted} input.", param="messages"
-        )
+    candidates = candidates_for(entry, key, modalities=dialect.modalities)
     claim = idempotency.from_request(req.headers, body, project_id=key.project_id, required=key.idempotency_required)
     decision = await limits.admit(key=key, tokens=prompt_bound + output_cap)
     req.extra_headers.update(decision.headers())
-    if not any(s.node.healthy for s in candidates):
-        raise GatewayError("no_nodes_available", f"No healthy node is serving '{dialect.model}' right now; retry later.")
 
     paid = PaidRequest(
         key=key,
@@ -118,6 +119,35 @@ async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
         if not paid.finished:  # a bug, not a node failure: release the hold now, not at the sweeper
             await paid.finish(usage=None, status_code=500, error_code="internal_error")
         raise
+
+
+def no_nodes(message: str) -> GatewayError:
+    retry = str(settings.NODE_HEALTH_INTERVAL_SECONDS)
+    return GatewayError("no_nodes_available", message, headers={"retry-after": retry})
+
+
+def candidates_for(entry: ModelEntry, key, *, modalities: frozenset[str] = frozenset({"text"})) -> list[ServedModel]:
+    """The nodes that may serve this request, in the order to try them.
+
+    Refused here, before any limit or money is touched: content the model's nodes
+    cannot take (400), and no eligible healthy node (503 with Retry-After).
+    """
+    served = [s for s in entry.served_by if modalities <= s.modalities]
+    if not served:
+        wanted = ", ".join(sorted(modalities - {"text"}))
+        raise GatewayError("unsupported_content", f"The model '{entry.name}' does not accept {wanted} input.", param="messages")
+    now = time.time()
+    allowed = [s for s in served if router.eligible(s, allow_non_confidential=key.allow_non_confidential, now=now)]
+    if not allowed:
+        if not key.allow_non_confidential and any(s.node.attestation == router.NONE for s in served):
+            raise no_nodes(
+                f"No attested node is serving '{entry.name}'; the nodes that serve it are not confidential "
+                "and this project does not allow non-confidential nodes (see the project's settings)."
+            )
+        raise no_nodes(f"No node with a verified, current attestation is serving '{entry.name}' right now; retry later.")
+    if not any(s.node.healthy for s in allowed):
+        raise no_nodes(f"No healthy node is serving '{entry.name}' right now; retry later.")
+    return router.order(allowed, region=key.region_preference)
 
 
 def _give_back(key, tokens: int) -> None:

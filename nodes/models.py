@@ -28,6 +28,8 @@ class Node(models.Model):
     hardware = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     attestation = models.CharField(max_length=16, choices=Attestation.choices, default=Attestation.NONE)
+    # A verified attestation is trusted until then; after it the node is stale and routed around.
+    attestation_expires_at = models.DateTimeField(null=True, blank=True)
     gpus = models.PositiveIntegerField(default=0, help_text="GPU count (e.g. 8 for '8x H100')")
     healthy = models.BooleanField(default=True)
     last_health_at = models.DateTimeField(null=True, blank=True)

@@ -37,6 +37,7 @@ class NodeTarget:
     healthy: bool
     load: float = 0.0  # as last reported by the node's heartbeat, 0..1
     gpus: int = 0
+    attested_until: float | None = None  # epoch seconds; a verified attestation is stale after it
     # What the adapter sends upstream as Authorization; in memory only, never in a repr or a log.
     credentials: str | None = field(default=None, repr=False)
 
@@ -54,7 +55,8 @@ class ServedModel:
 
 _SERVED_SQL = """
 SELECT n.id, n.public_id, n.base_url, n.adapter, n.region, n.attestation, n.healthy, n.load, n.gpus,
-       m.model, m.upstream_model, m.context_window, m.max_output_tokens, m.input_modalities, n.credentials
+       m.model, m.upstream_model, m.context_window, m.max_output_tokens, m.input_modalities, n.credentials,
+       n.attestation_expires_at
 FROM nodes_node n JOIN nodes_nodemodel m ON m.node_id = n.id
 WHERE n.status = 'active'
 ORDER BY m.model, n.id
@@ -68,6 +70,11 @@ def _modalities(value: Any) -> frozenset[str]:
     return frozenset(value)
 
 
+def _epoch(value: Any) -> float | None:
+    moment = asyncdb.as_datetime(value)
+    return moment.timestamp() if moment else None
+
+
 async def served_models() -> list[ServedModel]:
     (result,) = await asyncdb.run(asyncdb.Stmt(_SERVED_SQL, fetch=True))
     nodes: dict[int, NodeTarget] = {}  # one target per node, its credentials opened once
@@ -77,7 +84,7 @@ async def served_models() -> list[ServedModel]:
         if node is None:
             node = nodes[row[0]] = NodeTarget(
                 *row[:6], healthy=bool(row[6]), load=float(row[7]), gpus=row[8],
-                credentials=open_credentials(row[1], row[14]),
+                attested_until=_epoch(row[15]), credentials=open_credentials(row[1], row[14]),
             )
         out.append(ServedModel(
             model=row[9], upstream_model=row[10], context_window=row[11], max_output_tokens=row[12], node=node,

@@ -1,8 +1,13 @@
-"""Choose the order in which to try nodes for a request.
+"""Which nodes may serve a request, and the order in which to try them.
 
-Healthy nodes first (the health task's view, and this process's own: a node
+Eligible: a node with a verified attestation that has not expired, or, only for
+a project that allows non-confidential nodes, one without attestation
+(``none``: hosted providers, plain servers). An unverified node (registered,
+not yet or no longer attested) serves nobody.
+
+Order: healthy nodes first (the health task's view, and this process's own: a node
 that just failed is skipped for a backoff that doubles up to a minute), then
-by this process's in-flight count, then by the load the node last reported
+in the project's preferred region (if it has one), then by this process's in-flight count, then by the load the node last reported
 in a heartbeat (the least-loaded first), random among equals.
 """
 from __future__ import annotations
@@ -17,6 +22,8 @@ from config import bus
 from nodes.registry import LOAD_TOPIC, ServedModel
 
 MAX_BACKOFF = 60.0
+# Node.Attestation values (the registry hands them over as strings).
+VERIFIED, NONE = "verified", "none"
 
 _inflight: dict[int, int] = defaultdict(int)
 _down_until: dict[int, float] = {}
@@ -43,13 +50,22 @@ def load_of(served: ServedModel) -> float:
     return _reported_load.get(served.node.id, served.node.load)
 
 
-def order(candidates: Sequence[ServedModel]) -> list[ServedModel]:
+def eligible(served: ServedModel, *, allow_non_confidential: bool, now: float) -> bool:
+    """``now`` in epoch seconds (time.time())."""
+    node = served.node
+    if node.attestation == VERIFIED:
+        return node.attested_until is not None and node.attested_until > now
+    return node.attestation == NONE and allow_non_confidential
+
+
+def order(candidates: Sequence[ServedModel], *, region: str = "") -> list[ServedModel]:
     now = time.monotonic()
 
     def rank(served: ServedModel) -> tuple:
         node = served.node
         usable = node.healthy and _down_until.get(node.id, 0.0) <= now
-        return (not usable, _inflight[node.id], load_of(served), random.random())
+        elsewhere = bool(region) and node.region != region
+        return (not usable, elsewhere, _inflight[node.id], load_of(served), random.random())
 
     return sorted(candidates, key=rank)
 

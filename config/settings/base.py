@@ -124,9 +124,10 @@ EMBEDDED_BEAT = env_bool("EMBEDDED_BEAT", CELERY_TASK_ALWAYS_EAGER)
 # or when it sent heartbeats and then none for NODE_HEARTBEAT_STALE_SECONDS.
 NODE_UNHEALTHY_AFTER = env_int("NODE_UNHEALTHY_AFTER", 3, minimum=1)
 NODE_HEARTBEAT_STALE_SECONDS = env_int("NODE_HEARTBEAT_STALE_SECONDS", 60, minimum=5)
+NODE_HEALTH_INTERVAL_SECONDS = env_int("NODE_HEALTH_INTERVAL_SECONDS", 15, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
-    "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": env_int("NODE_HEALTH_INTERVAL_SECONDS", 15, minimum=1)},
+    "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": NODE_HEALTH_INTERVAL_SECONDS},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},
 }
 

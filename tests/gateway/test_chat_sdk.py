@@ -28,7 +28,8 @@ def test_chat_completion_returns_answer_usage_node_and_bills_exact_cost(client, 
     assert completion.usage.prompt_tokens == node["prompt_tokens"]
     assert completion.usage.completion_tokens == node["completion_tokens"] == 3
     assert raw.headers["x-node-id"].startswith("node_") and raw.headers["x-request-id"].startswith("req_")
-    assert completion.model_extra["node"]["attestation"] == "none"
+    assert completion.model_extra["node"]["attestation"] == "verified"
+    assert completion.model_extra["node"]["confidential"] is True
 
     cost = sim_cost(completion.usage.prompt_tokens, 3)
     wallet = alice.wallet

@@ -18,6 +18,9 @@ def guarded():
 
 
 def test_credentials_reach_a_protected_upstream_and_nowhere_else(server, alice, guarded):
+    from console.services import project_update
+
+    project_update(project=alice.project, allow_non_confidential=True)  # a hosted upstream has no attestation
     node = node_upsert(name="hosted", base_url=f"{guarded.url}/v1", region="test-1",
                        models=[{"model": SIM_MODEL, "context_window": 8192, "max_output_tokens": 256}])
     price_publish(model=SIM_MODEL, **SIM_PRICE)

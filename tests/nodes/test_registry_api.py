@@ -5,7 +5,7 @@ import httpx
 from django.conf import settings
 import pytest
 
-from tests.conftest import SIM_PRICE, cache_settle
+from tests.conftest import SIM_PRICE, attest_node, cache_settle
 
 MODEL = "sim-large"
 SECRET = "upstream-secret-7f3a9c"
@@ -50,11 +50,14 @@ def list_nodes(server, tenant) -> httpx.Response:
     return httpx.get(f"{server.api}/nodes", headers=tenant.auth())
 
 
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
 def chat_node(server, tenant) -> str:
     response = httpx.post(
         f"{server.api}/chat/completions",
         headers=tenant.auth(),
-        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+        json=CHAT,
         timeout=30,
     )
     assert response.status_code == 200, response.text
@@ -77,11 +80,18 @@ def test_a_registered_node_is_listed_once_priced_and_serves_traffic(server, alic
 
     price_publish(model=MODEL, **SIM_PRICE)
     cache_settle()
+    assert list_nodes(server, alice).json()["data"] == []  # unverified: serves nobody
+    unattested = httpx.post(f"{server.api}/chat/completions", headers=alice.auth(), json=CHAT, timeout=30)
+    assert unattested.status_code == 503 and unattested.json()["error"]["code"] == "no_nodes_available"
+    assert unattested.headers["retry-after"].isdigit()
+
+    attest_node(node["id"])
+    cache_settle()
     listed = list_nodes(server, alice)
     assert listed.status_code == 200
     assert listed.json() == {
         "object": "list",
-        "data": [{"id": node["id"], "region": "eu-2", "attestation": "unverified", "gpus": 8, "load": 0.0, "models": [MODEL]}],
+        "data": [{"id": node["id"], "region": "eu-2", "attestation": "verified", "gpus": 8, "load": 0.0, "models": [MODEL]}],
     }
     for secret in (sim.url, "127.0.0.1", SECRET, "nt_live_", "credentials", "base_url", "operator"):
         assert secret not in listed.text
@@ -113,6 +123,8 @@ def test_heartbeats_record_load_and_the_router_prefers_the_least_loaded_node(ser
     price_publish(model=MODEL, **SIM_PRICE)
     a = register(server, operator_token, registration(sim, "rack-a"))["id"]
     b = register(server, operator_token, registration(sim, "rack-b"))["id"]
+    attest_node(a)
+    attest_node(b)
     cache_settle()
 
     response = heartbeat(server, operator_token, a, load=0.9, queue_depth=12, models_loaded=[MODEL])
@@ -137,6 +149,7 @@ def test_a_heartbeat_brings_an_unhealthy_node_back(server, alice, sim, operator_
 
     price_publish(model=MODEL, **SIM_PRICE)
     node_id = register(server, operator_token, registration(sim))["id"]
+    attest_node(node_id)
     for _ in range(settings.NODE_UNHEALTHY_AFTER):  # failed probes in a row
         node_record_health(node=Node.objects.get(public_id=node_id), healthy=False)
     cache_settle()

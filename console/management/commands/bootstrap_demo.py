@@ -68,6 +68,10 @@ class Command(BaseCommand):
         origin = settings.PUBLIC_BASE_URL.rstrip("/")
         if origin not in project.allowed_origins:
             services.project_update(project=project, allowed_origins=[*project.allowed_origins, origin])
+        if settings.LOCAL_NODE_ENABLED and not project.allow_non_confidential:
+            # The built-in local node is a plain process on this machine, with no attestation:
+            # the demo project opts in to non-confidential nodes so it can use it.
+            services.project_update(project=project, allow_non_confidential=True)
 
         wallet = billing_services.customer_wallet(organization=organization)
         billing_services.wallet_credit(

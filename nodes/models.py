@@ -113,3 +113,58 @@ class NodeModel(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["node", "model"], name="nodemodel_unique")]
+
+
+class Job(models.Model):
+    """Work that outlives a request, run by a Celery worker through a node adapter.
+
+    A project's jobs (images, agent runs) are paid: reserved before they are queued and
+    settled when they end. An operator's jobs (model pulls) are free and belong to the
+    operator organization. Inputs and results can hold user content, so they are sealed
+    (config.crypto, bound to the job); ``params`` and ``progress`` hold only metadata.
+    Change a job only through nodes.jobs.
+    """
+
+    class Kind(models.TextChoices):
+        MODEL_PULL = "model.pull"
+        IMAGE = "image.generation"
+        AGENT_RUN = "agent.run"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "job"), editable=False)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    project = models.ForeignKey("console.Project", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    operator = models.ForeignKey("console.Organization", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    # The paid request this job settles (gateway.RequestRecord / billing transfer), if any.
+    request_id = models.CharField(max_length=40, blank=True)
+    params = models.JSONField(default=dict, blank=True)  # metadata only: model, size, n, agent name…
+    progress = models.JSONField(default=dict, blank=True)  # e.g. {"status", "completed", "total"}
+    sealed_input = models.BinaryField(null=True, blank=True, editable=False)
+    sealed_result = models.BinaryField(null=True, blank=True, editable=False)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # Exactly one owner: a project (paid work) or an operator (node management).
+            models.CheckConstraint(
+                condition=models.Q(project__isnull=False, operator__isnull=True)
+                | models.Q(project__isnull=True, operator__isnull=False),
+                name="job_one_owner",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "created_at"], name="job_status_created")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.public_id} ({self.status})"

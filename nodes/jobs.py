@@ -6,6 +6,7 @@ conditional UPDATE). Inputs and results are sealed, bound to the job's id.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import orjson
@@ -110,3 +111,30 @@ def job_object(job: Job, *, include_result: bool = True) -> dict[str, Any]:
     if include_result and job.status == Job.Status.SUCCEEDED:
         obj["result"] = job_result(job=job)
     return obj
+
+
+def job_enqueue(*, job: Job, task) -> None:
+    """Run the Celery ``task(job.public_id)`` once the job row is committed.
+
+    With a broker the task goes to a worker. Without one (the embedded default,
+    eager Celery) it runs on a daemon thread, so a caller on the event loop never
+    waits for a pull or a generation to finish.
+    """
+    from django.conf import settings
+
+    def send() -> None:
+        if settings.CELERY_TASK_ALWAYS_EAGER:
+            threading.Thread(target=_run_eager, args=(task, job.public_id), daemon=True, name=f"job:{job.public_id}").start()
+        else:
+            task.delay(job.public_id)
+
+    transaction.on_commit(send)
+
+
+def _run_eager(task, job_id: str) -> None:
+    from django.db import connections
+
+    try:
+        task.apply(args=(job_id,))
+    finally:
+        connections.close_all()  # this thread's connections die with it

@@ -29,6 +29,9 @@ class NodeError(Exception):
 
 class NodeAdapter:
     kind = "base"
+    # A hosted model API (OpenAI, Anthropic, …): it sees prompts in clear and can never be
+    # attested, so its nodes always carry attestation "none" (Node.PROVIDER_ADAPTERS).
+    provider = False
 
     def __init__(self, target: NodeTarget):
         self.target = target

@@ -55,6 +55,10 @@ class OpenAICompatibleAdapter(NodeAdapter):
     def _url(self, path: str) -> str:
         return self.target.base_url.rstrip("/") + path
 
+    def _error(self, status: int, raw: bytes) -> NodeError:
+        """An upstream error status as a NodeError (provider adapters map statuses their own way)."""
+        return _error_from(status, raw)
+
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post_json("/chat/completions", body)
 
@@ -77,7 +81,7 @@ class OpenAICompatibleAdapter(NodeAdapter):
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise _error_from(resp.status, raw)
+                    raise self._error(resp.status, raw)
                 return orjson.loads(raw)
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
             raise NodeError(f"node unreachable or broken: {exc.__class__.__name__}", permanent=False) from exc
@@ -93,7 +97,7 @@ class OpenAICompatibleAdapter(NodeAdapter):
         done = False
         try:
             if resp.status >= 400:
-                raise _error_from(resp.status, await resp.read())
+                raise self._error(resp.status, await resp.read())
             buffer = b""
             async for data in resp.content.iter_any():
                 buffer += data
@@ -122,7 +126,7 @@ class OpenAICompatibleAdapter(NodeAdapter):
             async with http.session().get(self._url("/models"), headers=self._json, timeout=_timeout()) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise _error_from(resp.status, raw)
+                    raise self._error(resp.status, raw)
                 return [m["id"] for m in orjson.loads(raw).get("data", [])]
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise NodeError(f"node model list failed: {exc.__class__.__name__}", permanent=False) from exc

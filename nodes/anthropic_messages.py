@@ -392,7 +392,8 @@ class ChunkTranslator:
 
     ``message_start`` gives the id, model and input usage; a role chunk opens the chat
     stream with the first content (so an error that comes before any content leaves
-    nothing sent); text and ``input_json_delta`` deltas become content and tool-call
+    nothing sent) and carries the usage known so far, so a stream cut later is billed
+    the provider's own input count rather than an estimate; text and ``input_json_delta`` deltas become content and tool-call
     argument deltas; ``message_delta`` gives the finish reason and the cumulative usage;
     ``message_stop`` ends with a usage chunk (``choices: []``), as OpenAI's
     ``include_usage`` does. ``ping`` and kinds this code does not know (Anthropic may add
@@ -413,7 +414,7 @@ class ChunkTranslator:
         if not self.opened:
             self.opened = True
             out.append(self._frame([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                     "logprobs": None, "finish_reason": None}]))
+                                     "logprobs": None, "finish_reason": None}], usage=chat_usage(self.usage)))
         out.append(self._frame([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]))
         return out
 

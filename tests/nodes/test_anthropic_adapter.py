@@ -56,6 +56,7 @@ async def test_chat_becomes_a_messages_request_and_the_answer_a_chat_completion(
 async def test_a_stream_becomes_chat_chunks_with_usage_last(anthropic_sim):
     chunks = await collect(adapter_for(target(anthropic_sim.url)).chat_stream(chat("echo: un deux trois", stream=True)))
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["usage"]["prompt_tokens"] > 0  # message_start's input count, before any output
     assert text_of(chunks) == "un deux trois"
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)

@@ -94,16 +94,33 @@ def image_to_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _cached(block: Any) -> bool:
+    return isinstance(block, dict) and isinstance(block.get("cache_control"), dict)
+
+
+def _keep_cache(part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """``part`` with ``block``'s prompt-caching breakpoint, if it has one."""
+    if _cached(block):
+        part["cache_control"] = block["cache_control"]
+    return part
+
+
 def to_chat_messages(system: Any, messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """``system`` and ``[{"role", "content"}]`` of a Messages request as chat messages.
 
     Content blocks become chat content: text, image -> image_url, tool_use -> the
     assistant's tool_calls, tool_result -> tool messages (placed before the user's
-    new text: they answer the previous assistant turn).
+    new text: they answer the previous assistant turn). ``cache_control`` on system,
+    text and image blocks stays on the chat part (an Anthropic node passes it on as a
+    prompt-caching breakpoint; other nodes ignore the extra key).
     """
     out: list[dict[str, Any]] = []
     if system:
-        out.append({"role": "system", "content": text_of(system, "system")})
+        text = text_of(system, "system")
+        if isinstance(system, list) and any(_cached(block) for block in system):
+            out.append({"role": "system", "content": [_keep_cache({"type": "text", "text": b["text"]}, b) for b in system]})
+        else:
+            out.append({"role": "system", "content": text})
     for i, message in enumerate(messages):
         role, content = message["role"], message["content"]
         where = f"messages.{i}.content"
@@ -119,9 +136,9 @@ def to_chat_messages(system: Any, messages: Iterable[dict[str, Any]]) -> list[di
             if kind == "text":
                 if not isinstance(block.get("text"), str):
                     raise FormatError(f"{at}.text", "must be a string")
-                parts.append({"type": "text", "text": block["text"]})
+                parts.append(_keep_cache({"type": "text", "text": block["text"]}, block))
             elif kind == "image" and role == "user":
-                parts.append(image_to_part(block, at))
+                parts.append(_keep_cache(image_to_part(block, at), block))
             elif kind == "tool_use" and role == "assistant":
                 if not block.get("id") or not block.get("name"):
                     raise FormatError(at, "a tool_use block needs id and name")
@@ -145,7 +162,7 @@ def to_chat_messages(system: Any, messages: Iterable[dict[str, Any]]) -> list[di
                 entry["tool_calls"] = calls
             out.append(entry)
         elif parts:
-            only_text = all(p["type"] == "text" for p in parts)
+            only_text = all(p["type"] == "text" and not _cached(p) for p in parts)
             out.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
     return out
 
@@ -191,13 +208,6 @@ def _data_url(url: str) -> tuple[str, str] | None:
     return head[5:-7], data
 
 
-def _with_cache_control(block: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
-    # Prompt-caching breakpoints ride along on chat parts the way OpenRouter and LiteLLM accept them.
-    if isinstance(part.get("cache_control"), dict):
-        block["cache_control"] = part["cache_control"]
-    return block
-
-
 def _content_blocks(content: Any, where: str, *, images: bool) -> list[dict[str, Any]]:
     """A chat message's content (string or parts) as Messages content blocks; empty text is left out
     (Anthropic refuses empty text blocks)."""
@@ -213,7 +223,8 @@ def _content_blocks(content: Any, where: str, *, images: bool) -> list[dict[str,
         at = f"{where}.{j}"
         if kind == "text" and isinstance(part.get("text"), str):
             if part["text"]:
-                blocks.append(_with_cache_control({"type": "text", "text": part["text"]}, part))
+                # Prompt-caching breakpoints ride on chat parts, as OpenRouter and LiteLLM take them.
+                blocks.append(_keep_cache({"type": "text", "text": part["text"]}, part))
         elif kind == "image_url" and images:
             url = (part.get("image_url") or {}).get("url")
             if not isinstance(url, str) or not url:
@@ -223,7 +234,7 @@ def _content_blocks(content: Any, where: str, *, images: bool) -> list[dict[str,
                 {"type": "base64", "media_type": inline[0], "data": inline[1]} if inline
                 else {"type": "url", "url": url}
             )
-            blocks.append(_with_cache_control({"type": "image", "source": source}, part))
+            blocks.append(_keep_cache({"type": "image", "source": source}, part))
         else:
             raise FormatError(f"{at}.type", f"content part {kind!r} cannot be sent to this model")
     return blocks
@@ -327,8 +338,11 @@ def to_messages_request(body: dict[str, Any], *, default_max_tokens: int = 4096)
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    if body.get("temperature") is not None:
-        out["temperature"] = min(float(body["temperature"]), MAX_TEMPERATURE)
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise FormatError("temperature", "must be a number")
+        out["temperature"] = min(float(temperature), MAX_TEMPERATURE)
     for name in ("top_p", "top_k"):
         if body.get(name) is not None:
             out[name] = body[name]

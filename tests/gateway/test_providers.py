@@ -167,6 +167,17 @@ def test_prompt_cache_reads_are_billed_at_the_cached_price(oa, alice, providers,
     assert_billed(alice, [(CLAUDE, total, 0, 1), (CLAUDE, total, 1200, 1)])
 
 
+def test_cache_breakpoints_from_the_anthropic_sdk_reach_the_anthropic_provider(server, alice, providers, anthropic_sim):
+    client = anthropic.Anthropic(base_url=server.url, api_key=alice.secret_key, max_retries=0)
+    system = [{"type": "text", "text": "rules " * 800, "cache_control": {"type": "ephemeral"}}]
+    ask = dict(model=CLAUDE, max_tokens=5, system=system, messages=[{"role": "user", "content": "echo: ok"}])
+    written, read = client.messages.create(**ask), client.messages.create(**ask)
+    total = anthropic_sim.stats()["last"][0]["prompt_tokens"]
+    assert (written.usage.input_tokens, written.usage.cache_read_input_tokens) == (total, 0)
+    assert (read.usage.input_tokens, read.usage.cache_read_input_tokens) == (total - 1200, 1200)
+    assert_billed(alice, [(CLAUDE, total, 0, 1), (CLAUDE, total, 1200, 1)])
+
+
 def test_a_project_that_does_not_allow_non_confidential_nodes_gets_503_and_reserves_nothing(
     server, charlie, providers, anthropic_sim, openai_sim
 ):

@@ -49,7 +49,7 @@ async def test_chat_becomes_a_messages_request_and_the_answer_a_chat_completion(
 
     capped = await adapter.chat(chat("echo: a b c d", max_tokens=2))
     assert capped["choices"][0]["finish_reason"] == "length" and capped["choices"][0]["message"]["content"] == "a b"
-    stopped = await adapter.chat(chat("echo: a b c d", stop="c", temperature=1.7))  # temperature clamped to 1
+    stopped = await adapter.chat(chat("echo: a b c d", stop="c", temperature=1.7, top_p=0.9))  # temperature capped at 1
     assert stopped["choices"][0]["message"]["content"] == "a b " and stopped["choices"][0]["finish_reason"] == "stop"
 
 
@@ -119,6 +119,9 @@ async def test_bad_requests_are_permanent_and_node_problems_are_not(anthropic_si
         await adapter.chat(chat("x", stop=[" "]))  # Anthropic refuses whitespace-only stop sequences
     assert bad.value.permanent and bad.value.status == 400 and "stop_sequences" in str(bad.value)
 
+    with pytest.raises(NodeError) as wide:
+        await adapter.chat(chat("x", top_p=1.5))  # passed on as is: Anthropic checks it
+    assert wide.value.permanent and "top_p" in str(wide.value)
     with pytest.raises(NodeError) as unknown:
         await adapter.chat({**chat("x"), "model": "claude-gone"})
     assert not unknown.value.permanent and unknown.value.code == "upstream_model_not_found"

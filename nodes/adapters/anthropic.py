@@ -29,9 +29,9 @@ import orjson
 from nodes import http
 from nodes.anthropic_messages import ChunkTranslator, FormatError, StreamError, completion_from_message, to_messages_request
 
-from .base import NodeAdapter, NodeError, register
+from .base import NodeAdapter, NodeError, redact, register
 from .openai import _timeout
-from .providers import provider_error, redact
+from .providers import provider_error
 
 API_VERSION = "2023-06-01"
 _PERMANENT = {400, 413}

@@ -81,6 +81,11 @@ class NodeAdapter:
         return NodeError(f"{what} is not supported by this backend ({self.kind})", permanent=True, code="unsupported")
 
 
+def redact(message: str, secret: str | None) -> str:
+    """An upstream's message without the node's credentials (errors are logged and may reach clients)."""
+    return message.replace(secret, "[redacted]") if secret else message
+
+
 ADAPTERS: dict[str, type[NodeAdapter]] = {}
 
 

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from nodes import http
 
-from .base import NodeAdapter, NodeError, register
+from .base import NodeAdapter, NodeError, redact, register
 
 _JSON = {"content-type": "application/json", "accept": "application/json"}
 _SSE = {"content-type": "application/json", "accept": "text/event-stream"}
@@ -29,6 +29,7 @@ def _timeout() -> aiohttp.ClientTimeout:
 
 def _error_from(status: int, raw: bytes) -> NodeError:
     message, code = f"node answered HTTP {status}", None
+    auth_failed = status in (401, 403)  # the node's credentials: the upstream's text may quote them (OpenAI's does)
     try:
         err = orjson.loads(raw).get("error")
         if isinstance(err, dict):
@@ -37,6 +38,8 @@ def _error_from(status: int, raw: bytes) -> NodeError:
             message = err
     except (orjson.JSONDecodeError, AttributeError):
         pass
+    if auth_failed:
+        message = f"the node refused its credentials (HTTP {status})"
     return NodeError(message, permanent=status in _PERMANENT, status=status, code=code)
 
 
@@ -57,7 +60,9 @@ class OpenAICompatibleAdapter(NodeAdapter):
 
     def _error(self, status: int, raw: bytes) -> NodeError:
         """An upstream error status as a NodeError (provider adapters map statuses their own way)."""
-        return _error_from(status, raw)
+        error = _error_from(status, raw)
+        return NodeError(redact(str(error), self.target.credentials), permanent=error.permanent, status=status,
+                         code=error.code)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post_json("/chat/completions", body)

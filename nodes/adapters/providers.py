@@ -22,14 +22,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .base import NodeError, register
+from .base import NodeError, redact, register
 from .openai import _PERMANENT, OpenAICompatibleAdapter, _error_from
-
-REDACTED = "[redacted]"
-
-
-def redact(message: str, secret: str | None) -> str:
-    return message.replace(secret, REDACTED) if secret else message
 
 
 def provider_error(status: int, code: str | None, message: str, secret: str | None) -> NodeError:

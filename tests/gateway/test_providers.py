@@ -274,3 +274,23 @@ def test_a_provider_failing_mid_answer_ends_the_stream_with_an_error_and_bills_w
     [transfer] = usage_transfers()
     assert (transfer.status, transfer.input_tokens, transfer.output_tokens) == ("posted", upstream["prompt_tokens"], 2)
     assert transfer.amount == sim_cost(upstream["prompt_tokens"], 2) and check_ledger() == []
+
+
+def test_a_failover_log_line_never_quotes_a_rejected_key(server, oa, alice, providers, openai_sim):
+    """Failures before the first token are logged with the node's error, and OpenAI's 401 message quotes
+    part of the key it was sent: neither a provider node nor a plain OpenAI-compatible one passes it on."""
+    from nodes.models import Node
+    from nodes.services import node_credentials_set, node_upsert
+
+    leaky = "sk-proj-leaky-key-5150"
+    provider_node("hosted", f"{openai_sim.url}/v1", "provider-openai", served(CLAUDE, "sim-small"), leaky)
+    plain = node_upsert(name="plain", base_url=f"{openai_sim.url}/v1", models=served(CLAUDE, "sim-small"))
+    node_credentials_set(node=plain, credentials=leaky)
+    Node.objects.filter(id=providers[CLAUDE].id).update(load=0.9)  # the good node is tried last
+    cache_settle()
+    before = len(server.process.output)
+    reply = oa.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "echo: fine"}], max_tokens=5)
+    assert reply.choices[0].message.content == "fine"
+    logged = "".join(server.process.output[before:])
+    assert logged.count("failed before the first token") == 2 and "refused" in logged
+    assert "5150" not in logged and "sk-" not in logged

@@ -252,7 +252,7 @@ def tools_from_chat(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
+        if not isinstance(function, dict) or tool.get("type") != "function" or not function.get("name"):
             raise FormatError(f"tools.{i}", "only function tools can be sent to this model")
         entry: dict[str, Any] = {
             "name": function["name"],

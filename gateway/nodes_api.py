@@ -157,8 +157,9 @@ def _register_sync(operator_id: int, data: NodeRegisterRequest) -> dict[str, Any
             models=[m.model_dump(exclude_none=True) for m in data.models],
             credentials=data.credentials,
         )
-    except ValueError as exc:
-        raise GatewayError("invalid_request", f"Invalid value for 'models': {exc}.", param="models") from None
+    except ValueError as exc:  # NodeConfigError names its field; the others are about models
+        param = getattr(exc, "param", "models")
+        raise GatewayError("invalid_request", f"Invalid value for '{param}': {exc}.", param=param) from None
     return operator_node_object(Node.objects.prefetch_related("models").get(id=node.id))
 
 

@@ -10,6 +10,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 
 from . import services
+from .adapters import ADAPTERS
 from .models import Node, NodeModel, NodeToken
 
 
@@ -27,10 +28,28 @@ class NodeForm(forms.ModelForm):
         help_text="Sent upstream as Authorization; stored sealed. Leave empty to keep the current ones.",
     )
     clear_credentials = forms.BooleanField(required=False)
+    adapter = forms.ChoiceField(
+        choices=lambda: [(kind, kind) for kind in sorted(ADAPTERS)],
+        help_text="provider-* kinds are hosted APIs (not confidential, never attested, need credentials: the API key); "
+        "provider-anthropic takes the API root as base URL (https://api.anthropic.com).",
+    )
 
     class Meta:
         model = Node
         fields = ("name", "operator", "base_url", "adapter", "region", "hardware", "gpus", "status", "attestation")
+
+    def clean(self):
+        data = super().clean()
+        adapter = data.get("adapter")
+        if not services.is_provider(adapter or ""):
+            return data
+        if data.get("attestation") != Node.Attestation.NONE:
+            self.add_error("attestation", f"A {adapter} node is a hosted provider: it cannot be attested; choose 'none'.")
+        has_key = bool(self.instance.credentials) and not data.get("clear_credentials")
+        if not data.get("new_credentials") and not has_key:
+            self.add_error("new_credentials", f"A {adapter} node needs credentials: the provider's API key.")
+        self.instance.attestation_expires_at = None
+        return data
 
 
 @admin.register(Node)

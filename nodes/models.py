@@ -8,6 +8,12 @@ from django.db import models
 from config.ids import new_id
 
 
+# Adapter kinds that reach a hosted model API (nodes/adapters/providers.py, anthropic.py): the
+# provider sees prompts in clear and cannot be attested, so such a node's attestation is always
+# "none" (a database constraint) and only projects that allow non-confidential nodes reach it.
+PROVIDER_ADAPTERS = ("provider-openai", "provider-compatible", "provider-anthropic")
+
+
 class Node(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active"
@@ -48,6 +54,12 @@ class Node(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(condition=models.Q(load__gte=0, load__lte=1), name="node_load_range"),
+            # Whatever writes a node (services, admin, the attestation task), a provider is never attested.
+            models.CheckConstraint(
+                condition=~models.Q(adapter__in=PROVIDER_ADAPTERS)
+                | models.Q(attestation="none", attestation_expires_at__isnull=True),
+                name="node_provider_not_attested",
+            ),
             # An operator registers by name, so the name is its key (admin-added nodes have no operator).
             models.UniqueConstraint(
                 fields=["operator", "name"], condition=models.Q(operator__isnull=False), name="node_operator_name_unique"

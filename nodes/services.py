@@ -11,11 +11,24 @@ from config import bus, crypto
 from config.ids import new_id
 from console import keys
 
-from .models import Modality, Node, NodeModel, NodeToken
+from .models import PROVIDER_ADAPTERS, Modality, Node, NodeModel, NodeToken
 from . import registry
 from .registry import NODES_TOPIC
 
 _GPU_COUNT = re.compile(r"^\s*(\d+)\s*[x×]", re.IGNORECASE)
+
+
+class NodeConfigError(ValueError):
+    """A node that cannot be saved as asked; ``param`` names the field."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def is_provider(adapter: str) -> bool:
+    """A hosted model API (OpenAI, Anthropic, an OpenAI-compatible provider): never confidential."""
+    return adapter in PROVIDER_ADAPTERS
 
 
 def _changed() -> None:
@@ -55,7 +68,13 @@ def node_upsert(
     ``models``: ``[{"model", "upstream_model"?, "context_window"?, "max_output_tokens"?,
     "input_modalities"?}]``; ``input_modalities`` is a list of :class:`Modality` values
     (default ``["text"]``). ``gpus`` defaults to the count in ``hardware`` ("8x H100" → 8).
+    A provider node (:data:`PROVIDER_ADAPTERS`) is never attested: asking for another
+    attestation than "none" raises NodeConfigError.
     """
+    if is_provider(adapter) and attestation != Node.Attestation.NONE:
+        raise NodeConfigError(
+            "attestation", f"a {adapter} node is a hosted provider: it cannot be attested, its attestation is 'none'"
+        )
     rows = [
         NodeModel(
             model=m["model"],
@@ -75,6 +94,7 @@ def node_upsert(
             "adapter": adapter,
             "region": region,
             "attestation": attestation,
+            **({"attestation_expires_at": None} if is_provider(adapter) else {}),
             "hardware": hardware,
             "gpus": gpus if gpus is not None else gpus_from_hardware(hardware),
             "operator": operator,
@@ -138,11 +158,21 @@ def node_register(
 
     A new node starts active and unverified. Re-registering keeps what admins and the
     attestation task decided (status, attestation): an operator cannot re-enable a node
-    an admin disabled by registering it again.
+    an admin disabled by registering it again. A provider node (a hosted API) has
+    attestation "none" whatever it was, and needs credentials (its API key).
     """
     existing = (
-        Node.objects.select_for_update().filter(operator=operator, name=name).only("public_id", "status", "attestation").first()
+        Node.objects.select_for_update().filter(operator=operator, name=name)
+        .only("public_id", "status", "attestation", "adapter", "credentials").first()
     )
+    if is_provider(adapter):
+        attestation = Node.Attestation.NONE
+        if not credentials and not (existing and existing.credentials):
+            raise NodeConfigError("credentials", f"a {adapter} node needs credentials: the provider API key")
+    elif existing and not is_provider(existing.adapter):
+        attestation = existing.attestation
+    else:  # new, or a provider becoming a self-hosted node: it must prove itself first
+        attestation = Node.Attestation.UNVERIFIED
     node = node_upsert(
         name=name,
         base_url=base_url,
@@ -154,7 +184,7 @@ def node_register(
         operator=operator,
         # Never looked up by base_url: that could adopt a node someone else added.
         public_id=existing.public_id if existing else new_id("node"),
-        attestation=existing.attestation if existing else Node.Attestation.UNVERIFIED,
+        attestation=attestation,
         status=existing.status if existing else Node.Status.ACTIVE,
     )
     if credentials is not None:

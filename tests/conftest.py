@@ -164,6 +164,38 @@ def sim(simulator_process) -> Simulator:
     return simulator_process
 
 
+# Hosted-provider stand-ins: the simulator speaking Anthropic's Messages API, and OpenAI's API
+# (with a reasoning model, which refuses max_tokens), each behind an API key.
+ANTHROPIC_KEY = "sk-ant-sim-0123456789"
+OPENAI_KEY = "sk-proj-sim-9876543210"
+
+
+@pytest.fixture(scope="session")
+def anthropic_sim_process():
+    sim = start_simulator("--dialect", "anthropic", "--api-key", ANTHROPIC_KEY, "--modalities", "text,image")
+    yield sim
+    sim.process.stop()
+
+
+@pytest.fixture
+def anthropic_sim(anthropic_sim_process) -> Simulator:
+    anthropic_sim_process.reset()
+    return anthropic_sim_process
+
+
+@pytest.fixture(scope="session")
+def openai_sim_process():
+    sim = start_simulator("--api-key", OPENAI_KEY, "--models", "sim-small,gpt-5-mini")
+    yield sim
+    sim.process.stop()
+
+
+@pytest.fixture
+def openai_sim(openai_sim_process) -> Simulator:
+    openai_sim_process.reset()
+    return openai_sim_process
+
+
 # --- server processes --------------------------------------------------------------
 
 

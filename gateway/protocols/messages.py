@@ -6,6 +6,9 @@ content blocks with Anthropic's stop reasons, and a stream becomes
 message_start / content_block_start / content_block_delta /
 content_block_stop / message_delta (cumulative usage) / message_stop, with a
 ping after the start. Errors on these routes use Anthropic's shape.
+
+The request translation is nodes/anthropic_messages.py, shared with the
+Anthropic node adapter and the simulator's Anthropic dialect.
 """
 from __future__ import annotations
 
@@ -17,12 +20,13 @@ from starlette.responses import Response
 
 from billing.pricing import Usage
 from config.ids import new_id
+from nodes import anthropic_messages
+from nodes.anthropic_messages import STOP_REASONS, tool_input
 
 from .. import schemas, tokens
 from ..errors import GatewayError
 from .base import Dialect, Encoder, content_modalities
 
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use"}
 
 # Our error codes by status, as Anthropic names them.
 ERROR_TYPES = {
@@ -95,100 +99,23 @@ def _invalid(param: str, message: str) -> GatewayError:
     return GatewayError("invalid_request", f"{param}: {message}.", param=param)
 
 
-def _text_of(value: Any, where: str) -> str:
-    """A tool result's or system prompt's content: a string or text blocks."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        texts = []
-        for i, block in enumerate(value):
-            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-                raise _invalid(f"{where}.{i}", "only text blocks are supported here")
-            texts.append(block["text"])
-        return "\n".join(texts)
-    if value is None:
-        return ""
-    raise _invalid(where, "must be a string or a list of text blocks")
-
-
-def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
-    source = block.get("source") or {}
-    if source.get("type") == "base64" and source.get("data") and source.get("media_type"):
-        url = f"data:{source['media_type']};base64,{source['data']}"
-    elif source.get("type") == "url" and source.get("url"):
-        url = source["url"]
-    else:
-        raise _invalid(f"{where}.source", "an image needs a base64 source (media_type, data) or a url source")
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
 def to_messages(request: CountTokensRequest) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    if request.system:
-        out.append({"role": "system", "content": _text_of(request.system, "system")})
-    for i, message in enumerate(request.messages):
-        where = f"messages.{i}.content"
-        if isinstance(message.content, str):
-            out.append({"role": message.role, "content": message.content})
-            continue
-        parts: list[dict[str, Any]] = []
-        calls: list[dict[str, Any]] = []
-        results: list[dict[str, Any]] = []
-        for j, block in enumerate(message.content):
-            kind = block.get("type")
-            at = f"{where}.{j}"
-            if kind == "text":
-                if not isinstance(block.get("text"), str):
-                    raise _invalid(f"{at}.text", "must be a string")
-                parts.append({"type": "text", "text": block["text"]})
-            elif kind == "image" and message.role == "user":
-                parts.append(_image(block, at))
-            elif kind == "tool_use" and message.role == "assistant":
-                if not block.get("id") or not block.get("name"):
-                    raise _invalid(at, "a tool_use block needs id and name")
-                arguments = orjson.dumps(block.get("input") or {}).decode()
-                calls.append({"id": block["id"], "type": "function",
-                              "function": {"name": block["name"], "arguments": arguments}})
-            elif kind == "tool_result" and message.role == "user":
-                if not block.get("tool_use_id"):
-                    raise _invalid(at, "a tool_result block needs tool_use_id")
-                text = _text_of(block.get("content"), f"{at}.content")
-                if block.get("is_error"):
-                    text = f"Error: {text}"
-                results.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
-            else:
-                raise _invalid(f"{at}.type", f"block type {kind!r} is not supported in a {message.role} message")
-        out.extend(results)  # tool results answer the previous assistant turn, before any new user text
-        if message.role == "assistant":
-            text = "".join(p["text"] for p in parts)
-            entry: dict[str, Any] = {"role": "assistant", "content": text or None}
-            if calls:
-                entry["tool_calls"] = calls
-            out.append(entry)
-        elif parts:
-            only_text = all(p["type"] == "text" for p in parts)
-            out.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
-    return out
+    messages = [{"role": m.role, "content": m.content} for m in request.messages]
+    try:
+        return anthropic_messages.to_chat_messages(request.system, messages)
+    except anthropic_messages.FormatError as exc:
+        raise _invalid(exc.param, exc.message) from None
 
 
 def _chat_tools(request: CountTokensRequest) -> list[dict[str, Any]] | None:
-    if not request.tools:
-        return None
-    return [
-        {"type": "function", "function": {"name": t.name, "description": t.description or "",
-                                          "parameters": t.input_schema}}
-        for t in request.tools
-    ]
+    return anthropic_messages.tools_to_chat([t.model_dump() for t in request.tools or ()])
 
 
 def _chat_tool_choice(choice: ToolChoice | None) -> Any:
-    if choice is None:
-        return None
-    if choice.type == "tool":
-        if not choice.name:
-            raise _invalid("tool_choice.name", "required when tool_choice.type is 'tool'")
-        return {"type": "function", "function": {"name": choice.name}}
-    return {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+    try:
+        return anthropic_messages.tool_choice_to_chat(choice.model_dump() if choice else None)
+    except anthropic_messages.FormatError as exc:
+        raise _invalid(exc.param, exc.message) from None
 
 
 def prompt_bound(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
@@ -208,14 +135,6 @@ def _usage(usage: Usage | None) -> dict[str, Any]:
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": usage.cached_input_tokens,
     }
-
-
-def _tool_input(arguments: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {"_raw_arguments": arguments}
-    return value if isinstance(value, dict) else {"value": value}
 
 
 class MessagesDialect(Dialect):
@@ -269,7 +188,7 @@ class MessagesDialect(Dialect):
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             content.append({"type": "tool_use", "id": call.get("id") or new_id("toolu"),
-                            "name": function.get("name", ""), "input": _tool_input(function.get("arguments", ""))})
+                            "name": function.get("name", ""), "input": tool_input(function.get("arguments", ""))})
         return {
             "id": self.message_id,
             "type": "message",

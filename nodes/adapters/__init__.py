@@ -1,5 +1,10 @@
 from .base import ADAPTERS, NodeAdapter, NodeError, adapter_for
 from .ollama import OllamaAdapter
 from .openai import OpenAICompatibleAdapter
+from .anthropic import AnthropicAdapter
+from .providers import CompatibleProviderAdapter, OpenAIProviderAdapter
 
-__all__ = ["ADAPTERS", "NodeAdapter", "NodeError", "OllamaAdapter", "OpenAICompatibleAdapter", "adapter_for"]
+__all__ = [
+    "ADAPTERS", "NodeAdapter", "NodeError", "OllamaAdapter", "OpenAICompatibleAdapter", "adapter_for",
+    "AnthropicAdapter", "CompatibleProviderAdapter", "OpenAIProviderAdapter",
+]

@@ -29,6 +29,9 @@ class NodeError(Exception):
 
 class NodeAdapter:
     kind = "base"
+    # A hosted model API (OpenAI, Anthropic, …): it sees prompts in clear and can never be
+    # attested, so its nodes always carry attestation "none" (Node.PROVIDER_ADAPTERS).
+    provider = False
 
     def __init__(self, target: NodeTarget):
         self.target = target
@@ -76,6 +79,11 @@ class NodeAdapter:
 
     def _unsupported(self, what: str) -> NodeError:
         return NodeError(f"{what} is not supported by this backend ({self.kind})", permanent=True, code="unsupported")
+
+
+def redact(message: str, secret: str | None) -> str:
+    """An upstream's message without the node's credentials (errors are logged and may reach clients)."""
+    return message.replace(secret, "[redacted]") if secret else message
 
 
 ADAPTERS: dict[str, type[NodeAdapter]] = {}

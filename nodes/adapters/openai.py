@@ -11,7 +11,7 @@ from django.conf import settings
 
 from nodes import http
 
-from .base import NodeAdapter, NodeError, register
+from .base import NodeAdapter, NodeError, redact, register
 
 _JSON = {"content-type": "application/json", "accept": "application/json"}
 _SSE = {"content-type": "application/json", "accept": "text/event-stream"}
@@ -29,6 +29,7 @@ def _timeout() -> aiohttp.ClientTimeout:
 
 def _error_from(status: int, raw: bytes) -> NodeError:
     message, code = f"node answered HTTP {status}", None
+    auth_failed = status in (401, 403)  # the node's credentials: the upstream's text may quote them (OpenAI's does)
     try:
         err = orjson.loads(raw).get("error")
         if isinstance(err, dict):
@@ -37,6 +38,8 @@ def _error_from(status: int, raw: bytes) -> NodeError:
             message = err
     except (orjson.JSONDecodeError, AttributeError):
         pass
+    if auth_failed:
+        message = f"the node refused its credentials (HTTP {status})"
     return NodeError(message, permanent=status in _PERMANENT, status=status, code=code)
 
 
@@ -54,6 +57,12 @@ class OpenAICompatibleAdapter(NodeAdapter):
 
     def _url(self, path: str) -> str:
         return self.target.base_url.rstrip("/") + path
+
+    def _error(self, status: int, raw: bytes) -> NodeError:
+        """An upstream error status as a NodeError (provider adapters map statuses their own way)."""
+        error = _error_from(status, raw)
+        return NodeError(redact(str(error), self.target.credentials), permanent=error.permanent, status=status,
+                         code=error.code)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post_json("/chat/completions", body)
@@ -77,7 +86,7 @@ class OpenAICompatibleAdapter(NodeAdapter):
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise _error_from(resp.status, raw)
+                    raise self._error(resp.status, raw)
                 return orjson.loads(raw)
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
             raise NodeError(f"node unreachable or broken: {exc.__class__.__name__}", permanent=False) from exc
@@ -93,7 +102,7 @@ class OpenAICompatibleAdapter(NodeAdapter):
         done = False
         try:
             if resp.status >= 400:
-                raise _error_from(resp.status, await resp.read())
+                raise self._error(resp.status, await resp.read())
             buffer = b""
             async for data in resp.content.iter_any():
                 buffer += data
@@ -122,7 +131,7 @@ class OpenAICompatibleAdapter(NodeAdapter):
             async with http.session().get(self._url("/models"), headers=self._json, timeout=_timeout()) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise _error_from(resp.status, raw)
+                    raise self._error(resp.status, raw)
                 return [m["id"] for m in orjson.loads(raw).get("data", [])]
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise NodeError(f"node model list failed: {exc.__class__.__name__}", permanent=False) from exc

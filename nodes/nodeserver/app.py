@@ -3,7 +3,8 @@
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``, ``POST /v1/embeddings``, ``GET /stats``, plus the
 engine's own control endpoints (the simulator's ``/_sim/*``), and with the
-"ollama" dialect Ollama's native ``/api`` routes (``ollama.py``). Errors use
+"ollama" dialect Ollama's native ``/api`` routes (``ollama.py``); the "anthropic"
+dialect serves Anthropic's Messages API in place of the OpenAI routes (``anthropic.py``). Errors use
 OpenAI's envelope ``{"error": {"message", "type", "code"}}``.
 
 Chat messages may carry text, ``image_url`` and ``input_audio`` parts; parts of
@@ -32,6 +33,7 @@ import asyncio
 import base64
 import logging
 import os
+import re
 import signal
 import struct
 import time
@@ -41,7 +43,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import ollama
+from . import anthropic, ollama
 from .engines import ApiError, Control, DropConnection, Engine, Generation
 
 log = logging.getLogger(__name__)
@@ -340,9 +342,19 @@ class TextShape:
 Shape = type[ChatShape] | type[TextShape]
 
 
+# OpenAI's reasoning models (o-series, gpt-5) refuse max_tokens: they take max_completion_tokens.
+REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+
+
 def _generation(body: dict[str, Any], engine: Engine, shape: Shape) -> tuple[Generation, bool]:
     """Validate a completion request; also say whether its stream should end with usage."""
     model = _model(body, engine)
+    if shape is ChatShape and body.get("max_tokens") is not None and REASONING_MODEL.match(model):
+        raise ApiError(
+            400,
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+            code="unsupported_parameter",
+        )
     if body.get("n") not in (None, 1):
         raise ApiError(400, "Only n=1 is supported.", code="unsupported")
     stop = body.get("stop")
@@ -516,7 +528,7 @@ def _control(control: Control) -> Handler:
     return handler
 
 
-DIALECTS = ("openai", "ollama")
+DIALECTS = ("openai", "ollama", "anthropic")
 
 
 def require_key(api_key: str):
@@ -525,33 +537,44 @@ def require_key(api_key: str):
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/") and request.headers.get("Authorization") != expected:
-            return error_response(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        presented = request.headers.get("Authorization", "")
+        if request.path.startswith("/v1/") and presented != expected:
+            # OpenAI's message quotes part of the key it was given: an adapter must not pass it on.
+            key = presented.removeprefix("Bearer ")
+            shown = f"{key[:3]}{'*' * max(len(key) - 7, 0)}{key[-4:]}" if len(key) > 7 else "***"
+            message = f"Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys."
+            return error_response(401, message, "invalid_request_error", "invalid_api_key")
         return await handler(request)
 
     return check
 
 
 def build_app(engine: Engine, dialect: str = "openai", api_key: str = "") -> web.Application:
-    """The OpenAI routes; with the "ollama" dialect also Ollama's native ``/api`` (see ``ollama.py``)."""
-    middlewares = [errors, require_key(api_key)] if api_key else [errors]
+    """The OpenAI routes; with the "ollama" dialect also Ollama's native ``/api`` (see ``ollama.py``);
+    with the "anthropic" dialect Anthropic's Messages API instead of the OpenAI routes (``anthropic.py``)."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
+    if dialect == "anthropic":
+        middlewares = anthropic.middlewares(api_key)
+    else:
+        middlewares = [errors, require_key(api_key)] if api_key else [errors]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[ENGINE] = engine
     app[STARTED] = int(time.time())
-    app.add_routes(
-        [
-            web.get("/health", health),
-            web.get("/v1/models", models),
-            web.post("/v1/chat/completions", chat_completions),
-            web.post("/v1/completions", completions),
-            web.post("/v1/embeddings", embeddings),
-            web.get("/stats", stats),
-        ]
-    )
+    app.add_routes([web.get("/health", health), web.get("/stats", stats)])
+    if dialect == "anthropic":
+        anthropic.add_routes(app, engine)
+    else:
+        app.add_routes(
+            [
+                web.get("/v1/models", models),
+                web.post("/v1/chat/completions", chat_completions),
+                web.post("/v1/completions", completions),
+                web.post("/v1/embeddings", embeddings),
+            ]
+        )
     if dialect == "ollama":
         ollama.add_routes(app, engine)
-    elif dialect != "openai":
-        raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     for (method, path), control in engine.controls().items():
         app.router.add_route(method, path, _control(control))
 

@@ -101,6 +101,7 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
+    stop_sequence: str | None = None  # the stop string that ended the answer, if one did
     injected_failure: bool = False
     tool_call: ToolCall | None = None
 
@@ -164,16 +165,18 @@ class StopScanner:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
         self.pending = ""
+        self.matched: str | None = None  # the stop string that was hit
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Return the text that is safe to send now, and whether a stop string was hit."""
         if not self.stops:
             return text, False
         buffer = self.pending + text
-        hits = [i for i in (buffer.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := buffer.find(s)) >= 0]
         if hits:
             self.pending = ""
-            return buffer[: min(hits)], True
+            at, self.matched = min(hits, key=lambda hit: hit[0])
+            return buffer[:at], True
         cut = len(buffer) - self._partial_match(buffer)
         self.pending = buffer[cut:]
         return buffer[:cut], False
@@ -199,6 +202,7 @@ class Engine:
     def __init__(self, models: Sequence[str]) -> None:
         self.models = list(models)
         self.loaded: set[str] = set()  # models held in memory, as the Ollama dialect reports them (/api/ps)
+        self.prompt_cache: set[str] = set()  # cached prompt prefixes, as the Anthropic dialect emulates them
         self.stats = Stats()
 
     @property
@@ -226,7 +230,7 @@ class Engine:
 
 # --- simulator -------------------------------------------------------------------
 
-FAIL_MODES = ("http500", "http429", "disconnect", "midstream", "hang")
+FAIL_MODES = ("http500", "http429", "http529", "disconnect", "midstream", "hang")
 MODALITIES = ("text", "image", "audio")  # chat content parts: text, image_url, input_audio
 
 
@@ -330,6 +334,8 @@ class SimulatorEngine(Engine):
         if failure == "http429":
             limited = {"type": "rate_limit_error", "code": "rate_limit_exceeded", "headers": {"Retry-After": "1"}}
             raise ApiError(429, "Injected rate limit.", **limited)
+        if failure == "http529":  # Anthropic's "overloaded"
+            raise ApiError(529, "Overloaded", type="overloaded_error", code="overloaded")
         if failure == "disconnect":
             raise DropConnection
         if failure == "hang":
@@ -352,7 +358,7 @@ class SimulatorEngine(Engine):
             if text:
                 yield text
             if hit:
-                gen.finish_reason = "stop"
+                gen.finish_reason, gen.stop_sequence = "stop", stop.matched
                 return
         if failure == "midstream":
             raise DropConnection
@@ -381,6 +387,7 @@ class SimulatorEngine(Engine):
         self.config = self.initial_config
         self.models[:] = self.initial_models  # forget pulled models
         self.loaded.clear()
+        self.prompt_cache.clear()
         self.rng = random.Random(self.seed)
         self.stats.reset()
         return dataclasses.asdict(self.config)
@@ -506,7 +513,7 @@ class LlamaEngine(Engine):
             if text:
                 emit(text)
             if hit:
-                gen.finish_reason = "stop"
+                gen.finish_reason, gen.stop_sequence = "stop", stop.matched
                 return
             if gen.completion_tokens >= limit:
                 break

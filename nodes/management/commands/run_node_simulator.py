@@ -35,9 +35,13 @@ class Command(BaseCommand):
             "--dialect",
             choices=DIALECTS,
             default="openai",
-            help="ollama also serves Ollama's native /api (tags, ps, pull, load/unload via generate)",
+            help="ollama also serves Ollama's native /api (tags, ps, pull, load/unload via generate); "
+            "anthropic serves Anthropic's Messages API (/v1/messages) instead of the OpenAI routes",
         )
-        parser.add_argument("--api-key", default="", help="require 'Authorization: Bearer <key>' on /v1, like a hosted API")
+        parser.add_argument(
+            "--api-key", default="",
+            help="require the key on /v1, like a hosted API: 'Authorization: Bearer <key>' (x-api-key with --dialect anthropic)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         models = [m.strip() for m in options["models"].split(",") if m.strip()]

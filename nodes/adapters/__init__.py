@@ -1,5 +1,6 @@
 from .base import ADAPTERS, NodeAdapter, NodeError, adapter_for
 from .ollama import OllamaAdapter
 from .openai import OpenAICompatibleAdapter
+from .thox import ThoxAdapter
 
-__all__ = ["ADAPTERS", "NodeAdapter", "NodeError", "OllamaAdapter", "OpenAICompatibleAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "NodeAdapter", "NodeError", "OllamaAdapter", "OpenAICompatibleAdapter", "ThoxAdapter", "adapter_for"]

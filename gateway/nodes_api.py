@@ -3,7 +3,7 @@
 Operators authenticate with a node token (``nt_live_…``), never an API key; an API
 key on an operator route is refused (403), and a node token is no API key anywhere
 else (401). What a project sees of a node never includes its base URL, credentials,
-operator or token.
+operator or token, nor, for a cluster, its members: a cluster is one node to projects.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from config import asyncdb
 from console import keys
 from nodes import router
 from nodes.adapters import ADAPTERS
+from nodes.adapters.thox import ThoxAdapter, cluster_root
 from nodes.heartbeat import node_heartbeat_record
 
 from .auth import presented_key
@@ -27,6 +28,8 @@ from .catalog import catalog
 from .context import ApiRequest, json_response
 from .errors import GatewayError
 from .schemas import parse_json, validate
+
+CLUSTER_ADAPTER = ThoxAdapter.kind
 
 # --- input ---------------------------------------------------------------------------
 
@@ -53,12 +56,17 @@ class NodeRegisterRequest(_Closed):
     region: Annotated[str, Field(min_length=1, max_length=64)] = "local"
     hardware: Annotated[str, Field(max_length=200)] = ""
     gpus: Annotated[int, Field(ge=0, le=100_000)] | None = None
-    models: Annotated[list[NodeServedModel], Field(min_length=1, max_length=1000)]
+    # At least one, except for a cluster (adapter "thox"), whose models are read from the cluster.
+    models: Annotated[list[NodeServedModel], Field(max_length=1000)] = []
     credentials: Annotated[str, Field(max_length=8192)] | None = None
+    # A Thox cluster's management API; default: the base URL's host on port 5381.
+    cluster_url: Annotated[str, Field(min_length=1, max_length=500)] | None = None
 
-    @field_validator("base_url")
+    @field_validator("base_url", "cluster_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL with a host")
@@ -134,6 +142,30 @@ def operator_node_object(node) -> dict[str, Any]:
             for m in sorted(node.models.all(), key=lambda m: m.model)
         ],
         "created_at": int(node.created_at.timestamp()),
+        **(_cluster_fields(node) if node.adapter == CLUSTER_ADAPTER else {}),
+    }
+
+
+def _cluster_fields(node) -> dict[str, Any]:
+    """A cluster's own API and its members: for its operator only, never in what projects see."""
+    return {
+        "cluster_url": node.cluster_url or cluster_root(node.base_url),
+        "members": [
+            {
+                "id": m.member_id,
+                "name": m.name,
+                "role": m.role,
+                "hardware": m.hardware,
+                "gpus": m.gpus,
+                "ram_gb": m.ram_gb,
+                "status": m.status,
+                "healthy": m.healthy,
+                "load": m.load,
+                "models_loaded": m.models_loaded,
+                "last_seen": int(m.last_seen.timestamp()) if m.last_seen else None,
+            }
+            for m in sorted(node.members.all(), key=lambda m: m.member_id)
+        ],
     }
 
 
@@ -156,17 +188,22 @@ def _register_sync(operator_id: int, data: NodeRegisterRequest) -> dict[str, Any
             gpus=data.gpus,
             models=[m.model_dump(exclude_none=True) for m in data.models],
             credentials=data.credentials,
+            cluster_url=data.cluster_url or "",
         )
     except ValueError as exc:  # NodeConfigError names its field; the others are about models
         param = getattr(exc, "param", "models")
         raise GatewayError("invalid_request", f"Invalid value for '{param}': {exc}.", param=param) from None
-    return operator_node_object(Node.objects.prefetch_related("models").get(id=node.id))
+    return operator_node_object(Node.objects.prefetch_related("models", "members").get(id=node.id))
 
 
 async def register_node(req: ApiRequest):
     operator_id = await authenticate_operator(req)
     data = validate(NodeRegisterRequest, parse_json(await req.body()))
     names = [m.model for m in data.models]
+    if not names and data.adapter != CLUSTER_ADAPTER:
+        raise GatewayError("invalid_request", "Invalid value for 'models': list at least one model.", param="models")
+    if data.adapter != CLUSTER_ADAPTER and data.cluster_url:
+        raise GatewayError("invalid_request", "'cluster_url' is only for clusters (adapter 'thox').", param="cluster_url")
     if len(set(names)) != len(names):
         raise GatewayError("invalid_request", "Invalid value for 'models': a model is listed twice.", param="models")
     obj = await sync_to_async(_register_sync, thread_sensitive=True)(operator_id, data)

@@ -9,9 +9,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 
-from . import services
+from . import clusters, services
 from .adapters import ADAPTERS
-from .models import Node, NodeModel, NodeToken
+from .models import Node, NodeMember, NodeModel, NodeToken
 
 
 class NodeModelInline(admin.TabularInline):
@@ -20,8 +20,24 @@ class NodeModelInline(admin.TabularInline):
     fields = ("model", "upstream_model", "context_window", "max_output_tokens", "input_modalities")
 
 
+class NodeMemberInline(admin.TabularInline):
+    """A cluster's devices, as the cluster last reported them (nodes.clusters keeps them)."""
+
+    model = NodeMember
+    extra = 0
+    can_delete = False
+    fields = ("member_id", "name", "role", "hardware", "gpus", "ram_gb", "status", "healthy", "load", "models_loaded", "last_seen")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class NodeForm(forms.ModelForm):
     base_url = forms.URLField(max_length=500, assume_scheme="http", help_text=Node._meta.get_field("base_url").help_text)
+    cluster_url = forms.URLField(
+        max_length=500, required=False, assume_scheme="http", help_text=Node._meta.get_field("cluster_url").help_text
+    )
     new_credentials = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
@@ -36,7 +52,7 @@ class NodeForm(forms.ModelForm):
 
     class Meta:
         model = Node
-        fields = ("name", "operator", "base_url", "adapter", "region", "hardware", "gpus", "status", "attestation")
+        fields = ("name", "operator", "base_url", "cluster_url", "adapter", "region", "hardware", "gpus", "status", "attestation")
 
     def clean(self):
         data = super().clean()
@@ -55,11 +71,18 @@ class NodeForm(forms.ModelForm):
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
     form = NodeForm
-    inlines = [NodeModelInline]
+    inlines = [NodeModelInline, NodeMemberInline]
     list_display = ("public_id", "name", "operator", "region", "status", "attestation", "healthy", "load", "last_heartbeat_at")
     list_filter = ("status", "attestation", "healthy", "region")
     search_fields = ("public_id", "name", "base_url")
     readonly_fields = ("public_id", "healthy", "load", "queue_depth", "models_loaded", "last_heartbeat_at", "last_health_at", "has_credentials")
+    actions = ["sync_clusters"]
+
+    @admin.action(description="Read the selected clusters now (thox nodes: members, gpus, load, models)")
+    def sync_clusters(self, request, queryset):
+        for node in queryset.filter(adapter=clusters.KIND):
+            if clusters.cluster_sync(node=node) is None:
+                messages.warning(request, f"{node}: the cluster API did not answer.")
 
     @admin.display(boolean=True)
     def has_credentials(self, node: Node) -> bool:

@@ -29,6 +29,10 @@ class Node(models.Model):
     name = models.CharField(max_length=200)
     operator = models.ForeignKey("console.Organization", null=True, blank=True, on_delete=models.PROTECT)
     base_url = models.URLField(max_length=500, help_text="OpenAI-compatible base, e.g. http://10.0.0.5:8000/v1")
+    # Only for clusters (adapter "thox"): their management API. Blank = base_url's host on port 5381.
+    cluster_url = models.URLField(
+        max_length=500, blank=True, help_text="Thox cluster API root, e.g. http://10.0.0.5:5381; blank = base URL host, port 5381"
+    )
     adapter = models.CharField(max_length=32, default="openai")
     region = models.CharField(max_length=64, default="local")
     hardware = models.CharField(max_length=200, blank=True)
@@ -125,6 +129,38 @@ class NodeModel(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["node", "model"], name="nodemodel_unique")]
+
+
+class NodeMember(models.Model):
+    """A device inside a cluster node (a Thox MagStack): kept by nodes.clusters, shown only to operators.
+
+    The cluster is one Node to routing and to projects; its members explain the
+    node's aggregates (gpus, hardware, load, models) to the people who run it.
+    """
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="members")
+    member_id = models.CharField(max_length=64)  # the cluster's own id for the device, e.g. "node-002"
+    name = models.CharField(max_length=200, blank=True)  # its hostname
+    role = models.CharField(max_length=32, blank=True)  # "leader", "worker", … as the cluster says
+    hardware = models.CharField(max_length=200, blank=True)
+    gpus = models.PositiveIntegerField(default=0)
+    ram_gb = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=32, blank=True)  # as the cluster reports it ("online", "offline", …)
+    healthy = models.BooleanField(default=False)  # status == "online"
+    load = models.FloatField(default=0.0)
+    models_loaded = models.JSONField(default=list, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)  # when the cluster last heard from it
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["node", "member_id"], name="nodemember_unique"),
+            models.CheckConstraint(condition=models.Q(load__gte=0, load__lte=1), name="nodemember_load_range"),
+        ]
+        ordering = ["node", "member_id"]
+
+    def __str__(self) -> str:
+        return f"{self.member_id} of {self.node_id} ({self.status})"
 
 
 class Job(models.Model):

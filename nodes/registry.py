@@ -40,6 +40,9 @@ class NodeTarget:
     attested_until: float | None = None  # epoch seconds; a verified attestation is stale after it
     # What the adapter sends upstream as Authorization; in memory only, never in a repr or a log.
     credentials: str | None = field(default=None, repr=False)
+    # A Thox cluster's management API (Node.cluster_url); "" = the base URL's host on port 5381.
+    # Set where targets are built from Node rows (nodes.tasks); inference never needs it.
+    cluster_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +94,20 @@ async def served_models() -> list[ServedModel]:
             modalities=_modalities(row[13]),
         ))
     return out
+
+
+def target_for(node) -> NodeTarget:
+    """A :class:`NodeTarget` from a ``nodes.Node`` row, for work off the hot path (probes, cluster sync)."""
+    return NodeTarget(
+        id=node.id,
+        public_id=node.public_id,
+        base_url=node.base_url,
+        adapter=node.adapter,
+        region=node.region,
+        attestation=node.attestation,
+        healthy=node.healthy,
+        load=node.load,
+        gpus=node.gpus,
+        credentials=open_credentials(node.public_id, node.credentials),
+        cluster_url=node.cluster_url,
+    )

@@ -12,7 +12,7 @@ from config.ids import new_id
 from console import keys
 
 from .models import PROVIDER_ADAPTERS, Modality, Node, NodeModel, NodeToken
-from . import registry
+from . import clusters, registry
 from .registry import NODES_TOPIC
 
 _GPU_COUNT = re.compile(r"^\s*(\d+)\s*[x×]", re.IGNORECASE)
@@ -62,6 +62,7 @@ def node_upsert(
     public_id: str | None = None,
     operator=None,
     status: str = Node.Status.ACTIVE,
+    cluster_url: str = "",
 ) -> Node:
     """Create or update a node and replace the list of models it serves.
 
@@ -99,6 +100,7 @@ def node_upsert(
             "gpus": gpus if gpus is not None else gpus_from_hardware(hardware),
             "operator": operator,
             "status": status,
+            "cluster_url": cluster_url,
         },
     )
     node.models.all().delete()
@@ -153,13 +155,16 @@ def node_register(
     hardware: str = "",
     gpus: int | None = None,
     credentials: str | None = None,
+    cluster_url: str = "",
 ) -> Node:
     """An operator registers (or re-registers) a node; idempotent by (operator, name).
 
     A new node starts active and unverified. Re-registering keeps what admins and the
     attestation task decided (status, attestation): an operator cannot re-enable a node
     an admin disabled by registering it again. A provider node (a hosted API) has
-    attestation "none" whatever it was, and needs credentials (its API key).
+    attestation "none" whatever it was, and needs credentials (its API key). A cluster
+    (adapter "thox") is read once the registration is committed (nodes.clusters): its
+    members, gpus, load and models.
     """
     existing = (
         Node.objects.select_for_update().filter(operator=operator, name=name)
@@ -173,6 +178,8 @@ def node_register(
         attestation = existing.attestation
     else:  # new, or a provider becoming a self-hosted node: it must prove itself first
         attestation = Node.Attestation.UNVERIFIED
+    if adapter == clusters.KIND and not models and existing:  # a cluster's models come from the cluster: keep them
+        models = list(existing.models.values("model", "upstream_model", "context_window", "max_output_tokens", "input_modalities"))
     node = node_upsert(
         name=name,
         base_url=base_url,
@@ -186,9 +193,12 @@ def node_register(
         public_id=existing.public_id if existing else new_id("node"),
         attestation=attestation,
         status=existing.status if existing else Node.Status.ACTIVE,
+        cluster_url=cluster_url,
     )
     if credentials is not None:
         node_credentials_set(node=node, credentials=credentials)
+    if adapter == clusters.KIND:
+        clusters.cluster_sync_enqueue(node=node)
     return node
 
 

@@ -2,30 +2,25 @@ import asyncio
 
 from celery import shared_task
 
+from . import clusters
 from .adapters import adapter_for
+from .adapters.thox import ClusterSnapshot
 from .models import Node
-from .registry import NodeTarget, open_credentials
+from .registry import NodeTarget, target_for
 from .services import node_record_health
 
 
-def _target(node: Node) -> NodeTarget:
-    return NodeTarget(
-        id=node.id,
-        public_id=node.public_id,
-        base_url=node.base_url,
-        adapter=node.adapter,
-        region=node.region,
-        attestation=node.attestation,
-        healthy=node.healthy,
-        credentials=open_credentials(node.public_id, node.credentials),
-    )
+async def _probe_one(target: NodeTarget) -> tuple[bool, ClusterSnapshot | None]:
+    if target.adapter == clusters.KIND:  # a cluster's probe also reads its members
+        return await clusters.cluster_probe(target)
+    return await adapter_for(target).health(), None
 
 
-async def _probe(targets: list[NodeTarget]) -> list[bool]:
+async def _probe(targets: list[NodeTarget]) -> list[tuple[bool, ClusterSnapshot | None]]:
     from nodes import http
 
     try:
-        return await asyncio.gather(*(adapter_for(t).health() for t in targets))
+        return await asyncio.gather(*(_probe_one(t) for t in targets))
     finally:
         await http.close()
 
@@ -33,5 +28,17 @@ async def _probe(targets: list[NodeTarget]) -> list[bool]:
 @shared_task
 def check_node_health() -> dict[str, bool]:
     nodes = list(Node.objects.exclude(status=Node.Status.DISABLED))
-    results = asyncio.run(_probe([_target(n) for n in nodes])) if nodes else []
-    return {node.public_id: node_record_health(node=node, healthy=ok) for node, ok in zip(nodes, results)}
+    results = asyncio.run(_probe([target_for(n) for n in nodes])) if nodes else []
+    health = {}
+    for node, (ok, snapshot) in zip(nodes, results):
+        if snapshot is not None:
+            clusters.cluster_apply(node=node, snapshot=snapshot)
+        health[node.public_id] = node_record_health(node=node, healthy=ok)
+    return health
+
+
+@shared_task
+def sync_cluster(node_id: int) -> bool:
+    """Read a cluster node's members and models now (after registration); whether it answered."""
+    node = Node.objects.filter(id=node_id, adapter=clusters.KIND).exclude(status=Node.Status.DISABLED).first()
+    return node is not None and clusters.cluster_sync(node=node) is not None

@@ -3,8 +3,9 @@ from .ollama import OllamaAdapter
 from .openai import OpenAICompatibleAdapter
 from .anthropic import AnthropicAdapter
 from .providers import CompatibleProviderAdapter, OpenAIProviderAdapter
+from .thox import ThoxAdapter
 
 __all__ = [
     "ADAPTERS", "NodeAdapter", "NodeError", "OllamaAdapter", "OpenAICompatibleAdapter", "adapter_for",
-    "AnthropicAdapter", "CompatibleProviderAdapter", "OpenAIProviderAdapter",
+    "AnthropicAdapter", "CompatibleProviderAdapter", "OpenAIProviderAdapter", "ThoxAdapter",
 ]

@@ -2,9 +2,10 @@
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``, ``POST /v1/embeddings``, ``GET /stats``, plus the
-engine's own control endpoints (the simulator's ``/_sim/*``), and with the
-"ollama" dialect Ollama's native ``/api`` routes (``ollama.py``); the "anthropic"
-dialect serves Anthropic's Messages API in place of the OpenAI routes (``anthropic.py``). Errors use
+engine's own control endpoints (the simulator's ``/_sim/*``), with the
+"ollama" dialect Ollama's native ``/api`` routes (``ollama.py``), with the
+"anthropic" dialect Anthropic's Messages API in place of the OpenAI routes (``anthropic.py``),
+and with the "thox" dialect a second app, a MagStack-style cluster API (``thox.py``). Errors use
 OpenAI's envelope ``{"error": {"message", "type", "code"}}``.
 
 Chat messages may carry text, ``image_url`` and ``input_audio`` parts; parts of
@@ -43,7 +44,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import anthropic, ollama
+from . import anthropic, ollama, thox
 from .engines import ApiError, Control, DropConnection, Engine, Generation
 
 log = logging.getLogger(__name__)
@@ -528,7 +529,7 @@ def _control(control: Control) -> Handler:
     return handler
 
 
-DIALECTS = ("openai", "ollama", "anthropic")
+DIALECTS = ("openai", "ollama", "anthropic", "thox")
 
 
 def require_key(api_key: str):
@@ -549,15 +550,21 @@ def require_key(api_key: str):
     return check
 
 
-def build_app(engine: Engine, dialect: str = "openai", api_key: str = "") -> web.Application:
+def build_app(
+    engine: Engine, dialect: str = "openai", api_key: str = "", cluster: thox.Cluster | None = None
+) -> web.Application:
     """The OpenAI routes; with the "ollama" dialect also Ollama's native ``/api`` (see ``ollama.py``);
-    with the "anthropic" dialect Anthropic's Messages API instead of the OpenAI routes (``anthropic.py``)."""
+    with the "anthropic" dialect Anthropic's Messages API instead of the OpenAI routes (``anthropic.py``);
+    with the "thox" dialect inference needs an online member of ``cluster`` (its API is :func:`thox.build_cluster_app`)."""
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     if dialect == "anthropic":
         middlewares = anthropic.middlewares(api_key)
     else:
         middlewares = [errors, require_key(api_key)] if api_key else [errors]
+    if dialect == "thox":
+        cluster = cluster or thox.Cluster(engine)
+        middlewares.append(thox.serving_guard(cluster))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[ENGINE] = engine
     app[STARTED] = int(time.time())
@@ -573,9 +580,12 @@ def build_app(engine: Engine, dialect: str = "openai", api_key: str = "") -> web
                 web.post("/v1/embeddings", embeddings),
             ]
         )
+    controls = engine.controls()
     if dialect == "ollama":
         ollama.add_routes(app, engine)
-    for (method, path), control in engine.controls().items():
+    elif dialect == "thox" and cluster is not None:
+        controls = cluster.wrap_controls(controls)
+    for (method, path), control in controls.items():
         app.router.add_route(method, path, _control(control))
 
     async def close_engine(app: web.Application) -> None:
@@ -585,24 +595,42 @@ def build_app(engine: Engine, dialect: str = "openai", api_key: str = "") -> web
     return app
 
 
-async def _serve(engine: Engine, host: str, port: int, banner: str, dialect: str, api_key: str) -> None:
+async def _serve(
+    engine: Engine, host: str, port: int, banner: str, dialect: str, api_key: str,
+    cluster: thox.Cluster | None, cluster_port: int,
+) -> None:
+    if dialect == "thox":
+        cluster = cluster or thox.Cluster(engine)
     runner = web.AppRunner(
-        build_app(engine, dialect, api_key), handler_cancellation=True, access_log=None, shutdown_timeout=5.0
+        build_app(engine, dialect, api_key, cluster), handler_cancellation=True, access_log=None, shutdown_timeout=5.0
     )
+    runners = [runner]
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()
         bound_port = runner.addresses[0][1]  # the real one when asked for port 0
         print(f"{banner} listening on http://{host}:{bound_port}", flush=True)
+        if cluster is not None:
+            keyed = [require_key(api_key)] if api_key else []
+            cluster_runner = web.AppRunner(thox.build_cluster_app(cluster, keyed), access_log=None, shutdown_timeout=5.0)
+            runners.append(cluster_runner)
+            await cluster_runner.setup()
+            await web.TCPSite(cluster_runner, host, cluster_port).start()
+            print(f"thox cluster API listening on http://{host}:{cluster_runner.addresses[0][1]}", flush=True)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         await stopping.wait()
     finally:
-        await runner.cleanup()
+        for r in reversed(runners):
+            await r.cleanup()
 
 
-def serve(engine: Engine, host: str, port: int, banner: str, dialect: str = "openai", api_key: str = "") -> None:
-    """Serve until SIGTERM or SIGINT, printing ``<banner> listening on http://HOST:PORT`` when ready."""
-    asyncio.run(_serve(engine, host, port, banner, dialect, api_key))
+def serve(
+    engine: Engine, host: str, port: int, banner: str, dialect: str = "openai", api_key: str = "",
+    cluster: thox.Cluster | None = None, cluster_port: int = thox.DEFAULT_CLUSTER_PORT,
+) -> None:
+    """Serve until SIGTERM or SIGINT, printing ``<banner> listening on http://HOST:PORT`` when ready
+    (and, for the "thox" dialect, ``thox cluster API listening on http://HOST:PORT`` after it)."""
+    asyncio.run(_serve(engine, host, port, banner, dialect, api_key, cluster, cluster_port))

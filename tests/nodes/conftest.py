@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.conftest import Simulator
 
 WITH_USAGE = {"include_usage": True}
 
@@ -70,3 +74,46 @@ def ollama_sim(ollama_process):
     """A simulator speaking the Ollama dialect, reset: pulled models forgotten, nothing loaded."""
     ollama_process.reset()
     return ollama_process
+
+
+# --- the Thox dialect: inference on one port, the cluster API on another ---------------------
+
+THOX_MEMBERS = ("--members", "3", "--member-gpus", "1,2", "--member-hardware", "Jetson Orin NX 16GB,Jetson AGX Orin 64GB")
+
+
+@dataclass
+class ThoxSimulator(Simulator):
+    cluster_url: str = ""
+
+    @property
+    def cluster(self) -> dict:
+        return self.stats()["cluster"]
+
+
+def start_thox_simulator(*extra: str, ports: tuple[int, int] | None = None) -> ThoxSimulator:
+    """A simulated 3-member cluster (node-001: 1 GPU, node-002: 2 GPUs AGX 64GB, node-003: 1 GPU), serving sim-small and sim-large."""
+    from tests.conftest import Process, free_port
+
+    port, cluster_port = ports or (free_port(), free_port())
+    while cluster_port == port:
+        cluster_port = free_port()
+    process = Process(
+        [sys.executable, "manage.py", "run_node_simulator", "--dialect", "thox", "--port", str(port),
+         "--cluster-port", str(cluster_port), "--models", "sim-small,sim-large", *THOX_MEMBERS, *extra],
+        ready="thox cluster API listening on",
+    )
+    return ThoxSimulator(url=f"http://127.0.0.1:{port}", process=process, cluster_url=f"http://127.0.0.1:{cluster_port}")
+
+
+@pytest.fixture(scope="session")
+def thox_process():
+    sim = start_thox_simulator()
+    yield sim
+    sim.process.stop()
+
+
+@pytest.fixture
+def thox_sim(thox_process) -> ThoxSimulator:
+    """The simulated cluster, reset: every member online, idle, nothing loaded or pulled."""
+    thox_process.reset()
+    return thox_process

@@ -99,6 +99,7 @@ def admin_form(**fields) -> dict:
         "name": "hosted", "base_url": "https://api.anthropic.example", "adapter": "provider-anthropic",
         "region": "us", "hardware": "", "gpus": 0, "status": "active", "attestation": "none",
         "new_credentials": "", "models-TOTAL_FORMS": 1, "models-INITIAL_FORMS": 0,
+        "members-TOTAL_FORMS": 0, "members-INITIAL_FORMS": 0,
         "models-0-model": "claude-sim", "models-0-upstream_model": "sim-small", "models-0-context_window": 8192,
         "models-0-max_output_tokens": 256, "models-0-input_modalities": '["text"]', **fields,
     }

@@ -5,8 +5,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from nodes.nodeserver import thox
 from nodes.nodeserver.app import DIALECTS, serve
 from nodes.nodeserver.engines import FAIL_MODES, MODALITIES, SimConfig, SimulatorEngine
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 class Command(BaseCommand):
@@ -36,11 +41,19 @@ class Command(BaseCommand):
             choices=DIALECTS,
             default="openai",
             help="ollama also serves Ollama's native /api (tags, ps, pull, load/unload via generate); "
-            "anthropic serves Anthropic's Messages API (/v1/messages) instead of the OpenAI routes",
+            "anthropic serves Anthropic's Messages API (/v1/messages) instead of the OpenAI routes; "
+            "thox also serves a MagStack-style cluster API on --cluster-port",
         )
         parser.add_argument(
             "--api-key", default="",
             help="require the key on /v1, like a hosted API: 'Authorization: Bearer <key>' (x-api-key with --dialect anthropic)",
+        )
+        thox_options = parser.add_argument_group("thox dialect")
+        thox_options.add_argument("--cluster-port", type=int, default=thox.DEFAULT_CLUSTER_PORT, help="0 picks a free port")
+        thox_options.add_argument("--members", type=int, default=3, help="simulated cluster members")
+        thox_options.add_argument("--member-gpus", default="1", help="GPUs per member; a comma-separated list is cycled")
+        thox_options.add_argument(
+            "--member-hardware", default=thox.DEFAULT_HARDWARE, help="each member's hardware; a comma-separated list is cycled"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -60,5 +73,14 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         engine = SimulatorEngine(models, config, seed=options["seed"])
+        cluster = None
+        if options["dialect"] == "thox":
+            try:
+                cluster = thox.Cluster(
+                    engine, members=options["members"], gpus=[int(g) for g in _csv(options["member_gpus"])],
+                    hardware=_csv(options["member_hardware"]),
+                )
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
         serve(engine, options["host"], options["port"], banner="node simulator", dialect=options["dialect"],
-              api_key=options["api_key"])
+              api_key=options["api_key"], cluster=cluster, cluster_port=options["cluster_port"])

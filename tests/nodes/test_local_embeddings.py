@@ -156,3 +156,30 @@ def test_bad_input_is_refused_with_a_clear_error(client):
     response = client.post("/v1/embeddings", json={"model": E5, "input": ["fine", "nul\u0000inside"]})
     assert response.status_code == 400 and "input[1] contains a NUL" in response.json()["error"]["message"]
     assert embed(client, "x", dimensions=384)["data"][0]["embedding"]
+
+
+# --- the heavy alternative: all-MiniLM-L6-v2 (`make embeddings-minilm`) ------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_url():
+    pytest.importorskip("sentence_transformers", reason="the local-node-minilm extra is not installed")
+    process, url = start_local_node("--embeddings", "minilm")
+    yield url
+    process.stop()
+
+
+def test_minilm_is_selectable_and_counts_its_wordpiece_tokens(minilm_url):
+    with httpx.Client(base_url=minilm_url, timeout=60) as client:
+        assert client.get("/health").json()["models"] == [CHAT, "all-minilm-l6-v2"]
+        request = {"model": "all-minilm-l6-v2"}
+        body = client.post("/v1/embeddings", json={**request, "input": ["Hello world", "The cat naps on the couch."]})
+        assert body.status_code == 200, body.text
+        # [CLS] hello world [SEP] = 4; [CLS] the cat nap ##s on the couch . [SEP] = 10.
+        assert body.json()["usage"]["prompt_tokens"] == 4 + 10
+        a, p, u = vectors(client.post("/v1/embeddings", json={**request, "input": [
+            "The cat is sleeping on the sofa.", "A cat naps on the couch.", "Interest rates rose this quarter."]}).json())
+        assert len(a) == 384 and abs(math.fsum(x * x for x in a) - 1) < 1e-5
+        assert cosine(a, p) > cosine(a, u) + 0.05
+        response = client.post("/v1/embeddings", json={**request, "input": "word " * 300})
+        assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"

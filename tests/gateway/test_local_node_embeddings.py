@@ -81,6 +81,12 @@ def test_sdk_embeddings_in_float_and_base64_bill_exactly_the_node_tokens(client,
     assert check_ledger() == []
 
 
+def test_the_e5_prefix_convention_holds_through_the_gateway(client):
+    typed = client.embeddings.create(model=E5, input="red apples", extra_body={"input_type": "passage"})
+    prefixed, plain = client.embeddings.create(model=E5, input=["passage: red apples", "red apples"]).data
+    assert typed.data[0].embedding == prefixed.embedding != plain.embedding
+
+
 def test_bad_embedding_input_is_refused_and_nothing_is_charged(client, alice):
     for bad in ([], ["ok", 3], [""]):
         with pytest.raises(openai.BadRequestError) as caught:

@@ -134,7 +134,8 @@ def part1(threads: int) -> None:
         batch = time.perf_counter() - t
         rows.append([
             name, f"{load * 1000:.0f}ms", f"+{rss_mb() - before}MB", f"{statistics.median(latencies) * 1000:.1f}ms",
-            f"{len(BATCH) / batch:.0f}/s", f"{wins}/{len(TRIPLES)}", f"{min(margins):+.3f}", f"{statistics.mean(margins):+.3f}",
+            f"{len(BATCH) / batch:.0f}/s", f"{wins}/{len(TRIPLES)}",
+            f"{min(margins):+.3f}", f"{statistics.mean(margins):+.3f}",
         ])  # fmt: skip
         del embed
     print(f"\nCandidates in one process, in this order, {threads} threads (load includes imports)")

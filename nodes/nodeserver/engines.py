@@ -222,7 +222,9 @@ class Engine:
         """The length of ``model``'s vectors, if fixed; a request for another ``dimensions`` gets a 400."""
         return None
 
-    async def embed(self, model: str, texts: list[str], *, input_type: str | None = None) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, model: str, texts: list[str], *, input_type: str | None = None
+    ) -> tuple[list[list[float]], int]:
         """Return one vector per text and the prompt tokens consumed.
 
         ``input_type`` ("query", "passage" or None) is the request's hint for
@@ -374,7 +376,9 @@ class SimulatorEngine(Engine):
             yield tail
         gen.finish_reason = finish_reason
 
-    async def embed(self, model: str, texts: list[str], *, input_type: str | None = None) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, model: str, texts: list[str], *, input_type: str | None = None
+    ) -> tuple[list[list[float]], int]:
         return [tokens.embedding(t) for t in texts], sum(tokens.text_tokens(t) for t in texts)
 
     def controls(self) -> dict[tuple[str, str], Control]:
@@ -473,7 +477,8 @@ class LlamaEngine(Engine):
 
     async def generate(self, gen: Generation) -> AsyncIterator[str]:
         if gen.model != self.alias:
-            raise ApiError(400, f"The model '{gen.model}' is an embedding model: use /v1/embeddings.", code="unsupported")
+            message = f"The model '{gen.model}' is an embedding model: use /v1/embeddings."
+            raise ApiError(400, message, code="unsupported")
         prompt = self._prompt(gen)
         gen.prompt_tokens = len(prompt)
         room = self.llm.n_ctx() - len(prompt)  # the answer is cut ("length") where the context ends
@@ -544,7 +549,9 @@ class LlamaEngine(Engine):
     def embedding_dimensions(self, model: str) -> int | None:
         return self.embedder.dimensions if self.can_embed(model) else None
 
-    async def embed(self, model: str, texts: list[str], *, input_type: str | None = None) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, model: str, texts: list[str], *, input_type: str | None = None
+    ) -> tuple[list[list[float]], int]:
         assert self.embedder is not None and model == self.embedder.model  # the HTTP layer checked can_embed
         loop = asyncio.get_running_loop()
         try:

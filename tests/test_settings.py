@@ -26,6 +26,7 @@ def load_settings(**env):
         ({"APP_ENV": "prod"}, "APP_ENV='prod'"),
         ({"APP_ENV": "production", "DJANGO_SECRET_KEY": ""}, "DJANGO_SECRET_KEY must be set in production"),
         ({"DJANGO_SECRET_KEY": "short"}, "at least 32 characters"),
+        ({"LOCAL_NODE_EMBEDDINGS": "bert"}, "LOCAL_NODE_EMBEDDINGS='bert' must be e5, minilm or off"),
     ],
 )
 def test_bad_values_stop_start_up(env, message):

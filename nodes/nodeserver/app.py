@@ -470,7 +470,7 @@ async def embeddings(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = await read_json(request)
     model = _model(body, engine)
-    if not engine.embeds:
+    if not engine.can_embed(model):
         raise ApiError(400, f"The model '{model}' does not support embeddings.", code="unsupported")
     texts = body.get("input")
     if isinstance(texts, str):
@@ -480,12 +480,18 @@ async def embeddings(request: web.Request) -> web.Response:
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise _invalid("encoding_format", "'float' or 'base64'")
+    input_type = body.get("input_type")  # for models trained with query/passage prefixes (see embedders.py)
+    if input_type not in (None, "query", "passage"):
+        raise _invalid("input_type", "'query' or 'passage'")
+    dimensions = _int(body, "dimensions", 1)
+    if dimensions is not None and (fixed := engine.embedding_dimensions(model)) not in (None, dimensions):
+        raise ApiError(400, f"The model '{model}' makes {fixed}-dimensional vectors only.", code="invalid_value")
     # Counted like a completion (an answer with no output tokens), so tests see every request a node served.
     record = Generation(id="emb-" + os.urandom(12).hex(), model=model, stream=False)
     engine.stats.started()
     outcome = "failed"
     try:
-        vectors, record.prompt_tokens = await engine.embed(model, texts)
+        vectors, record.prompt_tokens = await engine.embed(model, texts, input_type=input_type)
         outcome = "completed"
     except asyncio.CancelledError:
         outcome = "cancelled"

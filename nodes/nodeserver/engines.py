@@ -12,7 +12,8 @@ status, because the HTTP layer waits for that piece before it commits to a
 * :class:`SimulatorEngine` makes synthetic words with settable latency and
   injected failures: a real upstream process for tests and benchmarks.
 * :class:`LlamaEngine` runs a GGUF model with llama.cpp, one generation at a
-  time in a worker thread, and counts tokens exactly.
+  time in a worker thread, and counts tokens exactly; it can also serve an
+  embedding model (``embedders.py``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import tokens
+from .embedders import EmbedError, Embedder
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -216,8 +218,22 @@ class Engine:
 
     embeds: ClassVar[bool] = False  # whether :meth:`embed` works; the HTTP layer refuses embeddings otherwise
 
-    async def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
-        """Return one vector per text and the prompt tokens consumed."""
+    def can_embed(self, model: str) -> bool:
+        """Whether ``model`` (one of :attr:`models`) answers /v1/embeddings."""
+        return self.embeds
+
+    def embedding_dimensions(self, model: str) -> int | None:
+        """The length of ``model``'s vectors, if fixed; a request for another ``dimensions`` gets a 400."""
+        return None
+
+    async def embed(
+        self, model: str, texts: list[str], *, input_type: str | None = None
+    ) -> tuple[list[list[float]], int]:
+        """Return one vector per text and the prompt tokens consumed.
+
+        ``input_type`` ("query", "passage" or None) is the request's hint for
+        models trained with such prefixes; others ignore it.
+        """
         raise NotImplementedError
 
     def controls(self) -> dict[tuple[str, str], Control]:
@@ -366,7 +382,9 @@ class SimulatorEngine(Engine):
             yield tail
         gen.finish_reason = finish_reason
 
-    async def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, model: str, texts: list[str], *, input_type: str | None = None
+    ) -> tuple[list[list[float]], int]:
         return [tokens.embedding(t) for t in texts], sum(tokens.text_tokens(t) for t in texts)
 
     def controls(self) -> dict[tuple[str, str], Control]:
@@ -410,15 +428,24 @@ class LlamaEngine(Engine):
     never be used by two generations at once, even when an abandoned request
     is torn down before its thread has noticed. Each generation checks a cancel
     flag every token, so a client that leaves frees the model within a token.
+
+    With an ``embedder`` the node also serves that embedding model, on a
+    worker thread of its own, so a long embedding batch does not stall chats
+    (and the chat model answers no embeddings, the embedding model no chats).
     """
 
     name = "llama"
 
-    def __init__(self, model_path: str, alias: str, *, n_ctx: int, n_threads: int) -> None:
+    def __init__(
+        self, model_path: str, alias: str, *, n_ctx: int, n_threads: int, embedder: Embedder | None = None
+    ) -> None:
         import llama_cpp  # here, so the simulator never pays for loading llama.cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        super().__init__([alias])
+        super().__init__([alias] if embedder is None else [alias, embedder.model])
+        self.alias = alias
+        self.embedder = embedder
+        self.embed_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self.llm: Llama = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
@@ -456,6 +483,9 @@ class LlamaEngine(Engine):
         return prompt
 
     async def generate(self, gen: Generation) -> AsyncIterator[str]:
+        if gen.model != self.alias:
+            message = f"The model '{gen.model}' is an embedding model: use /v1/embeddings."
+            raise ApiError(400, message, code="unsupported")
         prompt = self._prompt(gen)
         gen.prompt_tokens = len(prompt)
         room = self.llm.n_ctx() - len(prompt)  # the answer is cut ("length") where the context ends
@@ -520,7 +550,24 @@ class LlamaEngine(Engine):
         if tail := stop.flush() + decoder.decode(b"", final=True):
             emit(tail)
 
+    def can_embed(self, model: str) -> bool:
+        return self.embedder is not None and model == self.embedder.model
+
+    def embedding_dimensions(self, model: str) -> int | None:
+        return self.embedder.dimensions if self.can_embed(model) else None
+
+    async def embed(
+        self, model: str, texts: list[str], *, input_type: str | None = None
+    ) -> tuple[list[list[float]], int]:
+        assert self.embedder is not None and model == self.embedder.model  # the HTTP layer checked can_embed
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.embed_worker, self.embedder.embed, texts, input_type)
+        except EmbedError as exc:
+            raise ApiError(400, str(exc), code=exc.code) from None
+
     async def close(self) -> None:
         for cancel in list(self.cancels):
             cancel.set()
         await asyncio.to_thread(self.worker.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self.embed_worker.shutdown, wait=True, cancel_futures=True)

@@ -352,7 +352,8 @@ def test_sigterm_exits_cleanly():
 async def test_llama_node_reports_exact_usage():
     port = free_port()
     node = Process(
-        [sys.executable, "manage.py", "run_local_node", "--port", str(port), "--ctx", "512"], ready="listening on"
+        [sys.executable, "manage.py", "run_local_node", "--port", str(port), "--ctx", "512", "--embeddings", "off"],
+        ready="listening on",
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:

@@ -21,6 +21,7 @@ from billing.models import ModelPrice
 from console import keys, services
 from console.models import ApiKey, Organization, Project
 from nodes import services as node_services
+from nodes.nodeserver.embedders import MAX_REQUEST_TOKENS, embedding_model
 
 EMAIL = "demo@example.com"
 ORG_NAME = "Demo Organization"
@@ -28,6 +29,8 @@ PROJECT_NAME = "Demo Project"
 SEED_CREDIT_MICROS = 10_000_000  # 10 USD
 # SmolLM2-135M: 0.10 USD per 1M input tokens, 0.20 USD per 1M output tokens.
 LOCAL_PRICE = {"input_per_mtok": 100_000, "cached_input_per_mtok": 50_000, "output_per_mtok": 200_000}
+# The local embedding model (multilingual-e5-small-q4 by default): 0.02 USD per 1M input tokens; no output.
+EMBEDDING_PRICE = {"input_per_mtok": 20_000, "cached_input_per_mtok": 20_000, "output_per_mtok": 0}
 
 
 class Command(BaseCommand):
@@ -105,16 +108,24 @@ class Command(BaseCommand):
 
     def _local_node(self) -> None:
         model = settings.LOCAL_NODE_MODEL
+        models = [{"model": model, "context_window": 2048, "max_output_tokens": 512}]
+        prices = {model: LOCAL_PRICE}
+        if embedder := embedding_model(settings.LOCAL_NODE_EMBEDDINGS):
+            # The window bounds a whole request (the gateway reserves for at most that many input
+            # tokens); an embedding model writes no output tokens.
+            models.append({"model": embedder, "context_window": MAX_REQUEST_TOKENS, "max_output_tokens": 0})
+            prices[embedder] = EMBEDDING_PRICE
         node_services.node_upsert(
             public_id="node_local",
-            name="Built-in local node (SmolLM2-135M, llama.cpp)",
+            name="Built-in local node (SmolLM2-135M, llama.cpp; embeddings)",
             base_url=f"http://127.0.0.1:{settings.LOCAL_NODE_PORT}/v1",
             region="local",
             hardware="CPU",
-            models=[{"model": model, "context_window": 2048, "max_output_tokens": 512}],
+            models=models,
         )
-        if not ModelPrice.objects.filter(model=model).exists():
-            billing_services.price_publish(model=model, **LOCAL_PRICE)
+        for name, price in prices.items():
+            if not ModelPrice.objects.filter(model=name).exists():
+                billing_services.price_publish(model=name, **price)
 
     def _working_key(self, project: Project, kind: str, plaintext: str | None, user) -> str:
         if plaintext:

@@ -1,4 +1,5 @@
-"""``manage.py run_local_node``: serve a GGUF model (SmolLM2-135M-Instruct by default) with llama.cpp."""
+"""``manage.py run_local_node``: serve a GGUF model (SmolLM2-135M-Instruct by default) with llama.cpp,
+and an embedding model (multilingual-e5-small-q4 by default, see ``nodes/nodeserver/EMBEDDINGS.md``)."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,6 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from nodes.nodeserver.app import serve
+from nodes.nodeserver.embedders import EMBEDDERS, load_embedder
 from nodes.nodeserver.engines import LlamaEngine
 
 
@@ -31,6 +33,10 @@ class Command(BaseCommand):
         parser.add_argument("--alias", default=settings.LOCAL_NODE_MODEL, help="the model name clients use")
         parser.add_argument("--threads", type=int, default=settings.LOCAL_NODE_THREADS)
         parser.add_argument("--ctx", type=int, default=2048, help="context window in tokens")
+        parser.add_argument(
+            "--embeddings", choices=[*EMBEDDERS, "off"], default=settings.LOCAL_NODE_EMBEDDINGS,
+            help="the embedding model served next to the chat model",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         path = options["model_path"] or default_model_path()
@@ -39,7 +45,10 @@ class Command(BaseCommand):
         if options["threads"] < 1 or options["ctx"] < 16:
             raise CommandError("--threads must be >= 1 and --ctx >= 16")
         try:
-            engine = LlamaEngine(path, options["alias"], n_ctx=options["ctx"], n_threads=options["threads"])
-        except ValueError as exc:
+            embedder = load_embedder(options["embeddings"], threads=options["threads"])
+            engine = LlamaEngine(
+                path, options["alias"], n_ctx=options["ctx"], n_threads=options["threads"], embedder=embedder
+            )
+        except (ValueError, ImportError) as exc:
             raise CommandError(str(exc)) from None
         serve(engine, options["host"], options["port"], banner="local node")

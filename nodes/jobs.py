@@ -74,6 +74,15 @@ def job_progress(*, job: Job, progress: dict[str, Any]) -> None:
     job.progress = progress
 
 
+def job_requeue(*, job: Job, progress: dict[str, Any]) -> bool:
+    """running → queued, before a retry: the retry claims it again with job_start. False if it
+    was no longer running (finished or cancelled meanwhile: then there is nothing to retry)."""
+    back = Job.objects.filter(id=job.id, status=Job.Status.RUNNING).update(status=Job.Status.QUEUED, progress=progress)
+    if back:
+        job.status, job.progress = Job.Status.QUEUED, progress
+    return bool(back)
+
+
 def job_finish(
     *, job: Job, status: str, result: Any = None, error_code: str = "", error_message: str = ""
 ) -> bool:

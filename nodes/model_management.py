@@ -211,6 +211,7 @@ def model_pull_run(*, job: Job, attempt: int) -> PullOutcome:
         return PullOutcome(Job.Status.FAILED)
     name = job.params.get("upstream_model") or job.params["model"]
     progress = _Progress(job, attempt)
+    progress.write()  # {"status": "starting", "attempt": n}: a retry shows as such at once
     try:
         _pull(node_target(node), name, progress)
     except NodeError as exc:

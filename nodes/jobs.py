@@ -122,6 +122,25 @@ def job_object(job: Job, *, include_result: bool = True) -> dict[str, Any]:
     return obj
 
 
+def progress_percent(progress: dict[str, Any]) -> int | None:
+    """How far the current step is (``completed`` of ``total``), rounded down; None if unknown."""
+    completed, total = progress.get("completed"), progress.get("total")
+    if isinstance(completed, int) and isinstance(total, int) and total > 0:
+        return max(0, min(100, completed * 100 // total))
+    return None
+
+
+def progress_text(progress: dict[str, Any]) -> str:
+    """A line for people (admin, console): ``pulling 0a1b2c 25% (attempt 2)``."""
+    text = str(progress.get("status", ""))
+    if (percent := progress_percent(progress)) is not None:
+        text += f" {percent}%"
+    attempt = progress.get("attempt")
+    if isinstance(attempt, int) and attempt > 1:
+        text += f" (attempt {attempt})"
+    return text
+
+
 def job_enqueue(*, job: Job, task) -> None:
     """Run the Celery ``task(job.public_id)`` once the job row is committed.
 

@@ -256,3 +256,14 @@ def test_a_project_sees_its_own_jobs_only(server, alice, bob, charlie, operator_
         response = get_job(server, token, job.public_id)
         assert response.status_code == status and response.json()["error"]["code"] == code, (token, response.text)
     assert httpx.get(f"{server.api}/jobs/{job.public_id}").status_code == 401
+
+
+def test_jobs_and_model_changes_match_the_document(server, ollama_sim, ollama_node, operator_token):
+    from tests.nodes.test_topology import conforms
+
+    change = model_call(server, operator_token, ollama_node.public_id, "load", {"model": "sim-small"}).json()
+    conforms(server, change, "NodeModelChange")
+    queued = model_call(server, operator_token, ollama_node.public_id, "pull", {"model": PULLED, "serve": {}}).json()
+    conforms(server, queued, "Job")
+    done, _ = wait_job(server, operator_token, queued["id"], finished)
+    conforms(server, done, "Job")

@@ -151,3 +151,24 @@ def test_an_operator_without_nodes_has_an_empty_topology(server, transactional_d
     assert get(server, "topology", token).json() == {"object": "node.topology", "scope": "operator", "regions": []}
     health = get(server, "health", token).json()
     assert (health["nodes"], health["healthy"], health["unhealthy"], health["regions"]) == (0, 0, 0, [])
+
+
+def conforms(server, instance: dict, schema_name: str) -> None:
+    """``instance`` matches the OpenAPI document's schema (schemathesis only calls these routes with API keys)."""
+    import jsonschema
+
+    document = httpx.get(f"{server.api}/openapi.json").json()
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "components": document["components"],
+              "$ref": f"#/components/schemas/{schema_name}"}
+    jsonschema.validate(instance, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_the_operator_views_match_the_document(server, network):
+    topology = get(server, "topology", network["token"]).json()
+    conforms(server, topology, "NodeTopology")
+    conforms(server, get(server, "health", network["token"]).json(), "NodeHealth")
+    import jsonschema
+
+    del topology["regions"][0]["nodes"][0]["consecutive_failures"]  # the check can fail: this no longer conforms
+    with pytest.raises(jsonschema.ValidationError):
+        conforms(server, topology, "NodeTopology")

@@ -6,6 +6,7 @@ conditional UPDATE). Inputs and results are sealed, bound to the job's id.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -16,6 +17,8 @@ from django.utils import timezone
 from config import crypto
 
 from .models import Job
+
+log = logging.getLogger(__name__)
 
 PURPOSE = "job"
 TERMINAL = (Job.Status.SUCCEEDED, Job.Status.FAILED, Job.Status.CANCELLED)
@@ -163,6 +166,10 @@ def _run_eager(task, job_id: str) -> None:
     from django.db import connections
 
     try:
-        task.apply(args=(job_id,))
+        # throw=False: with eager propagation a task's self.retry() would escape this thread as an
+        # exception instead of running the retry (Task.apply retries only results it holds).
+        result = task.apply(args=(job_id,), throw=False)
+        if result.failed():
+            log.error("job %s: task %s failed\n%s", job_id, task.name, result.traceback)
     finally:
         connections.close_all()  # this thread's connections die with it

@@ -267,3 +267,27 @@ def test_jobs_and_model_changes_match_the_document(server, ollama_sim, ollama_no
     conforms(server, queued, "Job")
     done, _ = wait_job(server, operator_token, queued["id"], finished)
     conforms(server, done, "Job")
+
+
+def test_under_eager_celery_a_pull_is_retried_on_its_thread_then_fails(charlie, settings):
+    """No broker: the task runs on a job thread of this process, and Celery's eager retries wait their backoff there."""
+    from nodes.model_management import model_pull_create
+    from nodes.models import Job
+    from nodes.services import node_register
+    from tests.conftest import start_simulator
+
+    assert settings.CELERY_TASK_ALWAYS_EAGER
+    settings.NODE_PULL_MAX_RETRIES, settings.NODE_PULL_RETRY_SECONDS = 1, 1
+    sim = start_simulator("--dialect", "ollama")
+    node = node_register(operator=charlie.organization, name="flaky", base_url=f"{sim.url}/v1", adapter="ollama",
+                         models=[{"model": "sim-small"}])
+    sim.process.stop()
+    job = model_pull_create(node=node, model=PULLED)
+    seen = set()
+    deadline = time.monotonic() + 30
+    while (job := Job.objects.get(id=job.id)).status not in (Job.Status.SUCCEEDED, Job.Status.FAILED):
+        seen.add((job.status, job.progress.get("status"), job.progress.get("attempt")))
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.02)
+    assert ("queued", "retrying", 1) in seen
+    assert (job.error_code, job.error_message.endswith("after 2 attempts")) == ("upstream_unavailable", True)

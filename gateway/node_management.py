@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import orjson
 from asgiref.sync import sync_to_async
 from django.utils import timezone
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from console import keys
 from nodes import router
@@ -60,14 +60,9 @@ class NodeModelServe(_Closed):
     model: ModelName | None = Field(None, description="The public name clients use; default: the pulled name.")
     context_window: Size = 4096
     max_output_tokens: Size = 1024
-    input_modalities: list[str] | None = None
-
-    @field_validator("input_modalities")
-    @classmethod
-    def _modalities(cls, value: list[str] | None) -> list[str] | None:
-        from nodes.services import _input_modalities
-
-        return None if value is None else _input_modalities(value)
+    input_modalities: list[Annotated[str, Field(max_length=16)]] | None = Field(
+        None, max_length=3, description="Any of `text`, `image`, `audio`; default `[\"text\"]`."
+    )
 
 
 class NodeModelPullRequest(_Closed):
@@ -178,7 +173,11 @@ def _pull_sync(operator_id: int, node_id: str, data: NodeModelPullRequest) -> di
             "unsupported_operation", f"Node {node_id} ({node.adapter}) cannot pull models; pull them on the backend itself."
         )
     serve = data.serve.model_dump() if data.serve is not None else None
-    job = model_pull_create(node=node, model=data.model, serve=serve)
+    try:
+        job = model_pull_create(node=node, model=data.model, serve=serve)
+    except ValueError as exc:  # the node's operator owns the job, so only the modalities can be wrong
+        raise GatewayError("invalid_request", f"Invalid value for 'serve.input_modalities': {exc}.",
+                           param="serve.input_modalities") from None
     job.node = node
     return job_object(job)
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import node_views, views
 
 app_name = "console"
 urlpatterns = [
@@ -11,5 +11,7 @@ urlpatterns = [
     path("console/projects/<str:project_id>/keys/<str:key_id>/rotate", views.key_rotate, name="key_rotate"),
     path("console/projects/<str:project_id>/keys/<str:key_id>/revoke", views.key_revoke, name="key_revoke"),
     path("console/projects/<str:project_id>/routing", views.project_routing, name="project_routing"),
+    path("console/orgs/<str:org_id>/nodes/", node_views.organization_nodes, name="org_nodes"),
+    path("console/orgs/<str:org_id>/nodes/jobs", node_views.organization_jobs, name="org_node_jobs"),
     path("healthz", views.healthz, name="healthz"),
 ]

@@ -21,6 +21,7 @@ from . import endpoints as ep
 from .context import ApiRequest, error_response
 from .errors import GatewayError
 from .model_views import get_model, list_models
+from .node_management import get_job, health, load_model, pull_model, topology, unload_model
 from .nodes_api import list_nodes, node_heartbeat, register_node
 from .openapi import openapi_json
 from .protocols import messages
@@ -88,6 +89,12 @@ routes = [
     Route("/v1/nodes", endpoint(list_nodes), methods=["GET"]),
     Route("/v1/nodes/register", endpoint(register_node), methods=["POST"]),
     Route("/v1/nodes/{node_id}/heartbeat", endpoint(node_heartbeat), methods=["POST"]),
+    Route("/v1/nodes/topology", endpoint(topology), methods=["GET"]),
+    Route("/v1/nodes/health", endpoint(health), methods=["GET"]),
+    Route("/v1/nodes/{node_id}/models/load", endpoint(load_model), methods=["POST"]),
+    Route("/v1/nodes/{node_id}/models/unload", endpoint(unload_model), methods=["POST"]),
+    Route("/v1/nodes/{node_id}/models/pull", endpoint(pull_model), methods=["POST"]),
+    Route("/v1/jobs/{job_id}", endpoint(get_job), methods=["GET"]),
     Route("/v1/openapi.json", endpoint(openapi_json), methods=["GET"]),
 ]
 

@@ -14,6 +14,7 @@ CODES: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "invalid_request_error"),
     "idempotency_key_required": (400, "invalid_request_error"),
     "unsupported_content": (400, "invalid_request_error"),
+    "unsupported_operation": (400, "invalid_request_error"),
     "invalid_api_key": (401, "authentication_error"),
     "unauthenticated": (401, "authentication_error"),
     "insufficient_balance": (402, "billing_error"),

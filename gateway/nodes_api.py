@@ -147,25 +147,12 @@ def operator_node_object(node) -> dict[str, Any]:
 
 
 def _cluster_fields(node) -> dict[str, Any]:
+    from nodes.selectors import node_members
+
     """A cluster's own API and its members: for its operator only, never in what projects see."""
     return {
         "cluster_url": node.cluster_url or cluster_root(node.base_url),
-        "members": [
-            {
-                "id": m.member_id,
-                "name": m.name,
-                "role": m.role,
-                "hardware": m.hardware,
-                "gpus": m.gpus,
-                "ram_gb": m.ram_gb,
-                "status": m.status,
-                "healthy": m.healthy,
-                "load": m.load,
-                "models_loaded": m.models_loaded,
-                "last_seen": int(m.last_seen.timestamp()) if m.last_seen else None,
-            }
-            for m in sorted(node.members.all(), key=lambda m: m.member_id)
-        ],
+        "members": node_members(node),
     }
 
 

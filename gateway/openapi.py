@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from . import nodes_api, schemas
+from . import node_management, nodes_api, schemas
 from .context import ApiRequest, json_response
 from .errors import CODES
 from .protocols import completions, messages, responses
@@ -54,7 +54,10 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], ...]] = {
     "": (schemas.ChatCompletionRequest, completions.CompletionRequest, completions.EmbeddingRequest),
     "Responses": (responses.ResponsesRequest,),
     "Anthropic": (messages.MessagesRequest, messages.CountTokensRequest),
-    "Node": (nodes_api.NodeRegisterRequest, nodes_api.NodeHeartbeatRequest),
+    "Node": (
+        nodes_api.NodeRegisterRequest, nodes_api.NodeHeartbeatRequest,
+        node_management.NodeModelRequest, node_management.NodeModelPullRequest,
+    ),
 }
 
 
@@ -127,6 +130,119 @@ _KEY_LIMITS = {
         {"type": "integer", "minimum": 0, "maximum": 10**15, "description": "Micro-units a calendar month (UTC)."}
     ),
 }
+
+_STATUS = {"enum": ["active", "draining", "disabled"]}
+_ATTESTATION = {"enum": ["none", "unverified", "verified"]}
+_LOAD = {"type": "number", "minimum": 0, "maximum": 1, "description": "As last reported by the node."}
+
+
+def _by_region(node: Schema, *, counts: bool) -> Schema:
+    properties: Schema = {"region": STRING, "nodes": {"type": "array", "items": node}}
+    if counts:
+        properties.update(healthy=COUNT, unhealthy=COUNT)
+    return obj(properties, tuple(properties))
+
+
+def _management_objects() -> dict[str, Schema]:
+    """Jobs, model management, topology and health (gateway/node_management.py)."""
+    from nodes.models import Job
+
+    health = {
+        "id": {"type": "string", "pattern": "^node_"},
+        "name": STRING,
+        "status": _STATUS,
+        "healthy": {"type": "boolean"},
+        "attestation": _ATTESTATION,
+        "attestation_expires_at": nullable(TIMESTAMP),
+        "load": _LOAD,
+        "queue_depth": COUNT,
+        "last_heartbeat_at": nullable(TIMESTAMP),
+        "last_probe_at": nullable(TIMESTAMP),
+        "consecutive_failures": COUNT,
+        "members": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "A cluster node's members (Thox-style clusters); empty for a single node.",
+        },
+    }
+    topology = {
+        **health,
+        "base_url": STRING,
+        "adapter": STRING,
+        "hardware": STRING,
+        "gpus": COUNT,
+        "models": obj(
+            {"served": {"type": "array", "items": STRING}, "loaded": {"type": "array", "items": STRING}},
+            ("served", "loaded"),
+        ),
+    }
+    public_health = {"id": {"type": "string", "pattern": "^node_"}, "healthy": {"type": "boolean"},
+                     "attestation": _ATTESTATION, "load": _LOAD}
+    public_topology = {**public_health, "gpus": COUNT, "models": {"type": "array", "items": STRING}}
+    scope = {"enum": ["operator", "project"], "description": "`operator` for a node token, `project` for a secret key."}
+    return {
+        "Job": obj(
+            {
+                "id": {"type": "string", "pattern": "^job_"},
+                "object": {"const": "job"},
+                "kind": {"enum": list(Job.Kind.values)},
+                "status": {"enum": list(Job.Status.values)},
+                "node": nullable(STRING),
+                "params": {"type": "object", "description": "What the job was asked to do (metadata only)."},
+                "progress": {
+                    "type": "object",
+                    "description": "The latest progress: for a pull `{status, completed?, total?, attempt}`; "
+                    "`status` `retrying` (with `error`, `retry_in` seconds) while a retry waits.",
+                },
+                "created_at": TIMESTAMP,
+                "started_at": nullable(TIMESTAMP),
+                "finished_at": nullable(TIMESTAMP),
+                "error": nullable(obj({"code": STRING, "message": STRING}, ("code", "message"))),
+                "result": {"description": "Once succeeded: for a pull `{model, served, served_model, already_served?}`."},
+            },
+            ("id", "object", "kind", "status", "node", "params", "progress", "created_at", "started_at",
+             "finished_at", "error"),
+        ),
+        "NodeModelChange": obj(
+            {
+                "object": {"const": "node.model"},
+                "node": STRING,
+                "model": STRING,
+                "action": {"enum": ["load", "unload"]},
+                "models_loaded": {"type": "array", "items": STRING, "description": "The node's loaded models now."},
+            },
+            ("object", "node", "model", "action", "models_loaded"),
+        ),
+        "OperatorTopologyNode": obj(topology, tuple(topology), additionalProperties=False),
+        "PublicTopologyNode": obj(public_topology, tuple(public_topology), additionalProperties=False),
+        "OperatorHealthNode": obj(health, tuple(health), additionalProperties=False),
+        "PublicHealthNode": obj(public_health, tuple(public_health), additionalProperties=False),
+        "NodeTopology": obj(
+            {
+                "object": {"const": "node.topology"},
+                "scope": scope,
+                "regions": {"type": "array", "items": _by_region(
+                    {"anyOf": [ref("OperatorTopologyNode"), ref("PublicTopologyNode")]}, counts=False
+                )},
+            },
+            ("object", "scope", "regions"),
+        ),
+        "NodeHealth": obj(
+            {
+                "object": {"const": "node.health"},
+                "scope": scope,
+                "checked_at": TIMESTAMP,
+                "nodes": COUNT,
+                "healthy": COUNT,
+                "unhealthy": COUNT,
+                "regions": {"type": "array", "items": _by_region(
+                    {"anyOf": [ref("OperatorHealthNode"), ref("PublicHealthNode")]}, counts=True
+                )},
+            },
+            ("object", "scope", "checked_at", "nodes", "healthy", "unhealthy", "regions"),
+        ),
+    }
+
 
 _RESPONSE_OBJECTS: dict[str, Schema] = {
     "NodeInfo": _NODE_INFO,
@@ -493,6 +609,7 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
         },
         ("id", "object", "status", "healthy", "received_at"),
     ),
+    **_management_objects(),
     "Balance": obj(
         {
             "object": {"const": "balance"},
@@ -603,6 +720,7 @@ def _headers() -> dict[str, Schema]:
         "X-Node-ID": _header(STRING, "The node that answered."),
         "X-Node-Attestation": _header({"enum": ["none", "unverified", "verified"]}, "That node's attestation."),
         "Idempotent-Replayed": _header({"const": "true"}, "Present when this is a stored answer to a retried key."),
+        "Location": _header(STRING, "Where to follow the job: `/v1/jobs/{id}`."),
         "request-id": _header(STRING, "The same id, where Anthropic clients look for it.", required=True),
     }
     for unit in ("requests", "tokens"):
@@ -769,6 +887,23 @@ def _key_update(operation_id: str, summary: str = "Change a key's limits or spen
         "summary": summary,
         "requestBody": _json_body(ref("KeyUpdateRequest"), required=False),
         "responses": {"200": _ok(ref("ApiKey"), "The key as it is now."), **_errors((400, 401, 403, 404, 415, 500))},
+    }
+
+
+def _model_change(action: str, summary: str) -> Schema:
+    return {
+        "post": {
+            "operationId": f"{action}NodeModel",
+            "tags": ["Nodes"],
+            "summary": summary + " (backends that support it, e.g. Ollama)",
+            "security": [{"nodeToken": []}],
+            "parameters": [_path_param("node_id", "The `node_…` id."), _param("RequestId")],
+            "requestBody": _json_body(ref("NodeModelRequest")),
+            "responses": {
+                "200": _ok(ref("NodeModelChange"), "Done on the node."),
+                **_errors((400, 401, 403, 404, 413, 500, 502, 503)),
+            },
+        }
     }
 
 
@@ -963,6 +1098,53 @@ def _paths() -> dict[str, Schema]:
                     "200": _ok(ref("NodeHeartbeat"), "Recorded."),
                     **_errors((400, 401, 403, 404, 413, 500, 503)),
                 },
+            }
+        },
+        "/v1/nodes/topology": {
+            "get": {
+                "operationId": "nodeTopology",
+                "tags": ["Nodes"],
+                "summary": "Nodes by region: an operator's own (node token), or the network eligible for this project (secret key)",
+                "security": [{"nodeToken": []}, {"bearerAuth": []}],
+                "parameters": [_param("RequestId")],
+                "responses": {"200": _ok(ref("NodeTopology"), "The topology."), **_errors((401, 403, 500, 503))},
+            }
+        },
+        "/v1/nodes/health": {
+            "get": {
+                "operationId": "nodeHealth",
+                "tags": ["Nodes"],
+                "summary": "Health by region, with counts: an operator's nodes, or the network eligible for this project",
+                "security": [{"nodeToken": []}, {"bearerAuth": []}],
+                "parameters": [_param("RequestId")],
+                "responses": {"200": _ok(ref("NodeHealth"), "The health."), **_errors((401, 403, 500, 503))},
+            }
+        },
+        "/v1/nodes/{node_id}/models/load": _model_change("load", "Load a model into the node's memory"),
+        "/v1/nodes/{node_id}/models/unload": _model_change("unload", "Free a model from the node's memory"),
+        "/v1/nodes/{node_id}/models/pull": {
+            "post": {
+                "operationId": "pullNodeModel",
+                "tags": ["Nodes"],
+                "summary": "Download a model onto the node, as a job; optionally serve it once pulled",
+                "security": [{"nodeToken": []}],
+                "parameters": [_path_param("node_id", "The `node_…` id."), _param("RequestId")],
+                "requestBody": _json_body(ref("NodeModelPullRequest")),
+                "responses": {
+                    "202": _ok(ref("Job"), "The queued job; follow it at the Location.", headers=["Location"],
+                               required_headers=("Location",)),
+                    **_errors((400, 401, 403, 404, 413, 500, 503)),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "operationId": "getJob",
+                "tags": ["Nodes"],
+                "summary": "A job, for its owner: a secret key of its project or a node token of its operator",
+                "security": [{"bearerAuth": []}, {"nodeToken": []}],
+                "parameters": [_path_param("job_id", "The `job_…` id."), _param("RequestId")],
+                "responses": {"200": _ok(ref("Job"), "The job."), **_errors((401, 403, 404, 500, 503))},
             }
         },
         "/v1/openapi.json": {

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import transaction
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
-from . import clusters, services
-from .adapters import ADAPTERS
-from .models import Node, NodeMember, NodeModel, NodeToken
+from . import clusters, jobs, model_management, services
+from .adapters import ADAPTERS, NodeError
+from .models import Job, Node, NodeMember, NodeModel, NodeToken
 
 
 class NodeModelInline(admin.TabularInline):
@@ -68,15 +71,28 @@ class NodeForm(forms.ModelForm):
         return data
 
 
+class ModelActionForm(forms.Form):
+    """What the "load / unload / pull a model" actions ask for before they run."""
+
+    model = forms.CharField(max_length=200, help_text="A model the node serves, or the backend's own name (e.g. llama3.2:1b).")
+
+
+class PullForm(ModelActionForm):
+    serve = forms.BooleanField(required=False, help_text="Serve the model once pulled (adds it to the node's models).")
+    served_model = forms.CharField(max_length=200, required=False, help_text="Public name; default: the pulled name.")
+    context_window = forms.IntegerField(min_value=1, required=False, initial=4096)
+    max_output_tokens = forms.IntegerField(min_value=1, required=False, initial=1024)
+
+
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
     form = NodeForm
     inlines = [NodeModelInline, NodeMemberInline]
+    actions = ["load_model", "unload_model", "pull_model", "sync_clusters"]
     list_display = ("public_id", "name", "operator", "region", "status", "attestation", "healthy", "load", "last_heartbeat_at")
     list_filter = ("status", "attestation", "healthy", "region")
     search_fields = ("public_id", "name", "base_url")
     readonly_fields = ("public_id", "healthy", "load", "queue_depth", "models_loaded", "last_heartbeat_at", "last_health_at", "has_credentials")
-    actions = ["sync_clusters"]
 
     @admin.action(description="Read the selected clusters now (thox nodes: members, gpus, load, models)")
     def sync_clusters(self, request, queryset):
@@ -97,6 +113,74 @@ class NodeAdmin(admin.ModelAdmin):
             services.node_credentials_set(node=node, credentials=form.cleaned_data["new_credentials"])
         else:
             transaction.on_commit(lambda: services.bus.publish(services.NODES_TOPIC, node.public_id))
+
+    # Model management: the same services as POST /v1/nodes/{id}/models/*, after a form asks which model.
+
+    def _model_form(self, request, queryset, form_class, title: str):
+        """The bound, valid form once the admin applied it; else the page that asks (returned as the response)."""
+        if "apply" in request.POST:
+            form = form_class(request.POST)
+            if form.is_valid():
+                return form, None
+        else:
+            form = form_class()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "form": form,
+            "nodes": queryset,
+            "action": request.POST["action"],
+            "checkbox_name": ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        }
+        return None, TemplateResponse(request, "admin/nodes/node/model_action.html", context)
+
+    def _change_loaded(self, request, queryset, action: str):
+        call = model_management.model_load if action == "load" else model_management.model_unload
+        form, page = self._model_form(request, queryset, ModelActionForm, f"{action.title()} a model")
+        if page is not None:
+            return page
+        model = form.cleaned_data["model"]
+        for node in queryset:
+            try:
+                loaded = model_management.run_sync(call, node=node, model=model)
+            except NodeError as exc:
+                self.message_user(request, f"{node}: {action} {model} failed: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{node}: {action}ed {model}; loaded now: {', '.join(loaded) or 'none'}.")
+        return None
+
+    @admin.action(description="Load a model on selected nodes")
+    def load_model(self, request, queryset):
+        return self._change_loaded(request, queryset, "load")
+
+    @admin.action(description="Unload a model from selected nodes")
+    def unload_model(self, request, queryset):
+        return self._change_loaded(request, queryset, "unload")
+
+    @admin.action(description="Pull a model onto selected nodes (a job)")
+    def pull_model(self, request, queryset):
+        form, page = self._model_form(request, queryset, PullForm, "Pull a model")
+        if page is not None:
+            return page
+        data = form.cleaned_data
+        serve = None
+        if data["serve"]:
+            serve = {"model": data["served_model"] or None, "context_window": data["context_window"] or 4096,
+                     "max_output_tokens": data["max_output_tokens"] or 1024}
+        for node in queryset:
+            if not model_management.supports(node, "pull_model"):
+                self.message_user(request, f"{node}: its backend ({node.adapter}) cannot pull models.", messages.ERROR)
+                continue
+            try:
+                job = model_management.model_pull_create(node=node, model=data["model"], serve=serve)
+            except ValueError as exc:
+                self.message_user(request, f"{node}: {exc}.", messages.ERROR)
+                continue
+            self.message_user(request, format_html(
+                '{}: pulling {} as job <a href="../job/{}/change/">{}</a>.', node, data["model"], job.id, job.public_id
+            ))
+        return None
 
 
 @admin.register(NodeToken)
@@ -128,3 +212,26 @@ class NodeTokenAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset):
         for token in queryset:
             services.node_token_revoke(token=token)
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    """Jobs are written only by nodes.jobs: read-only here (inputs and results stay sealed)."""
+
+    list_display = ("public_id", "kind", "status", "node", "operator", "project", "progress_text", "error_code", "created_at")
+    list_filter = ("kind", "status")
+    search_fields = ("public_id", "node__public_id")
+    list_select_related = ("node", "operator", "project")
+    fields = ("public_id", "kind", "status", "node", "operator", "project", "request_id", "params", "progress",
+              "error_code", "error_message", "created_at", "started_at", "finished_at")
+    readonly_fields = fields
+
+    @admin.display(description="progress")
+    def progress_text(self, job: Job) -> str:
+        return jobs.progress_text(job.progress)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

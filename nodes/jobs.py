@@ -6,6 +6,7 @@ conditional UPDATE). Inputs and results are sealed, bound to the job's id.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -16,6 +17,8 @@ from django.utils import timezone
 from config import crypto
 
 from .models import Job
+
+log = logging.getLogger(__name__)
 
 PURPOSE = "job"
 TERMINAL = (Job.Status.SUCCEEDED, Job.Status.FAILED, Job.Status.CANCELLED)
@@ -74,6 +77,15 @@ def job_progress(*, job: Job, progress: dict[str, Any]) -> None:
     job.progress = progress
 
 
+def job_requeue(*, job: Job, progress: dict[str, Any]) -> bool:
+    """running → queued, before a retry: the retry claims it again with job_start. False if it
+    was no longer running (finished or cancelled meanwhile: then there is nothing to retry)."""
+    back = Job.objects.filter(id=job.id, status=Job.Status.RUNNING).update(status=Job.Status.QUEUED, progress=progress)
+    if back:
+        job.status, job.progress = Job.Status.QUEUED, progress
+    return bool(back)
+
+
 def job_finish(
     *, job: Job, status: str, result: Any = None, error_code: str = "", error_message: str = ""
 ) -> bool:
@@ -113,6 +125,25 @@ def job_object(job: Job, *, include_result: bool = True) -> dict[str, Any]:
     return obj
 
 
+def progress_percent(progress: dict[str, Any]) -> int | None:
+    """How far the current step is (``completed`` of ``total``), rounded down; None if unknown."""
+    completed, total = progress.get("completed"), progress.get("total")
+    if isinstance(completed, int) and isinstance(total, int) and total > 0:
+        return max(0, min(100, completed * 100 // total))
+    return None
+
+
+def progress_text(progress: dict[str, Any]) -> str:
+    """A line for people (admin, console): ``pulling 0a1b2c 25% (attempt 2)``."""
+    text = str(progress.get("status", ""))
+    if (percent := progress_percent(progress)) is not None:
+        text += f" {percent}%"
+    attempt = progress.get("attempt")
+    if isinstance(attempt, int) and attempt > 1:
+        text += f" (attempt {attempt})"
+    return text
+
+
 def job_enqueue(*, job: Job, task) -> None:
     """Run the Celery ``task(job.public_id)`` once the job row is committed.
 
@@ -135,6 +166,10 @@ def _run_eager(task, job_id: str) -> None:
     from django.db import connections
 
     try:
-        task.apply(args=(job_id,))
+        # throw=False: with eager propagation a task's self.retry() would escape this thread as an
+        # exception instead of running the retry (Task.apply retries only results it holds).
+        result = task.apply(args=(job_id,), throw=False)
+        if result.failed():
+            log.error("job %s: task %s failed\n%s", job_id, task.name, result.traceback)
     finally:
         connections.close_all()  # this thread's connections die with it

@@ -112,6 +112,33 @@ def node_upsert(
 
 
 @transaction.atomic
+def node_model_add(
+    *,
+    node: Node,
+    model: str,
+    upstream_model: str,
+    context_window: int = 4096,
+    max_output_tokens: int = 1024,
+    input_modalities: list[str] | None = None,
+) -> tuple[NodeModel, bool]:
+    """Serve one more model on a node (a pulled one); a name the node already serves is left as it is.
+    Returns the row and whether it was added."""
+    row, created = NodeModel.objects.get_or_create(
+        node=node,
+        model=model,
+        defaults={
+            "upstream_model": upstream_model,
+            "context_window": context_window,
+            "max_output_tokens": max_output_tokens,
+            "input_modalities": _input_modalities(input_modalities),
+        },
+    )
+    if created:
+        _changed()
+    return row, created
+
+
+@transaction.atomic
 def node_set_status(*, node: Node, status: str) -> Node:
     node.status = status
     node.save(update_fields=["status"])

@@ -42,3 +42,22 @@ def sync_cluster(node_id: int) -> bool:
     """Read a cluster node's members and models now (after registration); whether it answered."""
     node = Node.objects.filter(id=node_id, adapter=clusters.KIND).exclude(status=Node.Status.DISABLED).first()
     return node is not None and clusters.cluster_sync(node=node) is not None
+
+
+@shared_task(bind=True, acks_late=True)
+def pull_model(self, job_id: str) -> str:
+    """Pull a model onto a node for a ``model.pull`` job (nodes.model_management.model_pull_create)."""
+    import time
+
+    from .model_management import model_pull_run
+    from .models import Job
+
+    job = Job.objects.select_related("node").filter(public_id=job_id, kind=Job.Kind.MODEL_PULL).first()
+    if job is None:
+        return "missing"
+    outcome = model_pull_run(job=job, attempt=self.request.retries + 1)
+    if outcome.retry_in is not None:
+        if self.request.is_eager:  # eager retries run at once, on this job's own thread: wait here
+            time.sleep(outcome.retry_in)
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+    return outcome.status

@@ -118,6 +118,8 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The queue tasks are sent to and workers read: deployments (and test runs) sharing one broker keep apart.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "celery")
 # Without a broker there is no beat process: the server runs the schedule itself.
 EMBEDDED_BEAT = env_bool("EMBEDDED_BEAT", CELERY_TASK_ALWAYS_EAGER)
 # A node is marked unhealthy after this many failed probes in a row (one success brings it back),
@@ -127,6 +129,12 @@ NODE_HEARTBEAT_STALE_SECONDS = env_int("NODE_HEARTBEAT_STALE_SECONDS", 60, minim
 # Nodes tried for one request before it fails with 502 (failover happens only before the first token).
 NODE_MAX_ATTEMPTS = env_int("NODE_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
 NODE_HEALTH_INTERVAL_SECONDS = env_int("NODE_HEALTH_INTERVAL_SECONDS", 15, minimum=1)
+# Model pulls (POST /v1/nodes/{id}/models/pull): a pull that fails retryably (node unreachable, stream cut)
+# is tried again this many times, after NODE_PULL_RETRY_SECONDS, doubling each time (at most 10 minutes);
+# progress is written when the node reports a new step, else at most once per NODE_PULL_PROGRESS_SECONDS.
+NODE_PULL_MAX_RETRIES = env_int("NODE_PULL_MAX_RETRIES", 3, minimum=0, maximum=20)
+NODE_PULL_RETRY_SECONDS = env_int("NODE_PULL_RETRY_SECONDS", 10, minimum=0, maximum=600)
+NODE_PULL_PROGRESS_SECONDS = env_int("NODE_PULL_PROGRESS_SECONDS", 1, minimum=0, maximum=60)
 CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
     "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": NODE_HEALTH_INTERVAL_SECONDS},

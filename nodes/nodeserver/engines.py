@@ -268,8 +268,13 @@ class SimConfig:
     fail_mode: str = "http500"
     fail_after_tokens: int = 3  # midstream: tokens sent before the connection drops
     modalities: tuple[str, ...] = ("text",)  # accepted input; other content parts get a 400
+    # Ollama dialect: a streamed /api/pull stops after its first download step until this is false again,
+    # so a test can watch a pull in progress without racing it.
+    pull_hold: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pull_hold, bool):
+            raise ValueError(f"pull_hold must be a boolean, got {self.pull_hold!r}")
         kinds = self.modalities
         if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not set(kinds) <= set(MODALITIES):
             raise ValueError(f"modalities must be a list drawn from {', '.join(MODALITIES)}, got {kinds!r}")

@@ -12,6 +12,8 @@ names are kept as given (Ollama adds ``:latest``), generation through
 ``/api/generate`` and ``/api/chat`` (inference goes through ``/v1``), and
 keep_alive expiry (a loaded model stays loaded until unloaded or reset).
 A name containing "missing" stands for a model the registry does not have.
+With the simulator's ``pull_hold`` set, a streamed pull waits after its first
+download step until ``pull_hold`` is cleared (``POST /_sim/config``).
 """
 from __future__ import annotations
 
@@ -120,6 +122,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
         for step in range(1, PULL_STEPS + 1):
             completed = MODEL_SIZE * step // PULL_STEPS
             await send({"status": f"pulling {layer[7:19]}", "digest": layer, "total": MODEL_SIZE, "completed": completed})
+            while step == 1 and getattr(getattr(engine, "config", None), "pull_hold", False):
+                await asyncio.sleep(0.02)
         await send({"status": "verifying sha256 digest"})
         await send({"status": "writing manifest"})
         if name not in engine.models:

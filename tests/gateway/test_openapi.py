@@ -61,6 +61,12 @@ ROUTES = [
     ("GET", "/v1/nodes"),
     ("POST", "/v1/nodes/register"),
     ("POST", "/v1/nodes/{node_id}/heartbeat"),
+    ("GET", "/v1/nodes/topology"),
+    ("GET", "/v1/nodes/health"),
+    ("POST", "/v1/nodes/{node_id}/models/load"),
+    ("POST", "/v1/nodes/{node_id}/models/unload"),
+    ("POST", "/v1/nodes/{node_id}/models/pull"),
+    ("GET", "/v1/jobs/{job_id}"),
     ("GET", "/v1/openapi.json"),
 ]
 

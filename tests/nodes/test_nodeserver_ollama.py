@@ -48,3 +48,17 @@ def test_generate_without_prompt_loads_and_keep_alive_zero_unloads(ollama_sim):
 def test_the_openai_dialect_has_no_native_api(sim):
     response = httpx.get(f"{sim.url}/api/tags")
     assert response.status_code == 404
+
+
+def test_a_held_pull_waits_after_its_first_step_until_released(ollama_sim):
+    ollama_sim.configure(pull_hold=True)
+    with httpx.Client(timeout=10) as client, client.stream("POST", f"{ollama_sim.url}/api/pull", json={"model": "tiny:1b"}) as response:
+        lines = response.iter_lines()
+        assert orjson.loads(next(lines)) == {"status": "pulling manifest"}
+        first = orjson.loads(next(lines))
+        assert first["completed"] == first["total"] // 4
+        assert "tiny:1b" not in [m["name"] for m in httpx.get(f"{ollama_sim.url}/api/tags").json()["models"]]
+        ollama_sim.configure(pull_hold=False)
+        rest = [orjson.loads(line) for line in lines if line]
+    assert rest[-1] == {"status": "success"} and [e["completed"] for e in rest if "completed" in e][-1] == first["total"]
+    assert "tiny:1b" in [m["name"] for m in httpx.get(f"{ollama_sim.url}/api/tags").json()["models"]]

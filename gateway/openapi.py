@@ -356,6 +356,12 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
                     "cached_input": COUNT,
                     "output": COUNT,
                     "version": INTEGER,
+                    "images": obj(
+                        {"unit": {"const": "micros_per_image"}},
+                        ("unit",),
+                        additionalProperties=COUNT,
+                        description="An image model's price per image, by size (`1024x1024`: micro-units).",
+                    ),
                 },
                 ("currency", "unit", "input", "cached_input", "output", "version"),
             ),

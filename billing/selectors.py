@@ -59,3 +59,22 @@ def price_version(price_id: int) -> Price:
     per_image = tuple(p.image_prices.order_by("size").values_list("size", "per_image"))
     return Price(p.id, p.model, p.version, p.currency, p.input_per_mtok, p.cached_input_per_mtok,
                  p.output_per_mtok, p.effective_from, per_image=per_image)
+
+
+def pending_reservation(*, request_id: str, project_id: int):
+    """The pending hold of a job's request, for the worker that settles it:
+    (ledger.Reservation, api key id), or None if it is no longer pending."""
+    from .ledger import Reservation
+    from .models import Transfer
+
+    t = (
+        Transfer.objects.filter(
+            request_id=request_id, project_id=project_id, kind=Transfer.Kind.USAGE, status=Transfer.Status.PENDING
+        )
+        .only("id", "pending_amount", "debit_wallet_id", "price_id", "api_key_id")
+        .first()
+    )
+    if t is None:
+        return None
+    return Reservation(transfer_id=t.id, amount=t.pending_amount, wallet_id=t.debit_wallet_id,
+                       price=price_version(t.price_id)), t.api_key_id

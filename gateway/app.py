@@ -19,7 +19,9 @@ from starlette.routing import Route
 
 from . import endpoints as ep
 from .context import ApiRequest, error_response
+from .agents import api as agents_api
 from .errors import GatewayError
+from .images import create_image, get_image
 from .model_views import get_model, list_models
 from .nodes_api import list_nodes, node_heartbeat, register_node
 from .openapi import openapi_json
@@ -27,7 +29,7 @@ from .protocols import messages
 
 log = logging.getLogger(__name__)
 
-_ALLOW_HEADERS = "authorization, content-type, x-api-key, idempotency-key, x-idempotency-key, x-request-id, x-session-id, last-event-id, anthropic-version"
+_ALLOW_HEADERS = "authorization, content-type, x-api-key, idempotency-key, x-idempotency-key, x-request-id, x-session-id, last-event-id, anthropic-version, prefer"
 
 
 def endpoint(handler, render=error_response):
@@ -88,6 +90,11 @@ routes = [
     Route("/v1/nodes", endpoint(list_nodes), methods=["GET"]),
     Route("/v1/nodes/register", endpoint(register_node), methods=["POST"]),
     Route("/v1/nodes/{node_id}/heartbeat", endpoint(node_heartbeat), methods=["POST"]),
+    Route("/v1/images/generations", endpoint(create_image), methods=["POST"]),
+    Route("/v1/images", endpoint(create_image), methods=["POST"]),
+    Route("/v1/images/{job_id}/{index}", endpoint(get_image), methods=["GET"]),
+    Route("/v1/agents/runs", endpoint(agents_api.create_run), methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/events", endpoint(agents_api.run_events), methods=["GET"]),
     Route("/v1/openapi.json", endpoint(openapi_json), methods=["GET"]),
 ]
 

@@ -64,12 +64,19 @@ class PaidRequest:
     def request_id(self) -> str:
         return self.meta.request_id
 
-    async def reserve(self, *, max_input_tokens: int, max_output_tokens: int) -> idempotency.StoredResponse | None:
-        """Hold the worst-case cost. Returns a stored response if this is a replay."""
-        amount = reservation_micros(self.price, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens)
+    async def reserve(
+        self, *, max_input_tokens: int = 0, max_output_tokens: int = 0, amount: int | None = None,
+        before: Sequence[Stmt] = (),
+    ) -> idempotency.StoredResponse | None:
+        """Hold the worst-case cost (``amount`` when the caller prices it, e.g. per image),
+        running ``before`` in the same round trip. Returns a stored response if this is a replay."""
+        if amount is None:
+            amount = reservation_micros(self.price, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens)
+        extra = list(before)
         for _ in range(2):  # a second pass only if an expired claim was just removed
             now = timezone.now()
             before = [idempotency.claim_statement(self.claim, request_id=self.request_id, now=now)] if self.claim else []
+            before += extra
             try:
                 self.reservation = await ledger.reserve(
                     wallet_id=self.key.wallet_id,

@@ -179,6 +179,9 @@ async def _first_node(candidates, upstream, attempt):
     raise last or NodeError("no node available", permanent=False)
 
 
+first_node = _first_node  # jobs (gateway/images.py, gateway/agents/) fail over the same way
+
+
 async def _complete(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry: ModelEntry, candidates, upstream):
     async def answer(served: ServedModel) -> dict:
         with router.in_flight(served.node.id):

@@ -118,6 +118,8 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The queue tasks go to and workers read: deployments (and test runs) sharing a broker keep apart.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
 # Without a broker there is no beat process: the server runs the schedule itself.
 EMBEDDED_BEAT = env_bool("EMBEDDED_BEAT", CELERY_TASK_ALWAYS_EAGER)
 # A node is marked unhealthy after this many failed probes in a row (one success brings it back),
@@ -184,6 +186,27 @@ LOCAL_NODE_ENABLED = env_bool("LOCAL_NODE_ENABLED", not PRODUCTION)
 LOCAL_NODE_PORT = env_int("LOCAL_NODE_PORT", 8091, minimum=1, maximum=65535)
 LOCAL_NODE_MODEL = env_str("LOCAL_NODE_MODEL", "smollm2-135m-instruct")
 LOCAL_NODE_THREADS = env_int("LOCAL_NODE_THREADS", 2, minimum=1)
+
+# --- jobs: images and agent runs (Celery) -------------------------------------------
+# A job stops after this long; once it starts, its hold is kept this long plus a margin,
+# so the reservation sweeper never voids the money of a job that is still running.
+JOB_MAX_SECONDS = env_int("JOB_MAX_SECONDS", 600, minimum=10)
+JOB_HOLD_MARGIN_SECONDS = 300
+# POST /v1/images/generations waits this long for its job (then answers 202 with the job).
+IMAGES_WAIT_SECONDS = env_int("IMAGES_WAIT_SECONDS", 120, minimum=0)
+# Agent runs: the model of built-in agents when the request names none, and the caps on a run.
+AGENT_DEFAULT_MODEL = env_str("AGENT_DEFAULT_MODEL", LOCAL_NODE_MODEL)
+AGENT_MAX_STEPS = env_int("AGENT_MAX_STEPS", 16, minimum=1, maximum=100)
+AGENT_MAX_TOKENS = env_int("AGENT_MAX_TOKENS", 100_000, minimum=100)
+# The agent tool http_fetch: GET only, to these hosts ("host" or "host:port"; empty = none);
+# addresses in private, loopback and link-local ranges are refused unless allowed (tests).
+AGENT_FETCH_ALLOWED_HOSTS = env_list("AGENT_FETCH_ALLOWED_HOSTS", [])
+AGENT_FETCH_ALLOW_PRIVATE = env_bool("AGENT_FETCH_ALLOW_PRIVATE", False)
+AGENT_FETCH_MAX_BYTES = env_int("AGENT_FETCH_MAX_BYTES", 256 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
+AGENT_FETCH_TIMEOUT_SECONDS = env_int("AGENT_FETCH_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
+if JOB_MAX_SECONDS > GATEWAY_MAX_REQUEST_SECONDS:
+    # A stream follower gives up after GATEWAY_MAX_REQUEST_SECONDS: a run must end first.
+    raise ImproperlyConfigured("JOB_MAX_SECONDS must not exceed GATEWAY_MAX_REQUEST_SECONDS")
 
 # --- i18n / static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -62,6 +62,11 @@ ROUTES = [
     ("POST", "/v1/nodes/register"),
     ("POST", "/v1/nodes/{node_id}/heartbeat"),
     ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/images/generations"),
+    ("POST", "/v1/images"),
+    ("GET", "/v1/images/{job_id}/{index}"),
+    ("POST", "/v1/agents/runs"),
+    ("GET", "/v1/agents/runs/{run_id}/events"),
 ]
 
 

@@ -114,8 +114,8 @@ async def create_image(req: ApiRequest):
         return _job_response(req, job, status=202)
     done = await gw_jobs.wait(job_id=job.public_id, project_id=key.project_id, timeout=settings.IMAGES_WAIT_SECONDS)
     if done is None:  # still running: the client polls GET /v1/jobs/{id}
-        job.status = Job.Status.RUNNING
-        return _job_response(req, job, status=202)
+        return _job_response(req, await paidjobs.job_load(public_id=job.public_id, project_id=key.project_id) or job,
+                             status=202)
     if done.status != Job.Status.SUCCEEDED:
         raise gw_jobs.job_error(done)
     return images_response(req, done)
@@ -127,7 +127,7 @@ async def get_image(req: ApiRequest):
     job_id, index = req.request.path_params["job_id"], req.request.path_params["index"]
     job = await paidjobs.job_load(public_id=job_id, project_id=key.project_id, kind=Job.Kind.IMAGE)
     missing = GatewayError("not_found", f"No image {index} of job '{job_id}' in this project.")
-    if job is None or job.status != Job.Status.SUCCEEDED or not index.isdigit():
+    if job is None or job.status != Job.Status.SUCCEEDED or not (index.isascii() and index.isdigit() and len(index) < 4):
         raise missing
     images = jobs.job_result(job=job)["images"]
     if int(index) >= len(images):

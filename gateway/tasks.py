@@ -24,3 +24,10 @@ def run_agent_job(job_id: str) -> None:
     from .agents.run import run_job
 
     run_job(job_id)
+
+
+@shared_task
+def fail_lost_jobs() -> int:
+    from nodes.paidjobs import jobs_fail_lost
+
+    return jobs_fail_lost()

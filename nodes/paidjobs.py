@@ -101,3 +101,24 @@ def job_assign_node(*, job: Job, node_id: int) -> None:
     """Record the node that ran a running job."""
     Job.objects.filter(id=job.id, status=Job.Status.RUNNING).update(node_id=node_id)
     job.node_id = node_id
+
+
+def jobs_fail_lost(*, now: dt.datetime | None = None) -> int:
+    """Fail paid jobs that can no longer end by themselves: running past the longest a
+    job may run plus its hold's margin (the worker died), or still queued after their
+    hold lapsed (the broker lost the message). Their holds have lapsed by then and the
+    reservation sweeper voids them: nothing is charged. A worker that picks one up
+    later finds it no longer queued and does nothing."""
+    from django.conf import settings
+    from django.db.models import Q
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    margin = dt.timedelta(seconds=settings.JOB_HOLD_MARGIN_SECONDS)
+    ran_out = now - dt.timedelta(seconds=settings.JOB_MAX_SECONDS) - margin
+    waited_out = now - dt.timedelta(seconds=settings.RESERVATION_TIMEOUT_SECONDS) - margin
+    lost = Q(status=Job.Status.RUNNING, started_at__lt=ran_out) | Q(status=Job.Status.QUEUED, created_at__lt=waited_out)
+    return Job.objects.filter(lost, kind__in=(Job.Kind.IMAGE, Job.Kind.AGENT_RUN)).update(
+        status=Job.Status.FAILED, finished_at=now, error_code="internal_error",
+        error_message="The job was lost (its worker stopped, or it never reached one); nothing was charged.",
+    )

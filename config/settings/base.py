@@ -131,6 +131,7 @@ CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
     "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": NODE_HEALTH_INTERVAL_SECONDS},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},
+    "fail-lost-jobs": {"task": "gateway.tasks.fail_lost_jobs", "schedule": 300.0},
 }
 
 # --- auth (django-allauth) ---------------------------------------------------

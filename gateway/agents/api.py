@@ -98,7 +98,9 @@ async def create_run(req: ApiRequest):
     params = {"agent": agent.name, "model": model, "tools": data.tools, "max_steps": data.max_steps,
               "max_tokens": data.max_tokens, "stream": data.stream}
     spec = {"agent": agent.name, "input": data.input, "model": model, "granted": data.tools,
-            "max_steps": data.max_steps, "max_tokens": data.max_tokens, "actor": key.key_public_id}
+            "max_steps": data.max_steps, "max_tokens": data.max_tokens, "actor": key.key_public_id,
+            # The worker gives the budget's unused tokens back to the same rate-limit buckets.
+            "limits": {"admitted": decision.cost, **limits.refund_scope(key)}}
     from ..tasks import run_agent_job
 
     job = await gw_jobs.create(paid=paid, kind=Job.Kind.AGENT_RUN, params=params, input=spec,

@@ -21,6 +21,7 @@ request record to reconcile. The hold is extended when the run starts
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from nodes.adapters import NodeError, adapter_for
 from nodes.jobrouting import job_candidates
 from nodes.models import Job
 
+from .. import limits
 from .. import paidjobs as gw_jobs
 from .. import tokens as gw_tokens
 from ..pipeline import first_node, usage_from
@@ -159,6 +161,17 @@ class AgentRun(gw_jobs.JobRun):
             for call in calls:
                 messages.append({"role": "tool", "tool_call_id": str(call.get("id") or ""), "content": self._tool(call)})
 
+    def _give_back_tokens(self) -> None:
+        """The budget was admitted against the rate limits whole; what was not used goes back."""
+        scope = dict(self.spec.get("limits") or {})
+        unused = scope.pop("admitted", 0) - self.usage.input_tokens - self.usage.output_tokens
+        if unused <= 0 or not scope:
+            return
+        try:
+            self.step(limits.refund(key=SimpleNamespace(**scope), tokens=unused))
+        except Exception:  # the limits only lag: a run never fails for this
+            log.warning("agent run %s: could not give %d tokens back to the rate limits", self.job.public_id, unused)
+
     def run(self) -> None:
         failure: gw_jobs.JobFailed | None = None
         output, stop_reason = None, ""
@@ -189,6 +202,7 @@ class AgentRun(gw_jobs.JobRun):
                 last.append(self.events.record(
                     "run.failed", error={"code": failure.code, "message": failure.message}, **common))
 
+        self._give_back_tokens()
         status = Job.Status.SUCCEEDED if failure is None else Job.Status.FAILED
         # Settled, recorded and finished in one transaction; only then does the client see the end.
         self.finish(status=status, result=result, error=failure, settle=settle_and_record)

@@ -216,3 +216,19 @@ def test_a_publishable_key_cannot_start_a_run(agent_server, alice, sim_node):
     response = httpx.post(f"{agent_server.api}/agents/runs", json={"model": SIM_MODEL, "input": "hi"},
                           headers={**alice.auth(alice.publishable_key), "origin": "https://app.alice.example"})
     assert response.status_code == 403
+
+
+def test_the_unused_budget_goes_back_to_the_token_rate_limit(agent_server, alice, sim_node, sim):
+    from console.services import project_update
+    from tests.conftest import cache_settle
+
+    project_update(project=alice.project, tpm_limit=5000)
+    cache_settle()
+    first = run(agent_server, alice, input="call: node_metrics", tools=["node_metrics"], max_tokens=4000)
+    assert finished(first["id"])["status"] == "succeeded"
+    # 4000 were admitted of 5000; the run used a few hundred and gave the rest back, so another
+    # 4000-token run is admitted at once (without the give-back only ~1000 would be left: 429).
+    second = httpx.post(f"{agent_server.api}/agents/runs", headers=alice.auth(), timeout=30,
+                        json={"model": SIM_MODEL, "input": "hello", "max_tokens": 4000})
+    assert second.status_code == 202, second.text
+    finished(second.json()["id"])

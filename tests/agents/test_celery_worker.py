@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import os
 import sys
-import time
 import uuid
 
 import httpx

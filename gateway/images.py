@@ -102,7 +102,7 @@ async def create_image(req: ApiRequest):
     decision = await limits.admit(key=key, tokens=0)
     req.extra_headers.update(decision.headers())
     paid = PaidRequest(key=key, request_id=req.request_id, endpoint=ENDPOINT, price=price, stream=False, claim=None,
-                       session_id=req.session_id)
+                       session_id=req.session_id, ask_less="ask for fewer or smaller images")
     from .tasks import run_image_job
 
     job = await gw_jobs.submit(

@@ -37,8 +37,10 @@ class PaidRequest:
         claim: idempotency.Claim | None,
         session_id: str = "",
         admitted_tokens: int = 0,
+        ask_less: str = "lower max_tokens",
     ):
         self.key = key
+        self.ask_less = ask_less  # how the refusal messages say to need less
         self.price = price
         self.claim = claim
         self.admitted_tokens = admitted_tokens
@@ -105,7 +107,7 @@ class PaidRequest:
                 raise GatewayError(
                     "insufficient_balance",
                     f"Insufficient balance: this request needs up to {amount} micro-units "
-                    f"({self.key.currency.upper()}) reserved. Top up the wallet or lower max_tokens.",
+                    f"({self.key.currency.upper()}) reserved. Top up the wallet or {self.ask_less}.",
                 ) from None
             except ledger.SpendCapReached as exc:
                 await self.fail("spend_cap_reached")
@@ -114,7 +116,7 @@ class PaidRequest:
                     "spend_cap_reached",
                     f"This request would cross the {owner}'s monthly spend cap of {exc.cap} micro-units "
                     f"({self.key.currency.upper()}): it needs up to {amount} reserved and {exc.room} is left "
-                    "this month. Raise the cap or lower max_tokens.",
+                    f"this month. Raise the cap or {self.ask_less}.",
                 ) from None
             except ledger.WalletUnavailable:
                 await self.fail("wallet_suspended")

@@ -175,4 +175,5 @@ def test_a_wallet_that_cannot_cover_n_images_gets_402_and_no_job(server, image_n
     response = httpx.post(f"{server.api}/images/generations", headers=poor.auth(),
                           json={"model": IMAGE_MODEL, "prompt": "a ship", "n": 2, "size": "512x512"})
     assert response.status_code == 402 and response.json()["error"]["code"] == "insufficient_balance"
+    assert "ask for fewer or smaller images" in response.json()["error"]["message"]
     assert not Job.objects.exists() and poor.wallet.reserved == 0 and check_ledger() == []

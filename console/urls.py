@@ -10,5 +10,6 @@ urlpatterns = [
     path("console/projects/<str:project_id>/keys/new", views.key_create, name="key_create"),
     path("console/projects/<str:project_id>/keys/<str:key_id>/rotate", views.key_rotate, name="key_rotate"),
     path("console/projects/<str:project_id>/keys/<str:key_id>/revoke", views.key_revoke, name="key_revoke"),
+    path("console/projects/<str:project_id>/routing", views.project_routing, name="project_routing"),
     path("healthz", views.healthz, name="healthz"),
 ]

@@ -3,6 +3,7 @@ writes through services; another tenant's ids answer 404."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -16,6 +17,8 @@ from . import selectors, services
 from .models import ApiKey, Project, Role
 
 KEY_MANAGERS = {Role.OWNER, Role.ADMIN, Role.DEVELOPER}
+SETTINGS_MANAGERS = {Role.OWNER, Role.ADMIN}
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 def home(request):
@@ -95,6 +98,21 @@ def key_revoke(request, project_id: str, key_id: str):
     project = _project(request, project_id, roles=KEY_MANAGERS)
     services.api_key_revoke(key=_key(project, key_id))
     messages.success(request, "Key revoked everywhere.")
+    return redirect("console:project", project_id=project.public_id)
+
+
+@login_required
+@require_POST
+def project_routing(request, project_id: str):
+    """Which nodes may serve the project: non-confidential ones (opt-in) and a preferred region."""
+    project = _project(request, project_id, roles=SETTINGS_MANAGERS)
+    region = request.POST.get("region_preference", "").strip().lower()
+    if region and not _REGION.match(region):
+        messages.error(request, "A region is lowercase letters, digits and dashes (e.g. eu-west), up to 64 characters.")
+        return redirect("console:project", project_id=project.public_id)
+    allow = request.POST.get("allow_non_confidential") == "on"
+    services.project_update(project=project, allow_non_confidential=allow, region_preference=region)
+    messages.success(request, "Routing settings saved; they apply to new requests within a second.")
     return redirect("console:project", project_id=project.public_id)
 
 

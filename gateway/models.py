@@ -25,6 +25,7 @@ class RequestRecord(models.Model):
     session_id = models.CharField(max_length=128, blank=True)
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True)
+    attempts = models.PositiveSmallIntegerField(default=0)  # nodes tried before one answered (failover)
     created_at = models.DateTimeField()
 
     class Meta:

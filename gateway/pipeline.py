@@ -13,6 +13,7 @@ here once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -32,6 +33,8 @@ from .errors import GatewayError
 from .paid import PaidRequest
 from .protocols.base import Dialect, Encoder
 from .sse import SSEResponse, frame
+
+log = logging.getLogger(__name__)
 
 
 def usage_from(raw: dict[str, Any] | None) -> Usage | None:
@@ -159,22 +162,35 @@ def _give_back(key, tokens: int) -> None:
     background.spawn(limits.refund(key=key, tokens=tokens), name="refund:replay")
 
 
-async def _first_node(candidates, upstream, attempt):
+async def _first_node(paid: PaidRequest, candidates, upstream, attempt):
     """Try nodes in order until ``attempt(served)`` succeeds; failover happens only
     here, before anything reached the client. A permanent error (a bad request)
-    stops at once; a retryable one marks the node down and tries the next."""
+    stops at once; a retryable one trips the node's breaker, is logged, and the
+    next node is tried, up to NODE_MAX_ATTEMPTS nodes."""
     last: NodeError | None = None
-    for served in candidates:
+    tries = candidates[: settings.NODE_MAX_ATTEMPTS]
+    for n, served in enumerate(tries, 1):
+        node = served.node
+        paid.meta.attempts = n
         upstream["model"] = served.upstream_model
+        router.trying(node.id)
         try:
             result = await attempt(served)
         except NodeError as exc:
             last = exc
             if exc.permanent:
+                router.abandoned(node.id)
                 break
-            router.failed(served.node.id)
+            router.failed(node.id)
+            log.warning(
+                "request %s: node %s failed before the first token (attempt %d of %d, %s): %s",
+                paid.request_id, node.public_id, n, len(tries), exc.status or "no status", exc,
+            )
             continue
-        router.succeeded(served.node.id)
+        except BaseException:
+            router.abandoned(node.id)
+            raise
+        router.succeeded(node.id)
         return served, result
     raise last or NodeError("no node available", permanent=False)
 
@@ -188,7 +204,7 @@ async def _complete(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry:
             return await getattr(adapter_for(served.node), dialect.call)(upstream)
 
     try:
-        served, result = await _first_node(candidates, upstream, answer)
+        served, result = await _first_node(paid, candidates, upstream, answer)
     except NodeError as exc:
         error = _node_error(exc)
         await paid.finish(usage=None, status_code=error.status, error_code=error.code)
@@ -353,7 +369,7 @@ async def _stream(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry: M
     started = time.monotonic()
     try:
         served, (first, chunks) = await _first_node(
-            candidates, upstream, lambda served: _open_stream(served, dialect.call, upstream)
+            paid, candidates, upstream, lambda served: _open_stream(served, dialect.call, upstream)
         )
     except NodeError as exc:
         error = _node_error(exc)

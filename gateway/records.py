@@ -29,6 +29,7 @@ class RequestMeta:
     transfer_id: int | None = None
     latency_ms: int = 0
     ttft_ms: int | None = None
+    attempts: int = 0  # nodes tried (failover before the first token); 0 = none was reached
 
 
 _COLUMNS = [f.name for f in RequestMeta.__dataclass_fields__.values()]

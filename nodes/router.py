@@ -21,13 +21,19 @@ from contextlib import contextmanager
 from config import bus
 from nodes.registry import LOAD_TOPIC, ServedModel
 
-MAX_BACKOFF = 60.0
+MAX_BACKOFF = 60.0  # the longest a tripped breaker stays open before a trial request
+FIRST_BACKOFF = 2.0
 # Node.Attestation values (the registry hands them over as strings).
 VERIFIED, NONE = "verified", "none"
 
 _inflight: dict[int, int] = defaultdict(int)
-_down_until: dict[int, float] = {}
-_backoff: dict[int, float] = {}
+# Circuit breakers, per node, in this process (passive health: request errors trip them at
+# once; the beat probe is the fleet-wide view). Closed: no entry. Open: now < _open_until.
+# Half-open: past it, one trial request at a time (_trial); its success closes the breaker,
+# its failure reopens it for twice as long, up to MAX_BACKOFF.
+_open_until: dict[int, float] = {}
+_delay: dict[int, float] = {}
+_trial: set[int] = set()
 # Heartbeat loads newer than the catalog's snapshot (NodeTarget.load), by node id.
 _reported_load: dict[int, float] = {}
 
@@ -58,14 +64,22 @@ def eligible(served: ServedModel, *, allow_non_confidential: bool, now: float) -
     return node.attestation == NONE and allow_non_confidential
 
 
+def usable(node_id: int, now: float | None = None) -> bool:
+    """Whether this process's breaker lets a request through to the node now."""
+    until = _open_until.get(node_id)
+    if until is None:
+        return True
+    return (now if now is not None else time.monotonic()) >= until and node_id not in _trial
+
+
 def order(candidates: Sequence[ServedModel], *, region: str = "") -> list[ServedModel]:
     now = time.monotonic()
 
     def rank(served: ServedModel) -> tuple:
         node = served.node
-        usable = node.healthy and _down_until.get(node.id, 0.0) <= now
+        ok = node.healthy and usable(node.id, now)
         elsewhere = bool(region) and node.region != region
-        return (not usable, elsewhere, _inflight[node.id], load_of(served), random.random())
+        return (not ok, elsewhere, _inflight[node.id], load_of(served), random.random())
 
     return sorted(candidates, key=rank)
 
@@ -79,13 +93,34 @@ def in_flight(node_id: int):
         _inflight[node_id] -= 1
 
 
+def trying(node_id: int) -> None:
+    """A request is about to go to the node: if its breaker is half-open, this is the trial."""
+    if node_id in _open_until:
+        _trial.add(node_id)
+
+
 def failed(node_id: int) -> None:
-    delay = min(_backoff.get(node_id, 1.0) * 2, MAX_BACKOFF)
-    _backoff[node_id] = delay
-    _down_until[node_id] = time.monotonic() + delay
+    """The node failed a request (retryable): trip its breaker now."""
+    _trial.discard(node_id)
+    delay = min(_delay.get(node_id, FIRST_BACKOFF / 2) * 2, MAX_BACKOFF)
+    _delay[node_id] = delay
+    _open_until[node_id] = time.monotonic() + delay
 
 
 def succeeded(node_id: int) -> None:
-    if node_id in _backoff:
-        _backoff.pop(node_id, None)
-        _down_until.pop(node_id, None)
+    _trial.discard(node_id)
+    if node_id in _open_until:
+        _open_until.pop(node_id, None)
+        _delay.pop(node_id, None)
+
+
+def abandoned(node_id: int) -> None:
+    """The attempt ended without a verdict (the request was cancelled): free the trial slot."""
+    _trial.discard(node_id)
+
+
+def reset() -> None:
+    """Forget every breaker (tests)."""
+    _open_until.clear()
+    _delay.clear()
+    _trial.clear()

@@ -126,6 +126,8 @@ EMBEDDED_BEAT = env_bool("EMBEDDED_BEAT", CELERY_TASK_ALWAYS_EAGER)
 # or when it sent heartbeats and then none for NODE_HEARTBEAT_STALE_SECONDS.
 NODE_UNHEALTHY_AFTER = env_int("NODE_UNHEALTHY_AFTER", 3, minimum=1)
 NODE_HEARTBEAT_STALE_SECONDS = env_int("NODE_HEARTBEAT_STALE_SECONDS", 60, minimum=5)
+# Nodes tried for one request before it fails with 502 (failover happens only before the first token).
+NODE_MAX_ATTEMPTS = env_int("NODE_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
 NODE_HEALTH_INTERVAL_SECONDS = env_int("NODE_HEALTH_INTERVAL_SECONDS", 15, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},

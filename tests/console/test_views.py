@@ -45,3 +45,22 @@ def test_revoke_from_console(client, alice):
     client.post(f"/console/projects/{alice.project.public_id}/keys/{key.public_id}/revoke")
     key.refresh_from_db()
     assert key.status == "revoked" and key.revoked_at is not None
+
+
+def test_owner_sets_node_routing_and_a_developer_cannot(client, alice, bob):
+    from console.models import Project
+
+    url = f"/console/projects/{alice.project.public_id}/routing"
+    login(client, bob)  # a developer
+    assert client.post(url, {"allow_non_confidential": "on"}).status_code == 404
+    client.logout()
+    login(client, alice)
+    page = client.post(url, {"allow_non_confidential": "on", "region_preference": " EU-West "}, follow=True)
+    assert "Routing settings saved" in page.content.decode()
+    project = Project.objects.get(id=alice.project.id)
+    assert project.allow_non_confidential and project.region_preference == "eu-west"
+    refused = client.post(url, {"region_preference": "eu west!"}, follow=True).content.decode()
+    assert "lowercase letters" in refused and Project.objects.get(id=project.id).region_preference == "eu-west"
+    client.post(url, {})  # unchecked box: opt out again, no preference
+    project.refresh_from_db()
+    assert not project.allow_non_confidential and project.region_preference == ""

@@ -172,7 +172,7 @@ class ImageRun(gw_jobs.JobRun):
                 return await adapter_for(served.node).images(upstream)
 
             try:
-                served, answer = self.step(first_node(candidates, upstream, generate))
+                served, answer = self.step(first_node(self.bill, candidates, upstream, generate))
             except NodeError as exc:
                 raise gw_jobs.node_failure(exc) from None
             node_id = served.node.public_id

@@ -126,6 +126,10 @@ class JobBill:
         )
         return cls(reservation, meta)
 
+    @property
+    def request_id(self) -> str:
+        return self.meta.request_id
+
     def extend(self) -> bool:
         until = timezone.now() + dt.timedelta(seconds=settings.JOB_MAX_SECONDS + settings.JOB_HOLD_MARGIN_SECONDS)
         return reservation_extend(transfer_id=self.reservation.transfer_id, until=until)

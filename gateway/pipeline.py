@@ -195,7 +195,9 @@ async def _first_node(paid: PaidRequest, candidates, upstream, attempt):
     raise last or NodeError("no node available", permanent=False)
 
 
-first_node = _first_node  # jobs (gateway/images.py, gateway/agents/) fail over the same way
+# Jobs (gateway/images.py, gateway/agents/) fail over the same way; their ``paid`` is a
+# gateway.paidjobs.JobBill (the request record's meta and request id).
+first_node = _first_node
 
 
 async def _complete(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry: ModelEntry, candidates, upstream):

@@ -76,7 +76,7 @@ class AgentRun(gw_jobs.JobRun):
             return await adapter_for(served.node).chat(upstream)
 
         try:
-            served, result = self.step(first_node(candidates, upstream, answer))
+            served, result = self.step(first_node(self.bill, candidates, upstream, answer))
         except NodeError as exc:
             raise gw_jobs.node_failure(exc) from None
         if not self.node_id:

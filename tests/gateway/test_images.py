@@ -45,7 +45,7 @@ def the_job() -> Job:
     return Job.objects.get(kind=Job.Kind.IMAGE)
 
 
-def test_the_sdk_gets_pngs_of_the_size_and_pays_per_image(client, alice, sim):
+def test_the_sdk_gets_pngs_of_the_size_and_pays_per_image(client, alice, sim, image_node):
     raw = client.images.with_raw_response.generate(
         model=IMAGE_MODEL, prompt="a lighthouse at dusk", n=3, size="1024x1792", response_format="b64_json"
     )
@@ -66,6 +66,7 @@ def test_the_sdk_gets_pngs_of_the_size_and_pays_per_image(client, alice, sim):
     record = RequestRecord.objects.get()
     assert (record.endpoint, record.status_code, record.cost, record.request_id) == (
         "images.generations", 200, 3 * 70_000, job.request_id)
+    assert record.attempts == 1 and record.node_id == image_node.public_id
     assert sim.stats()["images_generated"] == 3
     assert check_ledger() == []
 
@@ -177,3 +178,19 @@ def test_a_wallet_that_cannot_cover_n_images_gets_402_and_no_job(server, image_n
     assert response.status_code == 402 and response.json()["error"]["code"] == "insufficient_balance"
     assert "ask for fewer or smaller images" in response.json()["error"]["message"]
     assert not Job.objects.exists() and poor.wallet.reserved == 0 and check_ledger() == []
+
+
+def test_an_image_job_fails_over_from_a_dead_node_before_any_image(client, alice, image_node, sim):
+    from nodes.services import node_upsert
+
+    dead = node_upsert(name="dead-images", base_url="http://127.0.0.1:1/v1", region="test-1",
+                       models=[{"model": IMAGE_MODEL, "upstream_model": "sim-small"}])
+    attest_node(dead.public_id)
+    cache_settle()
+    for i in range(3):
+        assert len(client.images.generate(model=IMAGE_MODEL, prompt=f"a bridge {i}", size="512x512").data) == 1
+    assert set(Job.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert set(Job.objects.values_list("node__public_id", flat=True)) == {image_node.public_id}
+    assert sorted(RequestRecord.objects.values_list("attempts", flat=True))[0] == 1
+    assert Transfer.objects.filter(kind="usage", status="posted", amount=10_000).count() == 3
+    assert alice.wallet.balance == START - 3 * 10_000 and check_ledger() == []

@@ -230,6 +230,7 @@ _COUNTERS = [
     _COUNTER_SETTLE.format(scope="key", id_col="api_key_id", counted_col="counted_key"),
 ]
 
+_VOID_EXPIRED = " AND timeout_at < %(now)s"
 _VOID = [
     """
     UPDATE billing_transfer SET status = 'voided', finished_at = %(now)s, claim = %(claim)s
@@ -258,9 +259,28 @@ def settle_statements(
     return [Stmt(sql, params) for sql in (*_SETTLE, *(_COUNTERS if counters else ()))]
 
 
-def void_statements(*, transfer_id: int, now: dt.datetime, counters: bool = True) -> list[Stmt]:
+def void_statements(
+    *, transfer_id: int, now: dt.datetime, counters: bool = True, expired_only: bool = False
+) -> list[Stmt]:
+    """``expired_only``: void only if the hold's timeout has passed (the sweeper)."""
     params = {"id": transfer_id, "now": now, "claim": secrets.token_hex(16)}
-    return [Stmt(sql, params) for sql in (*_VOID, *(_COUNTERS if counters else ()))]
+    first = _VOID[0].rstrip() + _VOID_EXPIRED if expired_only else _VOID[0]
+    return [Stmt(sql, params) for sql in (first, *_VOID[1:], *(_COUNTERS if counters else ()))]
+
+
+def extend_statement(*, transfer_id: int, until: dt.datetime) -> Stmt:
+    """Move a pending reservation's sweeper timeout to ``until`` (rowcount 0: no longer pending)."""
+    return Stmt(
+        "UPDATE billing_transfer SET timeout_at = %(until)s WHERE id = %(id)s AND status = 'pending'",
+        {"id": transfer_id, "until": until},
+    )
+
+
+def fixed_amount(reservation: Reservation, amount: int) -> tuple[int, bool]:
+    """A cost computed by the caller, capped at the reservation."""
+    if amount < 0:
+        raise ValueError("a settlement amount cannot be negative")
+    return (reservation.amount, True) if amount > reservation.amount else (amount, False)
 
 
 def settlement_amount(reservation: Reservation, usage: Usage) -> tuple[int, bool]:
@@ -271,15 +291,17 @@ def settlement_amount(reservation: Reservation, usage: Usage) -> tuple[int, bool
 
 
 async def settle(
-    *, reservation: Reservation, usage: Usage, now: dt.datetime, after: Sequence[Stmt] = (), counters: bool = True
+    *, reservation: Reservation, usage: Usage, now: dt.datetime, after: Sequence[Stmt] = (), counters: bool = True,
+    amount: int | None = None,
 ) -> Settlement:
     """Post the exact cost (never more than reserved) and release the rest.
 
     ``counters=False`` skips the spend-counter statements, for a caller that knows
     no counter can exist for this transfer's project or key: planning those joins
     costs PostgreSQL more than the rest of the settlement (measured: ~1.5 ms a request).
+    ``amount`` is the cost when it is not priced by tokens (images: per image).
     """
-    amount, capped = settlement_amount(reservation, usage)
+    amount, capped = settlement_amount(reservation, usage) if amount is None else fixed_amount(reservation, amount)
     stmts = settle_statements(transfer_id=reservation.transfer_id, amount=amount, usage=usage, now=now, counters=counters)
     results = await asyncdb.run(*stmts, *after)
     return Settlement(amount=amount, applied=results[0].rowcount == 1, capped=capped)

@@ -81,6 +81,25 @@ class ModelPrice(models.Model):
         indexes = [models.Index(fields=["model", "effective_from"], name="modelprice_lookup")]
 
 
+class ImagePrice(models.Model):
+    """What one image of a size costs, in micro-units, under a ModelPrice version.
+
+    A model priced per image (an image model) has a price version whose token
+    prices are 0 and one row here per size it serves; a new version (a price
+    change) brings its own rows, so a job keeps the version it reserved at.
+    """
+
+    price = models.ForeignKey(ModelPrice, on_delete=models.PROTECT, related_name="image_prices")
+    size = models.CharField(max_length=16, help_text="<width>x<height>, e.g. 1024x1024")
+    per_image = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["price", "size"], name="imageprice_one_per_size"),
+            models.CheckConstraint(condition=Q(per_image__gte=0), name="imageprice_nonnegative"),
+        ]
+
+
 class Transfer(models.Model):
     class Kind(models.TextChoices):
         USAGE = "usage"  # two-phase: reservation, then settlement

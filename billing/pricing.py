@@ -23,6 +23,15 @@ class Price:
     cached_input_per_mtok: int
     output_per_mtok: int
     effective_from: dt.datetime
+    # An image model's version: (size, micro-units per image) pairs; empty for a token-priced model.
+    per_image: tuple[tuple[str, int], ...] = ()
+
+    def image_price(self, size: str) -> int | None:
+        """Micro-units per image of ``size``, or None if this version has no price for it."""
+        for priced, amount in self.per_image:
+            if priced == size:
+                return amount
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +71,21 @@ def price_at(versions: Sequence[Price], when: dt.datetime) -> Price | None:
         else:
             break
     return current
+
+
+def budget_micros(price: Price, tokens: int) -> int:
+    """The most ``tokens`` tokens can cost, input and output in any mix (rounded up).
+
+    An agent run reserves this for its token budget; the exact cost of any usage
+    with input + output <= ``tokens`` is never more (cached input costs at most input).
+    """
+    total = tokens * max(price.input_per_mtok, price.output_per_mtok)
+    return -(-total // TOKENS_PER_PRICE_UNIT)
+
+
+def add_usage(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        cached_input_tokens=a.cached_input_tokens + b.cached_input_tokens,
+    )

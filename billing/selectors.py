@@ -31,11 +31,50 @@ FROM billing_modelprice ORDER BY model, effective_from, version
 """
 
 
+_IMAGE_PRICES_SQL = "SELECT price_id, size, per_image FROM billing_imageprice ORDER BY price_id, size"
+
+
 async def price_versions() -> dict[str, list[Price]]:
-    """Every price version by model, oldest first (the table is small)."""
-    (result,) = await asyncdb.run(asyncdb.Stmt(_PRICES_SQL, fetch=True))
+    """Every price version by model, oldest first, with its per-image prices (the tables are small)."""
+    prices, images = await asyncdb.run(
+        asyncdb.Stmt(_PRICES_SQL, fetch=True), asyncdb.Stmt(_IMAGE_PRICES_SQL, fetch=True)
+    )
+    per_image: dict[int, list[tuple[str, int]]] = {}
+    for price_id, size, amount in images.rows:
+        per_image.setdefault(price_id, []).append((size, amount))
     out: dict[str, list[Price]] = {}
-    for row in result.rows:
-        price = Price(*row[:7], effective_from=asyncdb.as_datetime(row[7]))
+    for row in prices.rows:
+        price = Price(
+            *row[:7], effective_from=asyncdb.as_datetime(row[7]), per_image=tuple(per_image.get(row[0], ()))
+        )
         out.setdefault(price.model, []).append(price)
     return out
+
+
+def price_version(price_id: int) -> Price:
+    """One price version, for a worker settling a job reserved at it (sync ORM)."""
+    from .models import ModelPrice
+
+    p = ModelPrice.objects.get(id=price_id)
+    per_image = tuple(p.image_prices.order_by("size").values_list("size", "per_image"))
+    return Price(p.id, p.model, p.version, p.currency, p.input_per_mtok, p.cached_input_per_mtok,
+                 p.output_per_mtok, p.effective_from, per_image=per_image)
+
+
+def pending_reservation(*, request_id: str, project_id: int):
+    """The pending hold of a job's request, for the worker that settles it:
+    (ledger.Reservation, api key id), or None if it is no longer pending."""
+    from .ledger import Reservation
+    from .models import Transfer
+
+    t = (
+        Transfer.objects.filter(
+            request_id=request_id, project_id=project_id, kind=Transfer.Kind.USAGE, status=Transfer.Status.PENDING
+        )
+        .only("id", "pending_amount", "debit_wallet_id", "price_id", "api_key_id")
+        .first()
+    )
+    if t is None:
+        return None
+    return Reservation(transfer_id=t.id, amount=t.pending_amount, wallet_id=t.debit_wallet_id,
+                       price=price_version(t.price_id)), t.api_key_id

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max, Sum
@@ -10,7 +11,7 @@ from django.utils import timezone
 from config import asyncdb, bus
 
 from . import ledger
-from .models import BillingAccount, Entry, ModelPrice, SpendCounter, Transfer, Wallet
+from .models import BillingAccount, Entry, ImagePrice, ModelPrice, SpendCounter, Transfer, Wallet
 
 PRICES_TOPIC = "prices"
 
@@ -76,8 +77,18 @@ def price_publish(
     cached_input_per_mtok: int | None = None,
     effective_from: dt.datetime | None = None,
     currency: str = "usd",
+    per_image: Mapping[str, int] | None = None,
 ) -> ModelPrice:
-    """Add a new price version; requests reserved before it keep their version."""
+    """Add a new price version; requests reserved before it keep their version.
+
+    ``per_image`` ({"1024x1024": micro-units, …}) makes it an image model's
+    version: images are billed per image by size, and the model serves only
+    /v1/images (its token prices should be 0).
+    """
+    for size, amount in (per_image or {}).items():
+        width, _, height = size.partition("x")
+        if not (width.isdigit() and height.isdigit()) or not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+            raise ValueError(f"per_image needs '<width>x<height>' sizes and non-negative integer micro-units, got {size!r}: {amount!r}")
     with transaction.atomic():
         # Lock the model's versions so two publishers cannot take one number.
         list(ModelPrice.objects.select_for_update().filter(model=model).values_list("id", flat=True))
@@ -90,6 +101,9 @@ def price_publish(
             cached_input_per_mtok=input_per_mtok if cached_input_per_mtok is None else cached_input_per_mtok,
             output_per_mtok=output_per_mtok,
             effective_from=effective_from or timezone.now(),
+        )
+        ImagePrice.objects.bulk_create(
+            [ImagePrice(price=price, size=size, per_image=amount) for size, amount in sorted((per_image or {}).items())]
         )
         transaction.on_commit(lambda: bus.publish(PRICES_TOPIC, model))
     return price
@@ -105,7 +119,8 @@ def reservations_void_expired(*, now: dt.datetime | None = None, limit: int = 10
     )
     voided = 0
     for transfer_id in ids:
-        results = asyncdb.run_sync(*ledger.void_statements(transfer_id=transfer_id, now=now))
+        # expired_only: a job may have extended its hold since the ids were read.
+        results = asyncdb.run_sync(*ledger.void_statements(transfer_id=transfer_id, now=now, expired_only=True))
         voided += results[0].rowcount
     return voided
 
@@ -181,3 +196,11 @@ def _lock_customer_wallet(*, organization_id: int) -> None:
         .filter(account__organization_id=organization_id, kind=Wallet.Kind.CUSTOMER)
         .values_list("id", flat=True)
     )
+
+
+def reservation_extend(*, transfer_id: int, until: dt.datetime) -> bool:
+    """Keep a pending reservation from the sweeper until ``until`` (a job that
+    starts running holds its money for as long as it may run). False if the
+    reservation is no longer pending (settled, or voided while the job was queued)."""
+    (result,) = asyncdb.run_sync(ledger.extend_statement(transfer_id=transfer_id, until=until))
+    return result.rowcount == 1

@@ -92,3 +92,28 @@ class ApiKey(models.Model):
     def redacted(self) -> str:
         prefix = "sk_live_" if self.kind == self.Kind.SECRET else "pk_live_"
         return f"{prefix}…{self.last4}"
+
+
+class AuditEvent(models.Model):
+    """Something done on a project's behalf that its owners must be able to review.
+
+    Append-only: written by ``console.services.audit_record``, never changed. An
+    agent run writes one per tool call, granted or refused, with the call's
+    arguments and a summary of what came of it (not the tool's whole output).
+    """
+
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "audit"), editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="audit_events")
+    action = models.CharField(max_length=64)  # e.g. "agent.tool_call"
+    outcome = models.CharField(max_length=32)  # e.g. "executed", "refused", "failed"
+    actor = models.CharField(max_length=100, blank=True)  # who asked: "key_…", "agent:default"
+    subject = models.CharField(max_length=100, blank=True)  # what it belongs to: a job id
+    request_id = models.CharField(max_length=40, blank=True)
+    data = models.JSONField(default=dict, blank=True)  # e.g. {"tool", "arguments", "summary"}
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "created_at"], name="audit_project_created")]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.outcome} ({self.public_id})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from .models import ApiKey, Membership, Organization, Project
+from .models import ApiKey, AuditEvent, Membership, Organization, Project
 
 
 def organizations_for_user(user) -> QuerySet[Organization]:
@@ -25,3 +25,10 @@ def keys_for_project(project: Project) -> QuerySet[ApiKey]:
 
 def key_in_project(project_id: int, public_id: str) -> ApiKey:
     return ApiKey.objects.select_related("project").get(project_id=project_id, public_id=public_id)
+
+
+def audit_events_for_project(project_id: int, *, action: str | None = None) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.filter(project_id=project_id)
+    if action is not None:
+        events = events.filter(action=action)
+    return events.order_by("created_at", "id")

@@ -10,7 +10,7 @@ from billing import services as billing_services
 from config import bus
 
 from . import keys
-from .models import ApiKey, Membership, Organization, Project, Role
+from .models import ApiKey, AuditEvent, Membership, Organization, Project, Role
 
 KEY_TOPIC = "key"  # value: the key's lookup prefix
 PROJECT_TOPIC = "project"  # value: the project's id
@@ -177,3 +177,38 @@ def api_key_revoke(*, key: ApiKey) -> ApiKey:
         key.refresh_from_db(fields=["status", "revoked_at"])
     transaction.on_commit(lambda: bus.publish(KEY_TOPIC, key.lookup))
     return key
+
+
+AUDIT_MAX_TEXT = 2000  # a string in an audit event's data is cut to this many characters
+
+
+def _bounded(value, depth: int = 0):
+    """``value`` with long strings cut and deep nesting flattened, so one event stays small."""
+    if isinstance(value, str):
+        return value if len(value) <= AUDIT_MAX_TEXT else value[:AUDIT_MAX_TEXT] + "…"
+    if depth >= 4:
+        return _bounded(repr(value), depth)
+    if isinstance(value, dict):
+        return {str(k)[:100]: _bounded(v, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, (list, tuple)):
+        return [_bounded(v, depth + 1) for v in value[:50]]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _bounded(repr(value), depth)
+
+
+def audit_record(
+    *,
+    project_id: int,
+    action: str,
+    outcome: str,
+    actor: str = "",
+    subject: str = "",
+    request_id: str = "",
+    data: dict | None = None,
+) -> AuditEvent:
+    """Append an event to the project's audit trail (strings in ``data`` are bounded)."""
+    return AuditEvent.objects.create(
+        project_id=project_id, action=action, outcome=outcome, actor=actor[:100], subject=subject[:100],
+        request_id=request_id[:40], data=_bounded(data or {}),
+    )

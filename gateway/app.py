@@ -19,7 +19,9 @@ from starlette.routing import Route
 
 from . import endpoints as ep
 from .context import ApiRequest, error_response
+from .agents import api as agents_api
 from .errors import GatewayError
+from .images import create_image, get_image
 from .model_views import get_model, list_models
 from .node_management import get_job, health, load_model, pull_model, topology, unload_model
 from .nodes_api import list_nodes, node_heartbeat, register_node
@@ -28,7 +30,7 @@ from .protocols import messages
 
 log = logging.getLogger(__name__)
 
-_ALLOW_HEADERS = "authorization, content-type, x-api-key, idempotency-key, x-idempotency-key, x-request-id, x-session-id, last-event-id, anthropic-version"
+_ALLOW_HEADERS = "authorization, content-type, x-api-key, idempotency-key, x-idempotency-key, x-request-id, x-session-id, last-event-id, anthropic-version, prefer"
 
 
 def endpoint(handler, render=error_response):
@@ -95,6 +97,11 @@ routes = [
     Route("/v1/nodes/{node_id}/models/unload", endpoint(unload_model), methods=["POST"]),
     Route("/v1/nodes/{node_id}/models/pull", endpoint(pull_model), methods=["POST"]),
     Route("/v1/jobs/{job_id}", endpoint(get_job), methods=["GET"]),
+    Route("/v1/images/generations", endpoint(create_image), methods=["POST"]),
+    Route("/v1/images", endpoint(create_image), methods=["POST"]),
+    Route("/v1/images/{job_id}/{index}", endpoint(get_image), methods=["GET"]),
+    Route("/v1/agents/runs", endpoint(agents_api.create_run), methods=["POST"]),
+    Route("/v1/agents/runs/{run_id}/events", endpoint(agents_api.run_events), methods=["GET"]),
     Route("/v1/openapi.json", endpoint(openapi_json), methods=["GET"]),
 ]
 

@@ -217,3 +217,9 @@ async def refund(*, key: KeyRecord, tokens: int) -> None:
     if tokens <= 0:
         return
     await _take([(rkey, limit, -tokens) for _, kind, rkey, limit in _buckets(key) if kind == TOKENS])
+
+
+def refund_scope(key: KeyRecord) -> dict[str, int | None]:
+    """What ``refund`` needs of a key, for a worker that gives tokens back after the request."""
+    return {"project_id": key.project_id, "rpm_limit": key.rpm_limit, "tpm_limit": key.tpm_limit,
+            "key_id": key.key_id, "key_rpm_limit": key.key_rpm_limit, "key_tpm_limit": key.key_tpm_limit}

@@ -15,7 +15,7 @@ def _model_object(entry: ModelEntry, now) -> dict[str, Any] | None:
     price = entry.price_at(now)
     if price is None:
         return None
-    return {
+    obj = {
         "id": entry.name,
         "object": "model",
         "created": entry.created,
@@ -31,6 +31,9 @@ def _model_object(entry: ModelEntry, now) -> dict[str, Any] | None:
             "version": price.version,
         },
     }
+    if price.per_image:  # an image model: billed per image by size (POST /v1/images/generations)
+        obj["pricing"]["images"] = {"unit": "micros_per_image", **dict(price.per_image)}
+    return obj
 
 
 async def list_models(req: ApiRequest):

@@ -17,7 +17,8 @@ import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from . import node_management, nodes_api, schemas
+from . import images, node_management, nodes_api, schemas
+from .agents import api as agents_api
 from .context import ApiRequest, json_response
 from .errors import CODES
 from .protocols import completions, messages, responses
@@ -51,7 +52,8 @@ TIMESTAMP = {"type": "integer", "description": "Unix time in seconds."}
 # so the OpenAI chat `Tool` and the Anthropic `Tool` stay apart.
 
 REQUEST_MODELS: dict[str, tuple[type[BaseModel], ...]] = {
-    "": (schemas.ChatCompletionRequest, completions.CompletionRequest, completions.EmbeddingRequest),
+    "": (schemas.ChatCompletionRequest, completions.CompletionRequest, completions.EmbeddingRequest,
+         images.ImageRequest, agents_api.AgentRunRequest),
     "Responses": (responses.ResponsesRequest,),
     "Anthropic": (messages.MessagesRequest, messages.CountTokensRequest),
     "Node": (
@@ -198,7 +200,8 @@ def _management_objects() -> dict[str, Schema]:
                 "started_at": nullable(TIMESTAMP),
                 "finished_at": nullable(TIMESTAMP),
                 "error": nullable(obj({"code": STRING, "message": STRING}, ("code", "message"))),
-                "result": {"description": "Once succeeded: for a pull `{model, served, served_model, already_served?}`."},
+                "result": {"description": "Once succeeded: for a pull `{model, served, served_model, already_served?}`; "
+                           "for images, the images; for an agent run, its output, stop reason, usage, cost and events."},
             },
             ("id", "object", "kind", "status", "node", "params", "progress", "created_at", "started_at",
              "finished_at", "error"),
@@ -472,6 +475,12 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
                     "cached_input": COUNT,
                     "output": COUNT,
                     "version": INTEGER,
+                    "images": obj(
+                        {"unit": {"const": "micros_per_image"}},
+                        ("unit",),
+                        additionalProperties=COUNT,
+                        description="An image model's price per image, by size (`1024x1024`: micro-units).",
+                    ),
                 },
                 ("currency", "unit", "input", "cached_input", "output", "version"),
             ),
@@ -610,6 +619,22 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
         ("id", "object", "status", "healthy", "received_at"),
     ),
     **_management_objects(),
+    "ImagesResponse": obj(
+        {
+            "created": TIMESTAMP,
+            "data": {"type": "array", "items": obj({
+                "b64_json": {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/png"},
+                "url": {"type": "string", "description": "GET it with this project's secret key."},
+            })},
+            "size": {"enum": ["512x512", "1024x1024", "1024x1792"]},
+            "output_format": {"const": "png"},
+            "billing": obj({"images": COUNT, "cost_micros": COUNT}, ("images", "cost_micros"),
+                           description="Images produced, and what they cost (fewer than `n` are billed as fewer)."),
+            "node": ref("NodeInfo"),
+        },
+        ("created", "data"),
+        description="OpenAI's images response; `X-Job-ID` names the job that made them.",
+    ),
     "Balance": obj(
         {
             "object": {"const": "balance"},
@@ -722,6 +747,8 @@ def _headers() -> dict[str, Schema]:
         "Idempotent-Replayed": _header({"const": "true"}, "Present when this is a stored answer to a retried key."),
         "Location": _header(STRING, "Where to follow the job: `/v1/jobs/{id}`."),
         "request-id": _header(STRING, "The same id, where Anthropic clients look for it.", required=True),
+        "X-Job-ID": _header({"type": "string", "pattern": "^job_"}, "The job that runs (or ran) this request."),
+        "Location": _header(STRING, "Where the job can be read: /v1/jobs/{id}."),
     }
     for unit in ("requests", "tokens"):
         headers[f"X-RateLimit-Limit-{unit.title()}"] = _header(_LIMIT, f"The project's {unit} per minute.")
@@ -863,6 +890,13 @@ _PARAMETERS: dict[str, Schema] = {
         "description": "Accepted for compatibility with Anthropic clients.",
         "schema": {"type": "string"},
     },
+    "Prefer": {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "description": "`respond-async` (RFC 7240): answer 202 with the job at once instead of waiting for the images.",
+        "schema": {"type": "string"},
+    },
     "LastEventId": {
         "name": "Last-Event-ID",
         "in": "header",
@@ -919,6 +953,37 @@ def _paid_post(op: str, tag: str, summary: str, request: str, ok: Schema, descri
             "parameters": params,
             "requestBody": _json_body(ref(request)),
             "responses": {"200": _paid_ok(ok, description, stream=stream), **_errors(PAID, anthropic=anthropic)},
+        }
+    }
+
+
+_RUN_EVENT = obj(
+    {
+        "type": {"enum": ["run.created", "step.started", "message", "tool.call", "tool.result", "run.completed",
+                          "run.failed"]},
+        "sequence_number": {"type": "integer", "minimum": 1},
+    },
+    ("type", "sequence_number"),
+)
+
+
+def _images_post(op: str, summary: str = "Generate images (secret keys only)") -> Schema:
+    return {
+        "post": {
+            "operationId": op,
+            "tags": ["Jobs"],
+            "summary": summary,
+            "description": "A job: n × the size's price is held, the images are made on a node and billed as many as "
+            "were produced. Waits for the job (up to IMAGES_WAIT_SECONDS) unless `Prefer: respond-async`.",
+            "parameters": [_param("RequestId"), _param("SessionId"), _param("Prefer")],
+            "requestBody": _json_body(ref("ImageRequest")),
+            "responses": {
+                "200": _ok(ref("ImagesResponse"), "The images.", headers=["X-Job-ID", *RATE_LIMIT_HEADERS],
+                           required_headers=("X-Job-ID",)),
+                "202": _ok(ref("Job"), "The job, still running (or `Prefer: respond-async`).",
+                           headers=["X-Job-ID", "Location", *RATE_LIMIT_HEADERS], required_headers=("X-Job-ID",)),
+                **_errors((400, 401, 402, 403, 404, 413, 429, 500, 502, 503)),
+            },
         }
     }
 
@@ -984,6 +1049,65 @@ def _paths() -> dict[str, Schema]:
                         "description": "The events after Last-Event-ID, then the rest as they come.",
                         "headers": _header_refs(["X-Request-ID"]),
                         "content": {"text/event-stream": {"schema": sse({"type": "object"})}},
+                    },
+                    **_errors((400, 401, 403, 404, 500, 503)),
+                },
+            }
+        },
+        "/v1/images/generations": _images_post("createImage"),
+        "/v1/images": _images_post("createImageShort", "Generate images (the same as /v1/images/generations)"),
+        "/v1/images/{job_id}/{index}": {
+            "get": {
+                "operationId": "getImage",
+                "tags": ["Jobs"],
+                "summary": "One image of a finished image job of this project (what `url` results link to)",
+                "parameters": [_path_param("job_id", "The `job_…` id."),
+                               _path_param("index", "The image's place in `data`, from 0."), _param("RequestId")],
+                "responses": {
+                    "200": {
+                        "description": "The PNG. Another project's key gets 404.",
+                        "headers": _header_refs(["X-Request-ID", "X-Job-ID"]),
+                        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **_errors((401, 403, 404, 500, 503)),
+                },
+            }
+        },
+        "/v1/agents/runs": {
+            "post": {
+                "operationId": "createAgentRun",
+                "tags": ["Jobs"],
+                "summary": "Start an agent run (secret keys only)",
+                "description": "The run's token budget (`max_tokens`) is held, then the run loop calls the model, "
+                "runs only the granted tools, writes every tool call to the project's audit trail and settles the "
+                "exact sum of its model calls.",
+                "parameters": [_param("RequestId"), _param("SessionId")],
+                "requestBody": _json_body(ref("AgentRunRequest")),
+                "responses": {
+                    "200": {
+                        "description": "With `stream: true`: the run's events as they happen; `X-Request-ID` names "
+                        "the stream for GET /v1/streams/{request_id}.",
+                        "headers": _header_refs(["X-Request-ID", "X-Job-ID", *RATE_LIMIT_HEADERS]),
+                        "content": {"text/event-stream": {"schema": sse(_RUN_EVENT)}},
+                    },
+                    "202": _ok(ref("Job"), "The run, queued.", headers=["X-Job-ID", "Location", *RATE_LIMIT_HEADERS],
+                               required_headers=("X-Job-ID",)),
+                    **_errors((400, 401, 402, 403, 404, 413, 429, 500, 503)),
+                },
+            }
+        },
+        "/v1/agents/runs/{run_id}/events": {
+            "get": {
+                "operationId": "getAgentRunEvents",
+                "tags": ["Jobs"],
+                "summary": "A run's events after Last-Event-ID: live while it runs, kept once it ended",
+                "parameters": [_path_param("run_id", "The run's `job_…` id."), _param("LastEventId"),
+                               _param("RequestId")],
+                "responses": {
+                    "200": {
+                        "description": "The events after Last-Event-ID.",
+                        "headers": _header_refs(["X-Request-ID", "X-Job-ID"]),
+                        "content": {"text/event-stream": {"schema": sse(_RUN_EVENT)}},
                     },
                     **_errors((400, 401, 403, 404, 500, 503)),
                 },
@@ -1184,7 +1308,7 @@ def build() -> dict[str, Any]:
             "request_id, param?}}`; paid requests may carry an Idempotency-Key.",
         },
         "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
-        "tags": [{"name": n} for n in ("OpenAI", "Anthropic", "Streams", "Management", "Nodes", "Meta")],
+        "tags": [{"name": n} for n in ("OpenAI", "Anthropic", "Streams", "Jobs", "Management", "Nodes", "Meta")],
         "paths": _paths(),
         "components": {
             "securitySchemes": {

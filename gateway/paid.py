@@ -37,8 +37,10 @@ class PaidRequest:
         claim: idempotency.Claim | None,
         session_id: str = "",
         admitted_tokens: int = 0,
+        ask_less: str = "lower max_tokens",
     ):
         self.key = key
+        self.ask_less = ask_less  # how the refusal messages say to need less
         self.price = price
         self.claim = claim
         self.admitted_tokens = admitted_tokens
@@ -64,12 +66,19 @@ class PaidRequest:
     def request_id(self) -> str:
         return self.meta.request_id
 
-    async def reserve(self, *, max_input_tokens: int, max_output_tokens: int) -> idempotency.StoredResponse | None:
-        """Hold the worst-case cost. Returns a stored response if this is a replay."""
-        amount = reservation_micros(self.price, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens)
+    async def reserve(
+        self, *, max_input_tokens: int = 0, max_output_tokens: int = 0, amount: int | None = None,
+        before: Sequence[Stmt] = (),
+    ) -> idempotency.StoredResponse | None:
+        """Hold the worst-case cost (``amount`` when the caller prices it, e.g. per image),
+        running ``before`` in the same round trip. Returns a stored response if this is a replay."""
+        if amount is None:
+            amount = reservation_micros(self.price, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens)
+        extra = list(before)
         for _ in range(2):  # a second pass only if an expired claim was just removed
             now = timezone.now()
             before = [idempotency.claim_statement(self.claim, request_id=self.request_id, now=now)] if self.claim else []
+            before += extra
             try:
                 self.reservation = await ledger.reserve(
                     wallet_id=self.key.wallet_id,
@@ -98,7 +107,7 @@ class PaidRequest:
                 raise GatewayError(
                     "insufficient_balance",
                     f"Insufficient balance: this request needs up to {amount} micro-units "
-                    f"({self.key.currency.upper()}) reserved. Top up the wallet or lower max_tokens.",
+                    f"({self.key.currency.upper()}) reserved. Top up the wallet or {self.ask_less}.",
                 ) from None
             except ledger.SpendCapReached as exc:
                 await self.fail("spend_cap_reached")
@@ -107,7 +116,7 @@ class PaidRequest:
                     "spend_cap_reached",
                     f"This request would cross the {owner}'s monthly spend cap of {exc.cap} micro-units "
                     f"({self.key.currency.upper()}): it needs up to {amount} reserved and {exc.room} is left "
-                    "this month. Raise the cap or lower max_tokens.",
+                    f"this month. Raise the cap or {self.ask_less}.",
                 ) from None
             except ledger.WalletUnavailable:
                 await self.fail("wallet_suspended")

@@ -78,6 +78,11 @@ async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
     price = entry.price_at(timezone.now())
     if price is None:
         raise GatewayError("model_not_found", f"The model '{dialect.model}' has no price yet.", param="model")
+    if price.per_image:  # priced per image, not per token: never served here at a token price of 0
+        raise GatewayError(
+            "invalid_request", f"The model '{dialect.model}' generates images; use POST /v1/images/generations.",
+            param="model",
+        )
     output_cap = dialect.output_cap(entry.max_output_tokens)
     if output_cap > entry.max_output_tokens:
         raise GatewayError(
@@ -188,6 +193,11 @@ async def _first_node(paid: PaidRequest, candidates, upstream, attempt):
         router.succeeded(node.id)
         return served, result
     raise last or NodeError("no node available", permanent=False)
+
+
+# Jobs (gateway/images.py, gateway/agents/) fail over the same way; their ``paid`` is a
+# gateway.paidjobs.JobBill (the request record's meta and request id).
+first_node = _first_node
 
 
 async def _complete(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry: ModelEntry, candidates, upstream):

@@ -46,6 +46,11 @@ def _keys(request_id: str) -> tuple[str, str]:
     return redisconn.key("stream", request_id), redisconn.key("stream", request_id, "watch")
 
 
+def redis_key(request_id: str) -> str:
+    """The Redis stream a log is mirrored to; an agent run's worker writes its events there itself."""
+    return _keys(request_id)[0]
+
+
 def parse_last_event_id(headers) -> int:
     """The number of events the client already has (0 when it sends none)."""
     raw = headers.get("last-event-id")

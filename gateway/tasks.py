@@ -8,3 +8,26 @@ from .models import IdempotencyRecord
 def purge_expired_idempotency() -> int:
     deleted, _ = IdempotencyRecord.objects.filter(expires_at__lt=timezone.now()).delete()
     return deleted
+
+
+# Paid jobs. A job is claimed once (queued → running), so a redelivered task does nothing;
+# retrying a failed one would run paid work twice, so these never retry.
+@shared_task(acks_late=True)
+def run_image_job(job_id: str) -> None:
+    from .images import run_job
+
+    run_job(job_id)
+
+
+@shared_task(acks_late=True)
+def run_agent_job(job_id: str) -> None:
+    from .agents.run import run_job
+
+    run_job(job_id)
+
+
+@shared_task
+def fail_lost_jobs() -> int:
+    from nodes.paidjobs import jobs_fail_lost
+
+    return jobs_fail_lost()

@@ -139,6 +139,7 @@ CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
     "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": NODE_HEALTH_INTERVAL_SECONDS},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},
+    "fail-lost-jobs": {"task": "gateway.tasks.fail_lost_jobs", "schedule": 300.0},
 }
 
 # --- auth (django-allauth) ---------------------------------------------------
@@ -199,6 +200,27 @@ LOCAL_NODE_THREADS = env_int("LOCAL_NODE_THREADS", 2, minimum=1)
 LOCAL_NODE_EMBEDDINGS = env_str("LOCAL_NODE_EMBEDDINGS", "e5")
 if LOCAL_NODE_EMBEDDINGS not in {"e5", "minilm", "off"}:
     raise ImproperlyConfigured(f"LOCAL_NODE_EMBEDDINGS={LOCAL_NODE_EMBEDDINGS!r} must be e5, minilm or off")
+
+# --- jobs: images and agent runs (Celery) -------------------------------------------
+# A job stops after this long; once it starts, its hold is kept this long plus a margin,
+# so the reservation sweeper never voids the money of a job that is still running.
+JOB_MAX_SECONDS = env_int("JOB_MAX_SECONDS", 600, minimum=10)
+JOB_HOLD_MARGIN_SECONDS = 300
+# POST /v1/images/generations waits this long for its job (then answers 202 with the job).
+IMAGES_WAIT_SECONDS = env_int("IMAGES_WAIT_SECONDS", 120, minimum=0)
+# Agent runs: the model of built-in agents when the request names none, and the caps on a run.
+AGENT_DEFAULT_MODEL = env_str("AGENT_DEFAULT_MODEL", LOCAL_NODE_MODEL)
+AGENT_MAX_STEPS = env_int("AGENT_MAX_STEPS", 16, minimum=1, maximum=100)
+AGENT_MAX_TOKENS = env_int("AGENT_MAX_TOKENS", 100_000, minimum=100)
+# The agent tool http_fetch: GET only, to these hosts ("host" or "host:port"; empty = none);
+# addresses in private, loopback and link-local ranges are refused unless allowed (tests).
+AGENT_FETCH_ALLOWED_HOSTS = env_list("AGENT_FETCH_ALLOWED_HOSTS", [])
+AGENT_FETCH_ALLOW_PRIVATE = env_bool("AGENT_FETCH_ALLOW_PRIVATE", False)
+AGENT_FETCH_MAX_BYTES = env_int("AGENT_FETCH_MAX_BYTES", 256 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
+AGENT_FETCH_TIMEOUT_SECONDS = env_int("AGENT_FETCH_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
+if JOB_MAX_SECONDS > GATEWAY_MAX_REQUEST_SECONDS:
+    # A stream follower gives up after GATEWAY_MAX_REQUEST_SECONDS: a run must end first.
+    raise ImproperlyConfigured("JOB_MAX_SECONDS must not exceed GATEWAY_MAX_REQUEST_SECONDS")
 
 # --- i18n / static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -79,6 +79,9 @@ class OpenAICompatibleAdapter(NodeAdapter):
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post_json("/embeddings", body)
 
+    async def images(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._post_json("/images/generations", body)
+
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             async with http.session().post(

@@ -1,7 +1,8 @@
 """The node server's HTTP layer: an OpenAI-compatible API over any :class:`Engine`.
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
-``POST /v1/completions``, ``POST /v1/embeddings``, ``GET /stats``, plus the
+``POST /v1/completions``, ``POST /v1/embeddings``, ``POST /v1/images/generations``
+(real PNGs from ``png.py``; engines without images answer 400), ``GET /stats``, plus the
 engine's own control endpoints (the simulator's ``/_sim/*``), with the
 "ollama" dialect Ollama's native ``/api`` routes (``ollama.py``), with the
 "anthropic" dialect Anthropic's Messages API in place of the OpenAI routes (``anthropic.py``),
@@ -505,6 +506,49 @@ async def embeddings(request: web.Request) -> web.Response:
     )
 
 
+MAX_IMAGES = 10
+MAX_IMAGE_SIDE = 4096
+
+
+def _size(body: dict[str, Any]) -> tuple[int, int]:
+    size = body.get("size") or "1024x1024"
+    width, _, height = size.partition("x") if isinstance(size, str) else ("", "", "")
+    if not (width.isdigit() and height.isdigit() and 1 <= int(width) <= MAX_IMAGE_SIDE and 1 <= int(height) <= MAX_IMAGE_SIDE):
+        raise _invalid("size", f"'<width>x<height>' with sides from 1 to {MAX_IMAGE_SIDE}")
+    return int(width), int(height)
+
+
+async def image_generations(request: web.Request) -> web.Response:
+    """``/v1/images/generations``: n real PNGs (``b64_json`` only: a node keeps no files to link to)."""
+    engine = request.app[ENGINE]
+    body = await read_json(request)
+    model = _model(body, engine)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise _invalid("prompt", "a non-empty string")
+    n = _int(body, "n", 1) or 1
+    if n > MAX_IMAGES:
+        raise _invalid("n", f"an integer from 1 to {MAX_IMAGES}")
+    size = _size(body)
+    if (body.get("response_format") or "b64_json") != "b64_json":
+        raise ApiError(400, "Only response_format 'b64_json' is supported.", code="unsupported")
+    record = Generation(id="img-" + os.urandom(12).hex(), model=model, stream=False)
+    engine.stats.started()
+    outcome = "failed"
+    try:
+        images = await engine.images(record, prompt, n, size)
+        outcome = "completed"
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    except DropConnection:
+        return _dropped(request)
+    finally:
+        engine.stats.finished(record, outcome)
+    data = [{"b64_json": base64.b64encode(image).decode(), "revised_prompt": prompt} for image in images]
+    return json_response({"created": int(time.time()), "data": data})
+
+
 def _encode(vector: list[float], encoding: str) -> list[float] | str:
     """base64 is what the openai SDK asks for by default: little-endian float32s."""
     if encoding == "float":
@@ -584,6 +628,7 @@ def build_app(
                 web.post("/v1/chat/completions", chat_completions),
                 web.post("/v1/completions", completions),
                 web.post("/v1/embeddings", embeddings),
+                web.post("/v1/images/generations", image_generations),
             ]
         )
     controls = engine.controls()

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import tokens
+from . import png, tokens
 from .embedders import EmbedError, Embedder
 
 if TYPE_CHECKING:
@@ -122,6 +122,7 @@ class Stats:
     failed_injected: int = 0
     active: int = 0
     tokens_generated: int = 0
+    images_generated: int = 0
     last: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
 
     def started(self) -> None:
@@ -152,7 +153,7 @@ class Stats:
     def reset(self) -> None:
         """Zero the history; ``active`` stays, it counts requests still in flight."""
         self.requests = self.completed = self.cancelled = self.failed = self.failed_injected = 0
-        self.tokens_generated = 0
+        self.tokens_generated = self.images_generated = 0
         self.last.clear()
 
     def snapshot(self) -> dict[str, Any]:
@@ -236,6 +237,10 @@ class Engine:
         """
         raise NotImplementedError
 
+    async def images(self, gen: Generation, prompt: str, n: int, size: tuple[int, int]) -> list[bytes]:
+        """Return up to ``n`` PNG files of ``size`` (width, height) for ``prompt``."""
+        raise ApiError(400, f"The model '{gen.model}' on this node does not generate images.", code="unsupported")
+
     def controls(self) -> dict[tuple[str, str], Control]:
         """Engine-specific JSON endpoints, by (method, path), served next to the OpenAI API."""
         return {}
@@ -271,6 +276,7 @@ class SimConfig:
     # Ollama dialect: a streamed /api/pull stops after its first download step until this is false again,
     # so a test can watch a pull in progress without racing it.
     pull_hold: bool = False
+    image_limit: int = 0  # at most this many images per request (0 = as many as asked), like a small GPU
 
     def __post_init__(self) -> None:
         if not isinstance(self.pull_hold, bool):
@@ -286,6 +292,7 @@ class SimConfig:
         _number(self.completion_tokens, "completion_tokens", 0, integer=True)
         _number(self.fail_rate, "fail_rate", 0, 1)
         _number(self.fail_after_tokens, "fail_after_tokens", 0, integer=True)
+        _number(self.image_limit, "image_limit", 0, integer=True)
         if self.fail_mode not in FAIL_MODES:
             raise ValueError(f"fail_mode must be one of {', '.join(FAIL_MODES)}, got {self.fail_mode!r}")
 
@@ -318,9 +325,14 @@ class SimulatorEngine(Engine):
         if gen.messages is not None:
             user = [m for m in gen.messages if m["role"] == "user"]
             last = user[-1] if user else {"content": ""}
-            if (name := self._tool_to_call(gen, last["content"])) is not None:
+            after_tool = gen.messages[-1]["role"] == "tool"
+            if (name := self._tool_to_call(gen, last["content"], after_tool)) is not None:
                 gen.tool_call = ToolCall(id="call_" + os.urandom(12).hex(), name=name)
-                answer, finish_reason = tokens.tool_call_pieces(last["content"]), "tool_calls"
+                _, arguments = tokens.parse_call(last["content"], [name])
+                answer, finish_reason = tokens.argument_pieces(arguments), "tool_calls"
+            elif after_tool:
+                limit = config.completion_tokens if gen.max_tokens is None else gen.max_tokens
+                answer, finish_reason = tokens.tool_result_tokens(gen.messages[-1]["content"], limit), "stop"
             else:
                 answer, finish_reason = tokens.echo_tokens(last["content"], last.get("media", ())), "stop"
         else:
@@ -333,12 +345,15 @@ class SimulatorEngine(Engine):
         return answer, finish_reason
 
     @staticmethod
-    def _tool_to_call(gen: Generation, last_user_text: str) -> str | None:
-        """The function to call: forced by ``tool_choice``, or the first tool when a call is required or asked for."""
+    def _tool_to_call(gen: Generation, last_user_text: str, after_tool: bool = False) -> str | None:
+        """The function to call: forced by ``tool_choice``; or, when a call is required or
+        asked for (and no tool result came after the asking), the one the ``call:`` message
+        names, else the first tool."""
         if not gen.tools or gen.tool_choice == "none":
             return None
-        if gen.tool_choice == "required" or last_user_text.startswith(tokens.CALL_PREFIX):
-            return gen.forced_tool or gen.tools[0]["function"]["name"]
+        names = [t["function"]["name"] for t in gen.tools]
+        if gen.tool_choice == "required" or (not after_tool and last_user_text.startswith(tokens.CALL_PREFIX)):
+            return gen.forced_tool or tokens.parse_call(last_user_text, names)[0] or names[0]
         return None
 
     async def generate(self, gen: Generation) -> AsyncIterator[str]:
@@ -347,21 +362,7 @@ class SimulatorEngine(Engine):
             gen.prompt_tokens = tokens.chat_prompt_tokens(gen.messages, gen.tools)
         else:
             gen.prompt_tokens = tokens.text_tokens(gen.prompt or "")
-        # Draw for every request, so the failure pattern depends only on the seed and request order.
-        failure = config.fail_mode if self.rng.random() < config.fail_rate else None
-        gen.injected_failure = failure is not None
-        if failure == "http500":
-            raise ApiError(500, "Injected failure.", type="server_error", code="injected_failure")
-        if failure == "http429":
-            limited = {"type": "rate_limit_error", "code": "rate_limit_exceeded", "headers": {"Retry-After": "1"}}
-            raise ApiError(429, "Injected rate limit.", **limited)
-        if failure == "http529":  # Anthropic's "overloaded"
-            raise ApiError(529, "Overloaded", type="overloaded_error", code="overloaded")
-        if failure == "disconnect":
-            raise DropConnection
-        if failure == "hang":
-            await asyncio.get_running_loop().create_future()  # until the client gives up
-
+        failure = await self._inject(gen, config)
         answer, finish_reason = self._answer(gen, config)
         if failure == "midstream":
             answer = answer[: config.fail_after_tokens]
@@ -387,10 +388,46 @@ class SimulatorEngine(Engine):
             yield tail
         gen.finish_reason = finish_reason
 
+    async def _inject(self, gen: Generation, config: SimConfig) -> str | None:
+        """Draw this request's failure and raise it if it happens before any output;
+        returns "midstream" for a failure the caller plays out after some output."""
+        # Draw for every request, so the failure pattern depends only on the seed and request order.
+        failure = config.fail_mode if self.rng.random() < config.fail_rate else None
+        gen.injected_failure = failure is not None
+        if failure == "http500":
+            raise ApiError(500, "Injected failure.", type="server_error", code="injected_failure")
+        if failure == "http429":
+            limited = {"type": "rate_limit_error", "code": "rate_limit_exceeded", "headers": {"Retry-After": "1"}}
+            raise ApiError(429, "Injected rate limit.", **limited)
+        if failure == "http529":  # Anthropic's "overloaded"
+            raise ApiError(529, "Overloaded", type="overloaded_error", code="overloaded")
+        if failure == "disconnect":
+            raise DropConnection
+        if failure == "hang":
+            await asyncio.get_running_loop().create_future()  # until the client gives up
+        return failure
+
     async def embed(
         self, model: str, texts: list[str], *, input_type: str | None = None
     ) -> tuple[list[list[float]], int]:
         return [tokens.embedding(t) for t in texts], sum(tokens.text_tokens(t) for t in texts)
+
+    async def images(self, gen: Generation, prompt: str, n: int, size: tuple[int, int]) -> list[bytes]:
+        """Real PNGs, deterministic in the prompt and the image's index; failures as for chat
+        ("midstream" drops the connection once the images are made), ``image_limit`` caps the count."""
+        config = self.config
+        failure = await self._inject(gen, config)
+        if config.ttft_ms:
+            await asyncio.sleep(config.ttft_ms / 1000)
+        count = min(n, config.image_limit) if config.image_limit else n
+        width, height = size
+        made = await asyncio.to_thread(
+            lambda: [png.png(width, height, f"{prompt}\x00{i}".encode()) for i in range(count)]
+        )
+        if failure == "midstream":
+            raise DropConnection
+        self.stats.images_generated += len(made)
+        return made
 
     def controls(self) -> dict[tuple[str, str], Control]:
         return {

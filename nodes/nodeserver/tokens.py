@@ -20,6 +20,13 @@ stream carries exactly one word per chunk and the text length is predictable.
 An ``echo:`` prompt is answered with its own words (then "[image]" / "[audio]"
 for each media part of the message), a tool call with its JSON arguments cut
 before each space: ``{"text": "a b"}`` is the tokens ``{"text":``, `` "a``, `` b"}``.
+
+A ``call:`` message may name the tool and give its arguments: in
+``call: http_fetch {"url": "http://x/"}`` the first word names one of the
+request's tools and the rest, a JSON object, is sent as the arguments as it
+is; any other text becomes ``{"text": <text>}``. After a tool result (the last
+message has the role ``tool``) the answer is ``result:`` and the result's
+first words, so a test can see what the model was given.
 """
 from __future__ import annotations
 
@@ -68,13 +75,44 @@ def echo_tokens(text: str, media: Iterable[str] = ()) -> list[str] | None:
     return [word if i == 0 else " " + word for i, word in enumerate(words)]
 
 
-def tool_call_pieces(text: str) -> list[str]:
-    """A call's arguments, ``{"text": <text after "call:", or all of it>}``, as tokens."""
+def parse_call(text: str, names: Sequence[str] = ()) -> tuple[str | None, str]:
+    """The tool a ``call:`` message names (its first word, when that is one of ``names``)
+    and the call's arguments as JSON: a JSON object given there, else ``{"text": <the text>}``."""
     if text.startswith(CALL_PREFIX):
         text = text[len(CALL_PREFIX) :]
-    arguments = json.dumps({"text": text.strip()}, ensure_ascii=False)
+    text = text.strip()
+    name = None
+    first, _, rest = text.partition(" ")
+    if first and first in names:
+        name, text = first, rest.strip()
+    if text.startswith("{"):
+        try:
+            given = json.loads(text)
+        except ValueError:
+            given = None
+        if isinstance(given, dict):
+            return name, json.dumps(given, ensure_ascii=False)
+    return name, json.dumps({"text": text}, ensure_ascii=False)
+
+
+def argument_pieces(arguments: str) -> list[str]:
+    """Call arguments as tokens, cut before each space."""
     cuts = [i for i, char in enumerate(arguments) if char == " "]
     return [arguments[start:end] for start, end in zip([0, *cuts], [*cuts, len(arguments)])]
+
+
+def tool_call_pieces(text: str) -> list[str]:
+    """A call's arguments, ``{"text": <text after "call:", or all of it>}``, as tokens."""
+    return argument_pieces(parse_call(text)[1])
+
+
+RESULT_PREFIX = "result:"
+
+
+def tool_result_tokens(content: str, limit: int) -> list[str]:
+    """The answer after a tool result: ``result:`` and up to ``limit`` - 1 of its words."""
+    words = [RESULT_PREFIX, *content.split()][: max(1, limit)]
+    return [word if i == 0 else " " + word for i, word in enumerate(words)]
 
 
 def embedding(text: str) -> list[float]:

@@ -68,6 +68,11 @@ ROUTES = [
     ("POST", "/v1/nodes/{node_id}/models/pull"),
     ("GET", "/v1/jobs/{job_id}"),
     ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/images/generations"),
+    ("POST", "/v1/images"),
+    ("GET", "/v1/images/{job_id}/{index}"),
+    ("POST", "/v1/agents/runs"),
+    ("GET", "/v1/agents/runs/{run_id}/events"),
 ]
 
 

@@ -320,7 +320,7 @@ async def test_runtime_config(client, sim):
     response = await client.post("/_sim/config", json={"ttft_ms": 5, "completion_tokens": 2})
     assert response.json() == {
         "ttft_ms": 5, "tokens_per_s": 0.0, "completion_tokens": 2,
-        "fail_rate": 0.0, "fail_mode": "http500", "fail_after_tokens": 3, "modalities": ["text"], "pull_hold": False,
+        "fail_rate": 0.0, "fail_mode": "http500", "fail_after_tokens": 3, "modalities": ["text"], "pull_hold": False, "image_limit": 0,
     }  # fmt: skip
     body = await post(client, "/v1/chat/completions", chat("hi"))
     assert body["usage"]["completion_tokens"] == 2

@@ -152,3 +152,30 @@ async def test_malformed_tool_requests_are_refused(client, sim, fields):
     assert response.status_code == 400, fields
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert sim.stats()["requests"] == 0
+
+
+async def test_a_call_message_can_name_the_tool_and_give_json_arguments(client):
+    body = await post(client, "/v1/chat/completions", chat('call: search {"q": "tides", "n": 2}', tools=TOOLS))
+    [call] = body["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "search"
+    assert json.loads(call["function"]["arguments"]) == {"q": "tides", "n": 2}
+    # A first word that names no tool is plain text for the first tool.
+    body = await post(client, "/v1/chat/completions", chat("call: lookup tides", tools=TOOLS))
+    [call] = body["choices"][0]["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"text": "lookup tides"}'}
+
+
+async def test_after_a_tool_result_the_model_answers_with_it(client):
+    messages = [
+        {"role": "user", "content": "call: weather in Paris"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny and 21 C today"},
+    ]
+    body = await post(client, "/v1/chat/completions", {"model": "sim-small", "messages": messages, "tools": TOOLS})
+    [choice] = body["choices"]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == "result: sunny and 21 C today"
+    limited = await post(client, "/v1/chat/completions",
+                         {"model": "sim-small", "messages": messages, "tools": TOOLS, "max_tokens": 3})
+    assert limited["choices"][0]["message"]["content"] == "result: sunny and"

@@ -133,3 +133,21 @@ async def test_unreachable_node_is_retryable():
         await adapter_for(dead).chat({"model": "m", "messages": []})
     assert not raised.value.permanent
     assert not await adapter_for(dead).health()
+
+
+async def test_images_through_the_adapter(sim):
+    import base64
+
+    from nodes.nodeserver.png import read_png
+
+    adapter = adapter_for(target(sim))
+    answer = await adapter.images({"model": "sim-small", "prompt": "a kite", "n": 2, "size": "512x512",
+                                   "response_format": "b64_json"})
+    assert [read_png(base64.b64decode(d["b64_json"]))[:2] for d in answer["data"]] == [(512, 512)] * 2
+    with pytest.raises(NodeError) as raised:
+        await adapter.images({"model": "sim-small", "prompt": "a kite", "size": "huge"})
+    assert raised.value.permanent and raised.value.status == 400
+    sim.configure(fail_rate=1.0, fail_mode="http500")
+    with pytest.raises(NodeError) as raised:
+        await adapter.images({"model": "sim-small", "prompt": "a kite"})
+    assert not raised.value.permanent and raised.value.status == 500

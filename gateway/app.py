@@ -21,7 +21,7 @@ from . import endpoints as ep
 from .context import ApiRequest, error_response
 from .errors import GatewayError
 from .model_views import get_model, list_models
-from .nodes_api import list_nodes, node_heartbeat, register_node
+from .nodes_api import list_nodes, node_attestation, node_heartbeat, register_node
 from .openapi import openapi_json
 from .protocols import messages
 
@@ -88,6 +88,7 @@ routes = [
     Route("/v1/nodes", endpoint(list_nodes), methods=["GET"]),
     Route("/v1/nodes/register", endpoint(register_node), methods=["POST"]),
     Route("/v1/nodes/{node_id}/heartbeat", endpoint(node_heartbeat), methods=["POST"]),
+    Route("/v1/nodes/{node_id}/attestation", endpoint(node_attestation), methods=["GET"]),
     Route("/v1/openapi.json", endpoint(openapi_json), methods=["GET"]),
 ]
 

@@ -52,10 +52,16 @@ def node_upsert(
 ) -> Node:
     """Create or update a node and replace the list of models it serves.
 
+    ``attestation`` says whether the node is confidential: ``unverified`` (it must attest
+    before it serves; nodes.attestation.services) or ``none``. ``verified`` is refused: it
+    is earned by attesting, never set. Updating a confidential node keeps the state it earned.
+
     ``models``: ``[{"model", "upstream_model"?, "context_window"?, "max_output_tokens"?,
     "input_modalities"?}]``; ``input_modalities`` is a list of :class:`Modality` values
     (default ``["text"]``). ``gpus`` defaults to the count in ``hardware`` ("8x H100" → 8).
     """
+    if attestation not in (Node.Attestation.NONE, Node.Attestation.UNVERIFIED):
+        raise ValueError("attestation must be 'none' or 'unverified'; a node is verified only by attesting")
     rows = [
         NodeModel(
             model=m["model"],
@@ -67,9 +73,19 @@ def node_upsert(
         for m in models
     ]
     lookup = {"public_id": public_id} if public_id else {"base_url": base_url, "name": name}
-    node, _ = Node.objects.update_or_create(
+    node, created = Node.objects.update_or_create(
         **lookup,
         defaults={
+            "name": name,
+            "base_url": base_url,
+            "adapter": adapter,
+            "region": region,
+            "hardware": hardware,
+            "gpus": gpus if gpus is not None else gpus_from_hardware(hardware),
+            "operator": operator,
+            "status": status,
+        },
+        create_defaults={
             "name": name,
             "base_url": base_url,
             "adapter": adapter,
@@ -81,6 +97,10 @@ def node_upsert(
             "status": status,
         },
     )
+    confidential = attestation != Node.Attestation.NONE
+    if not created and confidential != (node.attestation != Node.Attestation.NONE):
+        node.attestation, node.attestation_expires_at, node.signing_key, node.encryption_key = attestation, None, "", ""
+        node.save(update_fields=["attestation", "attestation_expires_at", "signing_key", "encryption_key"])
     node.models.all().delete()
     for row in rows:
         row.node = node
@@ -136,12 +156,20 @@ def node_register(
 ) -> Node:
     """An operator registers (or re-registers) a node; idempotent by (operator, name).
 
-    A new node starts active and unverified. Re-registering keeps what admins and the
-    attestation task decided (status, attestation): an operator cannot re-enable a node
-    an admin disabled by registering it again.
+    A new node starts active and unverified, and its first attestation is queued for
+    after commit. Re-registering keeps what admins and the attestation task decided
+    (status, attestation): an operator cannot re-enable a node an admin disabled by
+    registering it again, nor set its attestation. It is attested again, and if its
+    address or adapter changed it serves nobody until it passes: the attested machine
+    is not known to be the one at the new address.
     """
+    from .attestation.services import attestation_enqueue, node_attestation_reset
+
     existing = (
-        Node.objects.select_for_update().filter(operator=operator, name=name).only("public_id", "status", "attestation").first()
+        Node.objects.select_for_update()
+        .filter(operator=operator, name=name)
+        .only("public_id", "status", "attestation", "base_url", "adapter")
+        .first()
     )
     node = node_upsert(
         name=name,
@@ -154,11 +182,18 @@ def node_register(
         operator=operator,
         # Never looked up by base_url: that could adopt a node someone else added.
         public_id=existing.public_id if existing else new_id("node"),
-        attestation=existing.attestation if existing else Node.Attestation.UNVERIFIED,
+        attestation=Node.Attestation.NONE if existing and existing.attestation == Node.Attestation.NONE
+        else Node.Attestation.UNVERIFIED,
         status=existing.status if existing else Node.Status.ACTIVE,
     )
     if credentials is not None:
         node_credentials_set(node=node, credentials=credentials)
+    moved = existing is not None and (existing.base_url, existing.adapter) != (node.base_url, node.adapter)
+    if node.attestation != Node.Attestation.NONE:
+        if moved:
+            node_attestation_reset(node=node)
+        else:
+            attestation_enqueue(node=node)
     return node
 
 

@@ -1,7 +1,8 @@
 """The node server's HTTP layer: an OpenAI-compatible API over any :class:`Engine`.
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
-``POST /v1/completions``, ``POST /v1/embeddings``, ``GET /stats``, plus the
+``POST /v1/completions``, ``POST /v1/embeddings``, ``GET /stats``, ``POST /v1/attestation``
+when the node has an attestation identity (``attestation.py``), plus the
 engine's own control endpoints (the simulator's ``/_sim/*``), and with the
 "ollama" dialect Ollama's native ``/api`` routes (``ollama.py``). Errors use
 OpenAI's envelope ``{"error": {"message", "type", "code"}}``.
@@ -532,8 +533,9 @@ def require_key(api_key: str):
     return check
 
 
-def build_app(engine: Engine, dialect: str = "openai", api_key: str = "") -> web.Application:
-    """The OpenAI routes; with the "ollama" dialect also Ollama's native ``/api`` (see ``ollama.py``)."""
+def build_app(engine: Engine, dialect: str = "openai", api_key: str = "", identity=None) -> web.Application:
+    """The OpenAI routes; with the "ollama" dialect also Ollama's native ``/api`` (see ``ollama.py``);
+    with an ``identity`` (attestation.NodeIdentity) the attestation route."""
     middlewares = [errors, require_key(api_key)] if api_key else [errors]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[ENGINE] = engine
@@ -548,6 +550,10 @@ def build_app(engine: Engine, dialect: str = "openai", api_key: str = "") -> web
             web.get("/stats", stats),
         ]
     )
+    if identity is not None:
+        from .attestation import handler
+
+        app.router.add_post("/v1/attestation", handler(identity))
     if dialect == "ollama":
         ollama.add_routes(app, engine)
     elif dialect != "openai":
@@ -562,9 +568,9 @@ def build_app(engine: Engine, dialect: str = "openai", api_key: str = "") -> web
     return app
 
 
-async def _serve(engine: Engine, host: str, port: int, banner: str, dialect: str, api_key: str) -> None:
+async def _serve(engine: Engine, host: str, port: int, banner: str, dialect: str, api_key: str, identity) -> None:
     runner = web.AppRunner(
-        build_app(engine, dialect, api_key), handler_cancellation=True, access_log=None, shutdown_timeout=5.0
+        build_app(engine, dialect, api_key, identity), handler_cancellation=True, access_log=None, shutdown_timeout=5.0
     )
     await runner.setup()
     try:
@@ -580,6 +586,10 @@ async def _serve(engine: Engine, host: str, port: int, banner: str, dialect: str
         await runner.cleanup()
 
 
-def serve(engine: Engine, host: str, port: int, banner: str, dialect: str = "openai", api_key: str = "") -> None:
+def serve(
+    engine: Engine, host: str, port: int, banner: str, dialect: str = "openai", api_key: str = "", identity=None
+) -> None:
     """Serve until SIGTERM or SIGINT, printing ``<banner> listening on http://HOST:PORT`` when ready."""
-    asyncio.run(_serve(engine, host, port, banner, dialect, api_key))
+    if identity is not None:
+        print(f"{banner} attests with measurement {identity.measurement} (mode {engine.attestation_mode})", flush=True)
+    asyncio.run(_serve(engine, host, port, banner, dialect, api_key, identity))

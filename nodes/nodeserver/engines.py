@@ -119,6 +119,7 @@ class Stats:
     failed_injected: int = 0
     active: int = 0
     tokens_generated: int = 0
+    attestations: int = 0  # evidence sent (POST /v1/attestation); not requests
     last: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
 
     def started(self) -> None:
@@ -149,7 +150,7 @@ class Stats:
     def reset(self) -> None:
         """Zero the history; ``active`` stays, it counts requests still in flight."""
         self.requests = self.completed = self.cancelled = self.failed = self.failed_injected = 0
-        self.tokens_generated = 0
+        self.tokens_generated = self.attestations = 0
         self.last.clear()
 
     def snapshot(self) -> dict[str, Any]:
@@ -206,6 +207,11 @@ class Engine:
         """What content parts the models take (see MODALITIES); the HTTP layer refuses the rest with a 400."""
         return frozenset({"text"})
 
+    @property
+    def attestation_mode(self) -> str:
+        """How the node answers an attestation challenge (ATTESTATION_MODES); only the simulator lies."""
+        return "honest"
+
     def generate(self, gen: Generation) -> AsyncIterator[str]:
         """Yield the answer's text, one piece per token; set ``gen``'s counters."""
         raise NotImplementedError
@@ -228,6 +234,7 @@ class Engine:
 
 FAIL_MODES = ("http500", "http429", "disconnect", "midstream", "hang")
 MODALITIES = ("text", "image", "audio")  # chat content parts: text, image_url, input_audio
+ATTESTATION_MODES = ("honest", "forged", "stale")  # see nodeserver/attestation.py
 
 
 def _number(value: Any, name: str, low: float, high: float = float("inf"), *, integer: bool = False) -> None:
@@ -248,6 +255,7 @@ class SimConfig:
     fail_mode: str = "http500"
     fail_after_tokens: int = 3  # midstream: tokens sent before the connection drops
     modalities: tuple[str, ...] = ("text",)  # accepted input; other content parts get a 400
+    attestation_mode: str = "honest"  # how it answers POST /v1/attestation, if it attests
 
     def __post_init__(self) -> None:
         kinds = self.modalities
@@ -263,6 +271,8 @@ class SimConfig:
         _number(self.fail_after_tokens, "fail_after_tokens", 0, integer=True)
         if self.fail_mode not in FAIL_MODES:
             raise ValueError(f"fail_mode must be one of {', '.join(FAIL_MODES)}, got {self.fail_mode!r}")
+        if self.attestation_mode not in ATTESTATION_MODES:
+            raise ValueError(f"attestation_mode must be one of {', '.join(ATTESTATION_MODES)}, got {self.attestation_mode!r}")
 
     def updated(self, changes: Mapping[str, Any]) -> SimConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -287,6 +297,10 @@ class SimulatorEngine(Engine):
     @property
     def input_modalities(self) -> frozenset[str]:
         return frozenset(self.config.modalities)
+
+    @property
+    def attestation_mode(self) -> str:
+        return self.config.attestation_mode
 
     def _answer(self, gen: Generation, config: SimConfig) -> tuple[list[str], str]:
         """The tokens to send and the finish reason if they all go out; sets ``gen.tool_call`` for a call."""

@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from nodes.nodeserver import attestation
 from nodes.nodeserver.app import serve
 from nodes.nodeserver.engines import LlamaEngine
 
@@ -31,6 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--alias", default=settings.LOCAL_NODE_MODEL, help="the model name clients use")
         parser.add_argument("--threads", type=int, default=settings.LOCAL_NODE_THREADS)
         parser.add_argument("--ctx", type=int, default=2048, help="context window in tokens")
+        attestation.add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         path = options["model_path"] or default_model_path()
@@ -39,7 +41,11 @@ class Command(BaseCommand):
         if options["threads"] < 1 or options["ctx"] < 16:
             raise CommandError("--threads must be >= 1 and --ctx >= 16")
         try:
+            identity = attestation.identity_from_options(options)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        try:
             engine = LlamaEngine(path, options["alias"], n_ctx=options["ctx"], n_threads=options["threads"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        serve(engine, options["host"], options["port"], banner="local node")
+        serve(engine, options["host"], options["port"], banner="local node", identity=identity)

@@ -5,8 +5,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from nodes.nodeserver import attestation
 from nodes.nodeserver.app import DIALECTS, serve
-from nodes.nodeserver.engines import FAIL_MODES, MODALITIES, SimConfig, SimulatorEngine
+from nodes.nodeserver.engines import ATTESTATION_MODES, FAIL_MODES, MODALITIES, SimConfig, SimulatorEngine
 
 
 class Command(BaseCommand):
@@ -38,6 +39,13 @@ class Command(BaseCommand):
             help="ollama also serves Ollama's native /api (tags, ps, pull, load/unload via generate)",
         )
         parser.add_argument("--api-key", default="", help="require 'Authorization: Bearer <key>' on /v1, like a hosted API")
+        attestation.add_arguments(parser)
+        parser.add_argument(
+            "--attestation-mode",
+            choices=ATTESTATION_MODES,
+            default=defaults.attestation_mode,
+            help="honest; forged (a chain from a root of its own); stale (replays an hour-old report, ignoring the nonce)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         models = [m.strip() for m in options["models"].split(",") if m.strip()]
@@ -52,9 +60,11 @@ class Command(BaseCommand):
                 fail_mode=options["fail_mode"],
                 fail_after_tokens=options["fail_after_tokens"],
                 modalities=tuple(m.strip() for m in options["modalities"].split(",") if m.strip()),
+                attestation_mode=options["attestation_mode"],
             )
+            identity = attestation.identity_from_options(options, forge_only=options["attestation_mode"] == "forged")
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         engine = SimulatorEngine(models, config, seed=options["seed"])
         serve(engine, options["host"], options["port"], banner="node simulator", dialect=options["dialect"],
-              api_key=options["api_key"])
+              api_key=options["api_key"], identity=identity)

@@ -54,7 +54,9 @@ def node_upsert(
 
     ``attestation`` says whether the node is confidential: ``unverified`` (it must attest
     before it serves; nodes.attestation.services) or ``none``. ``verified`` is refused: it
-    is earned by attesting, never set. Updating a confidential node keeps the state it earned.
+    is earned by attesting, never set. Updating a confidential node keeps the state it earned,
+    unless its address or adapter changes: the machine there has proved nothing, so it is
+    unverified until it attests again (callers queue that: node_register, the admin, the beat).
 
     ``models``: ``[{"model", "upstream_model"?, "context_window"?, "max_output_tokens"?,
     "input_modalities"?}]``; ``input_modalities`` is a list of :class:`Modality` values
@@ -73,34 +75,26 @@ def node_upsert(
         for m in models
     ]
     lookup = {"public_id": public_id} if public_id else {"base_url": base_url, "name": name}
+    fields = {
+        "name": name,
+        "base_url": base_url,
+        "adapter": adapter,
+        "region": region,
+        "hardware": hardware,
+        "gpus": gpus if gpus is not None else gpus_from_hardware(hardware),
+        "operator": operator,
+        "status": status,
+    }
+    before = Node.objects.select_for_update().filter(**lookup).values("base_url", "adapter", "attestation").first()
     node, created = Node.objects.update_or_create(
-        **lookup,
-        defaults={
-            "name": name,
-            "base_url": base_url,
-            "adapter": adapter,
-            "region": region,
-            "hardware": hardware,
-            "gpus": gpus if gpus is not None else gpus_from_hardware(hardware),
-            "operator": operator,
-            "status": status,
-        },
-        create_defaults={
-            "name": name,
-            "base_url": base_url,
-            "adapter": adapter,
-            "region": region,
-            "attestation": attestation,
-            "hardware": hardware,
-            "gpus": gpus if gpus is not None else gpus_from_hardware(hardware),
-            "operator": operator,
-            "status": status,
-        },
+        **lookup, defaults=fields, create_defaults={**fields, "attestation": attestation}
     )
-    confidential = attestation != Node.Attestation.NONE
-    if not created and confidential != (node.attestation != Node.Attestation.NONE):
-        node.attestation, node.attestation_expires_at, node.signing_key, node.encryption_key = attestation, None, "", ""
-        node.save(update_fields=["attestation", "attestation_expires_at", "signing_key", "encryption_key"])
+    if before is not None:
+        confidential = attestation != Node.Attestation.NONE
+        moved = (before["base_url"], before["adapter"]) != (base_url, adapter)
+        if confidential != (before["attestation"] != Node.Attestation.NONE) or (confidential and moved):
+            node.attestation, node.attestation_expires_at, node.signing_key, node.encryption_key = attestation, None, "", ""
+            node.save(update_fields=["attestation", "attestation_expires_at", "signing_key", "encryption_key"])
     node.models.all().delete()
     for row in rows:
         row.node = node
@@ -163,13 +157,10 @@ def node_register(
     address or adapter changed it serves nobody until it passes: the attested machine
     is not known to be the one at the new address.
     """
-    from .attestation.services import attestation_enqueue, node_attestation_reset
+    from .attestation.services import attestation_enqueue
 
     existing = (
-        Node.objects.select_for_update()
-        .filter(operator=operator, name=name)
-        .only("public_id", "status", "attestation", "base_url", "adapter")
-        .first()
+        Node.objects.select_for_update().filter(operator=operator, name=name).only("public_id", "status", "attestation").first()
     )
     node = node_upsert(
         name=name,
@@ -188,12 +179,8 @@ def node_register(
     )
     if credentials is not None:
         node_credentials_set(node=node, credentials=credentials)
-    moved = existing is not None and (existing.base_url, existing.adapter) != (node.base_url, node.adapter)
     if node.attestation != Node.Attestation.NONE:
-        if moved:
-            node_attestation_reset(node=node)
-        else:
-            attestation_enqueue(node=node)
+        attestation_enqueue(node=node)
     return node
 
 

@@ -2,7 +2,8 @@
 
 Real keys and certificates (nodes.attestation.ca), a root of the test's own
 trusted through ATTESTATION_TRUST_ROOTS, and evidence made the way a node makes it
-(nodes.attestation.report).
+(nodes.attestation.report). Time stands still: certificates, reports and checks all
+use NOW, whenever the test runs.
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ class Authority:
 
     def issue(self, name: str = "node", algorithm: str = "ed25519", **kwargs) -> tuple[ca.AttestationKey, object]:
         key = ca.new_key(algorithm)
+        kwargs.setdefault("now", NOW)
         return key, ca.issue(name=name, public_key=key.public_key(), issuer_key=self.key, issuer=self.cert, **kwargs)
 
 
 def make_root(algorithm: str = "ed25519", name: str = "Attestation root") -> Authority:
     key = ca.new_key(algorithm)
-    return Authority(key, ca.make_root(name=name, key=key))
+    return Authority(key, ca.make_root(name=name, key=key, now=NOW))
 
 
 @pytest.fixture
@@ -90,7 +92,7 @@ def test_a_chain_through_an_intermediate_verifies_only_when_every_link_may_sign(
     intermediate_key = ca.new_key("p256")
     intermediate = Authority(intermediate_key, ca.issue(
         name="Intermediate", public_key=intermediate_key.public_key(), issuer_key=root.key, issuer=root.cert,
-        ca=True, path_length=0,
+        ca=True, path_length=0, now=NOW,
     ))
     key, cert = intermediate.issue()
     nonce = secrets.token_hex(32)
@@ -100,14 +102,15 @@ def test_a_chain_through_an_intermediate_verifies_only_when_every_link_may_sign(
 
     # An intermediate that is no CA cannot vouch for anyone.
     plain_key = ca.new_key()
-    plain = Authority(plain_key, ca.issue(name="Not a CA", public_key=plain_key.public_key(), issuer_key=root.key, issuer=root.cert))
+    plain = Authority(plain_key, ca.issue(name="Not a CA", public_key=plain_key.public_key(), issuer_key=root.key,
+                                          issuer=root.cert, now=NOW))
     key, cert = plain.issue()
     assert refused(evidence(key, [cert, plain.cert], nonce), nonce) == "untrusted_chain"
 
     # path_length 0: the intermediate may not sign another CA.
     sub_key = ca.new_key()
     sub = Authority(sub_key, ca.issue(name="Sub", public_key=sub_key.public_key(), issuer_key=intermediate_key,
-                                      issuer=intermediate.cert, ca=True))
+                                      issuer=intermediate.cert, ca=True, now=NOW))
     key, cert = sub.issue()
     assert refused(evidence(key, [cert, sub.cert, intermediate.cert], nonce), nonce) == "untrusted_chain"
 

@@ -67,9 +67,9 @@ def measurement_allow(*, value: str, description: str = "") -> AllowedMeasuremen
 def measurement_revoke(*, measurement: AllowedMeasurement) -> list[str]:
     """Refuse this software from now on; nodes verified with it stop serving at once.
 
-    Returns the public ids of the nodes taken out. The UPDATE locks the allow-list row,
-    and a verification holds that lock while it records success (_record), so a node
-    can never be verified with a measurement revoked meanwhile.
+    Returns the public ids of the nodes taken out. The UPDATE locks the allow-list row
+    first, as a verification does while it records success (_record): a node can never
+    end up verified with a measurement revoked meanwhile, and the two never deadlock.
     """
     AllowedMeasurement.objects.filter(id=measurement.id).update(active=False)
     measurement.active = False
@@ -140,16 +140,18 @@ def _record(
     claims: Claims | None = None,
     failure: AttestationFailure | None = None,
 ) -> Attestation:
-    # The node row lock serializes a node's attestations: of two racing ones, the
-    # newer challenge decides the node's state, whichever finishes last.
-    node = Node.objects.select_for_update().get(id=attestation.node_id)
     if claims is not None:
-        # Held until commit: measurement_revoke waits for it, and this sees a revocation that came first.
+        # Locked until commit, and before the node (measurement_revoke takes them in the same
+        # order): a revocation either waits for this and then finds the node, or came first
+        # and is seen here.
         allowed = AllowedMeasurement.objects.select_for_update().filter(value=claims.measurement, active=True).first()
         if allowed is None:
             claims, failure = None, AttestationFailure(
                 "unknown_measurement", "the measurement was revoked while the evidence was checked"
             )
+    # The node row lock serializes a node's attestations: of two racing ones, the
+    # newer challenge decides the node's state, whichever finishes last.
+    node = Node.objects.select_for_update().get(id=attestation.node_id)
     changes: dict[str, Any] = {"checked_at": now, "evidence": evidence if isinstance(evidence, dict) else None}
     if isinstance(evidence, dict) and isinstance(evidence.get("format"), str):
         changes["format"] = evidence["format"][:64]

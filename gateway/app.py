@@ -24,7 +24,7 @@ from .errors import GatewayError
 from .images import create_image, get_image
 from .model_views import get_model, list_models
 from .node_management import get_job, health, load_model, pull_model, topology, unload_model
-from .nodes_api import list_nodes, node_heartbeat, register_node
+from .nodes_api import list_nodes, node_attestation, node_heartbeat, register_node
 from .openapi import openapi_json
 from .protocols import messages
 
@@ -91,6 +91,7 @@ routes = [
     Route("/v1/nodes", endpoint(list_nodes), methods=["GET"]),
     Route("/v1/nodes/register", endpoint(register_node), methods=["POST"]),
     Route("/v1/nodes/{node_id}/heartbeat", endpoint(node_heartbeat), methods=["POST"]),
+    Route("/v1/nodes/{node_id}/attestation", endpoint(node_attestation), methods=["GET"]),
     Route("/v1/nodes/topology", endpoint(topology), methods=["GET"]),
     Route("/v1/nodes/health", endpoint(health), methods=["GET"]),
     Route("/v1/nodes/{node_id}/models/load", endpoint(load_model), methods=["POST"]),

@@ -37,6 +37,10 @@ async def startup() -> list[asyncio.Task]:
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(bus.listen(), name="invalidation-listener")]
     if settings.EMBEDDED_BEAT:
+        from config.celery import app as celery_app
+
+        # Autodiscovery is lazy: without this no app's tasks are registered and every run fails.
+        celery_app.loader.import_default_modules()
         for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
             tasks.append(loop.create_task(_embedded_beat(name, entry["task"], float(entry["schedule"])), name=name))
     return tasks

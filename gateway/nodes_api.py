@@ -1,4 +1,5 @@
-"""/v1/nodes: operators register nodes and push heartbeats; projects see the nodes that may serve them.
+"""/v1/nodes: operators register nodes and push heartbeats; projects see the nodes that may serve them,
+and the attestation evidence of each (``GET /v1/nodes/{id}/attestation``).
 
 Operators authenticate with a node token (``nt_live_…``), never an API key; an API
 key on an operator route is refused (403), and a node token is no API key anywhere
@@ -22,6 +23,7 @@ from nodes import router
 from nodes.adapters import ADAPTERS
 from nodes.adapters.thox import ThoxAdapter, cluster_root
 from nodes.heartbeat import node_heartbeat_record
+from nodes.registry import NodeTarget
 
 from .auth import presented_key
 from .catalog import catalog
@@ -160,12 +162,16 @@ def _cluster_fields(node) -> dict[str, Any]:
 
 
 def _register_sync(operator_id: int, data: NodeRegisterRequest) -> dict[str, Any]:
+    from django.db import transaction
+
     from console.models import Organization
     from nodes.models import Node
     from nodes.services import node_register
 
     try:
-        node = node_register(
+        # The answer is read before commit: the attestation queued on commit cannot change it under us.
+        with transaction.atomic():
+            node = node_register(
             operator=Organization.objects.get(id=operator_id),
             name=data.name,
             base_url=data.base_url,
@@ -176,11 +182,11 @@ def _register_sync(operator_id: int, data: NodeRegisterRequest) -> dict[str, Any
             models=[m.model_dump(exclude_none=True) for m in data.models],
             credentials=data.credentials,
             cluster_url=data.cluster_url or "",
-        )
+            )
+            return operator_node_object(Node.objects.prefetch_related("models", "members").get(id=node.id))
     except ValueError as exc:  # NodeConfigError names its field; the others are about models
         param = getattr(exc, "param", "models")
         raise GatewayError("invalid_request", f"Invalid value for '{param}': {exc}.", param=param) from None
-    return operator_node_object(Node.objects.prefetch_related("models", "members").get(id=node.id))
 
 
 async def register_node(req: ApiRequest):
@@ -215,13 +221,20 @@ async def node_heartbeat(req: ApiRequest):
     return json_response(req, orjson.dumps(payload))
 
 
-async def list_nodes(req: ApiRequest):
+def public_keys(target) -> dict[str, str] | None:
+    """The keys a node's verified attestation bound (base64 raw): Ed25519 receipts, X25519 sealing."""
+    if target.attestation != router.VERIFIED or not target.signing_key:
+        return None
+    return {"signing": target.signing_key, "encryption": target.encryption_key}
+
+
+async def _visible_nodes(key) -> dict[str, tuple[NodeTarget, dict[str, Any]]]:
     """The nodes that may serve the caller's project now: active, healthy, eligible (attested,
-    or non-confidential where the project allows it), serving a priced model."""
-    key = await req.authenticate(publishable_ok=False)
+    or non-confidential where the project allows it), serving a priced model; by public id,
+    each with what the project is shown of it."""
     now = timezone.now()
     epoch = now.timestamp()
-    nodes: dict[str, dict[str, Any]] = {}
+    nodes: dict[str, tuple[NodeTarget, dict[str, Any]]] = {}
     for entry in (await catalog.models()).values():
         if entry.price_at(now) is None:
             continue
@@ -231,18 +244,75 @@ async def list_nodes(req: ApiRequest):
                 served, allow_non_confidential=key.allow_non_confidential, now=epoch
             ):
                 continue
-            obj = nodes.get(target.public_id)
-            if obj is None:
-                obj = nodes[target.public_id] = {
+            if target.public_id not in nodes:
+                nodes[target.public_id] = (target, {
                     "id": target.public_id,
                     "region": target.region,
                     "attestation": target.attestation,
                     "gpus": target.gpus,
                     "load": router.load_of(served),
                     "models": [],
-                }
-            obj["models"].append(entry.name)
-    data = sorted(nodes.values(), key=lambda o: o["id"])
+                    "public_keys": public_keys(target),
+                })
+            nodes[target.public_id][1]["models"].append(entry.name)
+    return nodes
+
+
+async def list_nodes(req: ApiRequest):
+    key = await req.authenticate(publishable_ok=False)
+    data = sorted((obj for _, obj in (await _visible_nodes(key)).values()), key=lambda o: o["id"])
     for obj in data:
         obj["models"].sort()
     return json_response(req, orjson.dumps({"object": "list", "data": data}))
+
+
+_ATTESTATION_SQL = """
+SELECT public_id, format, measurement, signing_key, encryption_key, root_fingerprint, nonce, evidence,
+       issued_at, verified_at, expires_at
+FROM nodes_attestation
+WHERE node_id = %(node)s AND result = 'verified' AND expires_at > %(now)s
+ORDER BY verified_at DESC, id DESC
+LIMIT 1
+"""
+
+
+def _epoch(value: Any) -> int | None:
+    moment = asyncdb.as_datetime(value)
+    return int(moment.timestamp()) if moment else None
+
+
+async def node_attestation(req: ApiRequest):
+    """The latest verified evidence of a node the caller's project may use (GET /v1/nodes lists it),
+    exactly as the node sent it, so anyone can check it again; any other node is not found."""
+    key = await req.authenticate(publishable_ok=False)
+    node_id = req.request.path_params["node_id"]
+    target, _ = (await _visible_nodes(key)).get(node_id, (None, None))
+    if target is None:
+        raise GatewayError("not_found", f"No such node: {node_id}.")
+    if target.attestation != router.VERIFIED:
+        raise GatewayError("not_found", f"Node {node_id} is not confidential: it has no attestation.")
+    try:
+        row = await asyncdb.fetch_one(_ATTESTATION_SQL, {"node": target.id, "now": timezone.now()})
+    except asyncdb.DatabaseUnavailable:
+        raise GatewayError("service_unavailable", "The node registry is unreachable; try again shortly.") from None
+    if row is None:  # the catalog is a moment ahead of a reset
+        raise GatewayError("not_found", f"Node {node_id} has no verified attestation right now.")
+    evidence = row[7]
+    if isinstance(evidence, (str, bytes)):  # SQLite hands JSON over as text
+        evidence = orjson.loads(evidence)
+    payload = {
+        "object": "node.attestation",
+        "id": row[0],
+        "node": node_id,
+        "result": "verified",
+        "format": row[1],
+        "measurement": row[2],
+        "public_keys": {"signing": row[3], "encryption": row[4]},
+        "root_fingerprint": row[5],
+        "nonce": row[6],
+        "issued_at": _epoch(row[8]),
+        "verified_at": _epoch(row[9]),
+        "expires_at": _epoch(row[10]),
+        "evidence": evidence,
+    }
+    return json_response(req, orjson.dumps(payload))

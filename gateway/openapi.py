@@ -549,9 +549,48 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "gpus": COUNT,
             "load": {"type": "number", "minimum": 0, "maximum": 1, "description": "As last reported by the node."},
             "models": {"type": "array", "items": STRING},
+            "public_keys": nullable(ref("NodePublicKeys")),
         },
-        ("id", "region", "attestation", "gpus", "load", "models"),
+        ("id", "region", "attestation", "gpus", "load", "models", "public_keys"),
         additionalProperties=False,
+    ),
+    "NodePublicKeys": obj(
+        {
+            "signing": {"type": "string", "description": "Ed25519 public key (base64 of the raw 32 bytes): "
+                        "checks the node's signed usage receipts."},
+            "encryption": {"type": "string", "description": "X25519 public key (base64 of the raw 32 bytes): "
+                           "seals requests only this node can open."},
+        },
+        ("signing", "encryption"),
+        description="The keys the node's verified attestation bound to its measurement; null for a node without attestation.",
+    ),
+    "NodeAttestation": obj(
+        {
+            "object": {"const": "node.attestation"},
+            "id": {"type": "string", "pattern": "^att_"},
+            "node": {"type": "string", "pattern": "^node_"},
+            "result": {"const": "verified"},
+            "format": {"type": "string", "description": "The evidence format, e.g. `x509-report-v1`."},
+            "measurement": {"type": "string", "pattern": "^[0-9a-f]{32,128}$",
+                            "description": "Hex digest of the node's software, as allow-listed by the platform."},
+            "public_keys": ref("NodePublicKeys"),
+            "root_fingerprint": {"type": "string", "description": "SHA-256 (hex) of the trusted root certificate the "
+                                 "evidence chains to."},
+            "nonce": {"type": "string", "description": "The single-use challenge the evidence answers."},
+            "issued_at": nullable(TIMESTAMP),
+            "verified_at": TIMESTAMP,
+            "expires_at": TIMESTAMP,
+            "evidence": obj(
+                {"format": STRING},
+                ("format",),
+                description="Exactly as the node sent it. For `x509-report-v1`: `report` (base64 of the signed JSON "
+                "report: version, nonce, issued_at, measurement, signing_key, encryption_key), `signature` (base64, "
+                "by the key of `certificates[0]`) and `certificates` (PEM, the attestation key's first, then "
+                "intermediates up to the trusted root).",
+            ),
+        },
+        ("object", "id", "node", "result", "format", "measurement", "public_keys", "root_fingerprint", "nonce",
+         "issued_at", "verified_at", "expires_at", "evidence"),
     ),
     "PublicNodeList": obj(
         {"object": {"const": "list"}, "data": {"type": "array", "items": ref("PublicNode")}}, ("object", "data")
@@ -1197,6 +1236,18 @@ def _paths() -> dict[str, Schema]:
                 "summary": "The active, healthy nodes serving a priced model this project may use",
                 "parameters": [_param("RequestId")],
                 "responses": {"200": _ok(ref("PublicNodeList"), "The nodes."), **_errors((401, 403, 500, 503))},
+            }
+        },
+        "/v1/nodes/{node_id}/attestation": {
+            "get": {
+                "operationId": "getNodeAttestation",
+                "tags": ["Nodes"],
+                "summary": "The latest verified attestation evidence of a node this project may use (secret keys only)",
+                "parameters": [_path_param("node_id", "The `node_…` id, as GET /v1/nodes lists it."), _param("RequestId")],
+                "responses": {
+                    "200": _ok(ref("NodeAttestation"), "The evidence and what it proved."),
+                    **_errors((401, 403, 404, 500, 503)),
+                },
             }
         },
         "/v1/nodes/register": {

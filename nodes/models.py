@@ -40,6 +40,11 @@ class Node(models.Model):
     attestation = models.CharField(max_length=16, choices=Attestation.choices, default=Attestation.NONE)
     # A verified attestation is trusted until then; after it the node is stale and routed around.
     attestation_expires_at = models.DateTimeField(null=True, blank=True)
+    # The public keys the current verified attestation bound (base64 of the raw 32 bytes): Ed25519
+    # for usage receipts, X25519 for sealed requests. Empty unless verified; set only by
+    # nodes.attestation.services.
+    signing_key = models.CharField(max_length=64, blank=True, editable=False)
+    encryption_key = models.CharField(max_length=64, blank=True, editable=False)
     gpus = models.PositiveIntegerField(default=0, help_text="GPU count (e.g. 8 for '8x H100')")
     healthy = models.BooleanField(default=True)
     last_health_at = models.DateTimeField(null=True, blank=True)
@@ -216,3 +221,72 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.public_id} ({self.status})"
+
+
+HEX_DIGEST = r"^[0-9a-f]{32,128}$"  # 16 to 64 bytes (SHA-256, SHA-384 as in SEV-SNP, SHA-512), lowercase
+
+
+class AllowedMeasurement(models.Model):
+    """A software measurement nodes may run: attestation refuses any other.
+
+    Managed in the admin or through nodes.attestation.services (measurement_allow,
+    measurement_revoke); revoking one takes the nodes attested with it out of rotation at once.
+    """
+
+    value = models.CharField(max_length=128, unique=True, help_text="Lowercase hex digest of the node's software")
+    description = models.CharField(max_length=200, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(value__regex=HEX_DIGEST), name="allowedmeasurement_hex")]
+
+    def __str__(self) -> str:
+        return f"{self.value[:16]}… {self.description}".strip()
+
+
+class Attestation(models.Model):
+    """One challenge to a node and what came of it.
+
+    Created ``pending`` with a fresh nonce; answered once (a conditional UPDATE from
+    ``pending`` makes the nonce single use) with ``verified`` or ``failed``. A verified
+    row keeps the evidence exactly as the node sent it, so anyone can check it again.
+    Change it only through nodes.attestation.services.
+    """
+
+    class Result(models.TextChoices):
+        PENDING = "pending"
+        VERIFIED = "verified"
+        FAILED = "failed"
+
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "att"), editable=False)
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="attestations")
+    nonce = models.CharField(max_length=128, unique=True)
+    nonce_expires_at = models.DateTimeField()
+    format = models.CharField(max_length=64, blank=True)
+    result = models.CharField(max_length=16, choices=Result.choices, default=Result.PENDING)
+    reason = models.CharField(max_length=64, blank=True, help_text="Why it failed, as a code (e.g. untrusted_chain)")
+    detail = models.TextField(blank=True)
+    measurement = models.CharField(max_length=128, blank=True)
+    signing_key = models.CharField(max_length=64, blank=True)
+    encryption_key = models.CharField(max_length=64, blank=True)
+    root_fingerprint = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the trusted root's certificate")
+    evidence = models.JSONField(null=True, blank=True)
+    issued_at = models.DateTimeField(null=True, blank=True)  # the report's own time, where the format has one
+    created_at = models.DateTimeField(auto_now_add=True)  # when the nonce was issued
+    checked_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(result="verified")
+                | models.Q(verified_at__isnull=False, expires_at__isnull=False, measurement__regex=HEX_DIGEST),
+                name="attestation_verified_complete",
+            ),
+        ]
+        indexes = [models.Index(fields=["node", "result", "-verified_at"], name="attestation_node_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.result})"

@@ -38,6 +38,9 @@ class NodeTarget:
     load: float = 0.0  # as last reported by the node's heartbeat, 0..1
     gpus: int = 0
     attested_until: float | None = None  # epoch seconds; a verified attestation is stale after it
+    # The keys the node's verified attestation bound (base64 raw): Ed25519 receipts, X25519 sealing.
+    signing_key: str | None = None
+    encryption_key: str | None = None
     # What the adapter sends upstream as Authorization; in memory only, never in a repr or a log.
     credentials: str | None = field(default=None, repr=False)
     # A Thox cluster's management API (Node.cluster_url); "" = the base URL's host on port 5381.
@@ -59,7 +62,7 @@ class ServedModel:
 _SERVED_SQL = """
 SELECT n.id, n.public_id, n.base_url, n.adapter, n.region, n.attestation, n.healthy, n.load, n.gpus,
        m.model, m.upstream_model, m.context_window, m.max_output_tokens, m.input_modalities, n.credentials,
-       n.attestation_expires_at
+       n.attestation_expires_at, n.signing_key, n.encryption_key
 FROM nodes_node n JOIN nodes_nodemodel m ON m.node_id = n.id
 WHERE n.status = 'active'
 ORDER BY m.model, n.id
@@ -88,6 +91,7 @@ async def served_models() -> list[ServedModel]:
             node = nodes[row[0]] = NodeTarget(
                 *row[:6], healthy=bool(row[6]), load=float(row[7]), gpus=row[8],
                 attested_until=_epoch(row[15]), credentials=open_credentials(row[1], row[14]),
+                signing_key=row[16] or None, encryption_key=row[17] or None,
             )
         out.append(ServedModel(
             model=row[9], upstream_model=row[10], context_window=row[11], max_output_tokens=row[12], node=node,

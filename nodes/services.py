@@ -66,6 +66,12 @@ def node_upsert(
 ) -> Node:
     """Create or update a node and replace the list of models it serves.
 
+    ``attestation`` says whether the node is confidential: ``unverified`` (it must attest
+    before it serves; nodes.attestation.services) or ``none``. ``verified`` is refused: it
+    is earned by attesting, never set. Updating a confidential node keeps the state it earned,
+    unless its address or adapter changes: the machine there has proved nothing, so it is
+    unverified until it attests again (callers queue that: node_register, the admin, the beat).
+
     ``models``: ``[{"model", "upstream_model"?, "context_window"?, "max_output_tokens"?,
     "input_modalities"?}]``; ``input_modalities`` is a list of :class:`Modality` values
     (default ``["text"]``). ``gpus`` defaults to the count in ``hardware`` ("8x H100" → 8).
@@ -76,6 +82,8 @@ def node_upsert(
         raise NodeConfigError(
             "attestation", f"a {adapter} node is a hosted provider: it cannot be attested, its attestation is 'none'"
         )
+    if attestation not in (Node.Attestation.NONE, Node.Attestation.UNVERIFIED):
+        raise ValueError("attestation must be 'none' or 'unverified'; a node is verified only by attesting")
     rows = [
         NodeModel(
             model=m["model"],
@@ -87,22 +95,26 @@ def node_upsert(
         for m in models
     ]
     lookup = {"public_id": public_id} if public_id else {"base_url": base_url, "name": name}
-    node, _ = Node.objects.update_or_create(
-        **lookup,
-        defaults={
-            "name": name,
-            "base_url": base_url,
-            "adapter": adapter,
-            "region": region,
-            "attestation": attestation,
-            **({"attestation_expires_at": None} if is_provider(adapter) else {}),
-            "hardware": hardware,
-            "gpus": gpus if gpus is not None else gpus_from_hardware(hardware),
-            "operator": operator,
-            "status": status,
-            "cluster_url": cluster_url,
-        },
-    )
+    fields = {
+        "name": name,
+        "base_url": base_url,
+        "adapter": adapter,
+        "region": region,
+        "hardware": hardware,
+        "gpus": gpus if gpus is not None else gpus_from_hardware(hardware),
+        "operator": operator,
+        "status": status,
+        "cluster_url": cluster_url,
+    }
+    before = Node.objects.select_for_update().filter(**lookup).values("base_url", "adapter", "attestation").first()
+    defaults = dict(fields)
+    if before is not None:
+        confidential = attestation != Node.Attestation.NONE
+        moved = (before["base_url"], before["adapter"]) != (base_url, adapter)
+        if confidential != (before["attestation"] != Node.Attestation.NONE) or (confidential and moved):
+            # In the same write as the new address or adapter (a provider may never be attested, even for a moment).
+            defaults.update(attestation=attestation, attestation_expires_at=None, signing_key="", encryption_key="")
+    node, _ = Node.objects.update_or_create(**lookup, defaults=defaults, create_defaults={**fields, "attestation": attestation})
     node.models.all().delete()
     for row in rows:
         row.node = node
@@ -186,13 +198,18 @@ def node_register(
 ) -> Node:
     """An operator registers (or re-registers) a node; idempotent by (operator, name).
 
-    A new node starts active and unverified. Re-registering keeps what admins and the
-    attestation task decided (status, attestation): an operator cannot re-enable a node
-    an admin disabled by registering it again. A provider node (a hosted API) has
+    A new node starts active and unverified, and its first attestation is queued for
+    after commit. Re-registering keeps what admins and the attestation task decided
+    (status, attestation): an operator cannot re-enable a node an admin disabled by
+    registering it again, nor set its attestation. It is attested again, and if its
+    address or adapter changed it serves nobody until it passes: the attested machine
+    is not known to be the one at the new address. A provider node (a hosted API) has
     attestation "none" whatever it was, and needs credentials (its API key). A cluster
     (adapter "thox") is read once the registration is committed (nodes.clusters): its
     members, gpus, load and models.
     """
+    from .attestation.services import attestation_enqueue
+
     existing = (
         Node.objects.select_for_update().filter(operator=operator, name=name)
         .only("public_id", "status", "attestation", "adapter", "credentials").first()
@@ -201,8 +218,8 @@ def node_register(
         attestation = Node.Attestation.NONE
         if not credentials and not (existing and existing.credentials):
             raise NodeConfigError("credentials", f"a {adapter} node needs credentials: the provider API key")
-    elif existing and not is_provider(existing.adapter):
-        attestation = existing.attestation
+    elif existing and not is_provider(existing.adapter) and existing.attestation == Node.Attestation.NONE:
+        attestation = Node.Attestation.NONE  # an admin made it non-confidential; it stays so
     else:  # new, or a provider becoming a self-hosted node: it must prove itself first
         attestation = Node.Attestation.UNVERIFIED
     if adapter == clusters.KIND and not models and existing:  # a cluster's models come from the cluster: keep them
@@ -226,6 +243,8 @@ def node_register(
         node_credentials_set(node=node, credentials=credentials)
     if adapter == clusters.KIND:
         clusters.cluster_sync_enqueue(node=node)
+    if node.attestation != Node.Attestation.NONE:
+        attestation_enqueue(node=node)
     return node
 
 

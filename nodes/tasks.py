@@ -61,3 +61,25 @@ def pull_model(self, job_id: str) -> str:
             time.sleep(outcome.retry_in)
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.status
+
+
+def _attestable():
+    return Node.objects.exclude(attestation=Node.Attestation.NONE).exclude(status=Node.Status.DISABLED)
+
+
+@shared_task
+def attest_node(node_id: int) -> str | None:
+    """Challenge one confidential node; the outcome ("verified"/"failed"), or None if it is not to be attested."""
+    from .attestation.services import node_attest
+
+    node = _attestable().filter(id=node_id).first()
+    return node_attest(node=node).result if node is not None else None
+
+
+@shared_task
+def reattest_nodes() -> int:
+    """Beat: challenge every confidential node that is not disabled, one task each."""
+    ids = list(_attestable().values_list("id", flat=True))
+    for node_id in ids:
+        attest_node.delay(node_id)
+    return len(ids)

@@ -6,7 +6,9 @@ it, charlie is an outsider with an organization of his own.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import functools
+import hashlib
+import io
 import os
 import signal
 import socket
@@ -26,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SIM_MODEL = "sim-small"
 # 1 micro-unit per input token, 2 per output token, 0.5 per cached input token.
 SIM_PRICE = {"input_per_mtok": 1_000_000, "output_per_mtok": 2_000_000, "cached_input_per_mtok": 500_000}
+# What simulators started by start_simulator() report as their software measurement (allow-listed per test).
+SIM_MEASUREMENT = hashlib.sha384(b"node simulator, test build").hexdigest()
 
 
 async def close_async_resources() -> None:
@@ -119,6 +123,42 @@ class Process:
                 self.proc.wait()
 
 
+# --- attestation ------------------------------------------------------------------------
+
+
+@functools.cache
+def attestation_pki() -> Path:
+    """The test root, trusted through ATTESTATION_TRUST_ROOTS (set in tests/dbenv.py), and one node
+    attestation key and certificate under it ("simulator.key"/".pem"), made once per run the way an
+    operator would: with manage.py attestation_ca."""
+    from django.conf import settings
+    from django.core.management import call_command
+
+    directory = Path(settings.ATTESTATION_TRUST_ROOTS[0]).parent
+    if not (directory / "simulator.pem").exists():
+        call_command("attestation_ca", "init", "--dir", str(directory), "--force", stdout=io.StringIO())
+        call_command("attestation_ca", "issue", "--dir", str(directory), "--node", "simulator", "--force", stdout=io.StringIO())
+    return directory
+
+
+@pytest.fixture
+def allowed_measurement(transactional_db):
+    """The simulators' measurement in the allow-list."""
+    from nodes.attestation.services import measurement_allow
+
+    return measurement_allow(value=SIM_MEASUREMENT, description="node simulator (tests)")
+
+
+def attest(node):
+    """Attest ``node`` for real: a nonce, its simulator's evidence over HTTP, verification; it must pass.
+    Routers in every process hear of it (cache_settle before relying on them)."""
+    from nodes.attestation.services import node_attest
+
+    attestation = node_attest(node=node)
+    assert attestation.result == "verified", (attestation.reason, attestation.detail)
+    return attestation
+
+
 # --- node simulator ---------------------------------------------------------------
 
 
@@ -142,12 +182,18 @@ class Simulator:
         return httpx.get(f"{self.url}/_sim/stats").raise_for_status().json()
 
 
-def start_simulator(*extra: str) -> Simulator:
+def start_simulator(*extra: str, attestation: str | None = "honest") -> Simulator:
+    """A simulator process; it attests in the given mode (honest, forged, stale) with the test
+    node certificate and SIM_MEASUREMENT, or not at all (None)."""
     port = free_port()
-    process = Process(
-        [sys.executable, "manage.py", "run_node_simulator", "--port", str(port), "--models", "sim-small,sim-large", *extra],
-        ready="listening on",
-    )
+    args = [sys.executable, "manage.py", "run_node_simulator", "--port", str(port), "--models", "sim-small,sim-large"]
+    if attestation is not None:
+        pki = attestation_pki()
+        args += [
+            "--attestation-key", str(pki / "simulator.key"), "--attestation-certs", str(pki / "simulator.pem"),
+            "--attestation-measurement", SIM_MEASUREMENT, "--attestation-mode", attestation,
+        ]
+    process = Process([*args, *extra], ready="listening on")
     return Simulator(url=f"http://127.0.0.1:{port}", process=process)
 
 
@@ -327,8 +373,9 @@ def charlie(transactional_db) -> Tenant:
 
 
 @pytest.fixture
-def sim_node(transactional_db, sim):
-    """The simulator registered as a node serving ``sim-small``, priced at SIM_PRICE."""
+def sim_node(transactional_db, sim, allowed_measurement):
+    """The simulator registered as a confidential node serving ``sim-small``, priced at SIM_PRICE,
+    and attested through the real flow (its evidence checked against the test root)."""
     from billing.services import price_publish
     from nodes.services import node_upsert
 
@@ -336,25 +383,14 @@ def sim_node(transactional_db, sim):
         name="simulator",
         base_url=f"{sim.url}/v1",
         region="test-1",
+        attestation="unverified",
         models=[{"model": SIM_MODEL, "context_window": 8192, "max_output_tokens": 256}],
     )
-    attest_node(node.public_id)
+    attest(node)
     price_publish(model=SIM_MODEL, **SIM_PRICE)
     cache_settle()
+    node.refresh_from_db()
     return node
-
-
-def attest_node(public_id: str) -> None:
-    """TODO(attestation): stands in for the attestation service until the simulator attests."""
-    from django.utils import timezone
-
-    from nodes.models import Node
-    from nodes.services import _changed
-
-    Node.objects.filter(public_id=public_id).update(
-        attestation=Node.Attestation.VERIFIED, attestation_expires_at=timezone.now() + dt.timedelta(days=1)
-    )
-    _changed()
 
 
 def sim_cost(prompt_tokens: int, completion_tokens: int) -> int:

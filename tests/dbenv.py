@@ -40,6 +40,9 @@ os.environ.setdefault("APP_ENV", "test")
 os.environ.setdefault("EMBEDDED_BEAT", "0")
 os.environ.setdefault("LOCAL_NODE_ENABLED", "0")
 os.environ.setdefault("STATE_DIR", tempfile.mkdtemp(prefix="pi-test-state-"))
+# The test attestation root (made by tests/conftest.py::attestation_pki with manage.py attestation_ca);
+# server processes inherit it, so every process trusts the same root.
+os.environ.setdefault("ATTESTATION_TRUST_ROOTS", str(Path(os.environ["STATE_DIR"]) / "attestation" / "root.pem"))
 HAVE_POSTGRES = os.environ.get("DATABASE_URL", "").startswith("postgres")
 HAVE_REDIS = bool(os.environ.get("REDIS_URL"))
 

@@ -20,7 +20,8 @@ EMBEDDING_INPUT = 20_000
 def make_run(tmp_path):
     port, node_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "REDIS_PREFIX", "APP_ENV",
-                                                          "EMBEDDED_BEAT", "LOCAL_NODE_ENABLED"}}
+                                                          "EMBEDDED_BEAT", "LOCAL_NODE_ENABLED",
+                                                          "ATTESTATION_TRUST_ROOTS"}}
     env.update(STATE_DIR=str(tmp_path / "state"), PORT=str(port), LOCAL_NODE_PORT=str(node_port))
     process = Process(["make", "--no-print-directory", "run"], env=env, ready="Application startup complete", timeout=240)
     yield port, "".join(process.output)

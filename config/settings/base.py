@@ -135,9 +135,22 @@ NODE_HEALTH_INTERVAL_SECONDS = env_int("NODE_HEALTH_INTERVAL_SECONDS", 15, minim
 NODE_PULL_MAX_RETRIES = env_int("NODE_PULL_MAX_RETRIES", 3, minimum=0, maximum=20)
 NODE_PULL_RETRY_SECONDS = env_int("NODE_PULL_RETRY_SECONDS", 10, minimum=0, maximum=600)
 NODE_PULL_PROGRESS_SECONDS = env_int("NODE_PULL_PROGRESS_SECONDS", 1, minimum=0, maximum=60)
+# Attestation (nodes/attestation/, README "Attestation"): PEM files of the roots a node's
+# attestation certificate must chain to (none set = no node can be verified); how long a verified
+# attestation is trusted; how often every confidential node is challenged again (well under the
+# TTL, so a healthy node never lapses); how long a node has to answer a challenge; and the clock
+# difference tolerated between the node's report time and ours.
+ATTESTATION_TRUST_ROOTS = env_list("ATTESTATION_TRUST_ROOTS", [])
+ATTESTATION_TTL_SECONDS = env_int("ATTESTATION_TTL_SECONDS", 3600, minimum=10)
+ATTESTATION_INTERVAL_SECONDS = env_int("ATTESTATION_INTERVAL_SECONDS", 600, minimum=1)
+if ATTESTATION_INTERVAL_SECONDS * 2 > ATTESTATION_TTL_SECONDS:
+    raise ImproperlyConfigured("ATTESTATION_INTERVAL_SECONDS must be at most half of ATTESTATION_TTL_SECONDS")
+ATTESTATION_NONCE_SECONDS = env_int("ATTESTATION_NONCE_SECONDS", 60, minimum=1, maximum=600)
+ATTESTATION_CLOCK_SKEW_SECONDS = env_int("ATTESTATION_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=600)
 CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
     "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": NODE_HEALTH_INTERVAL_SECONDS},
+    "reattest-nodes": {"task": "nodes.tasks.reattest_nodes", "schedule": ATTESTATION_INTERVAL_SECONDS},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},
     "fail-lost-jobs": {"task": "gateway.tasks.fail_lost_jobs", "schedule": 300.0},
 }

@@ -7,7 +7,7 @@ Answers are OpenAI JSON objects; streams yield the parsed chunks up to
 (``permanent=False``: connection refused, 5xx, 429, timeouts) or not
 (``permanent=True``: the request itself is bad for this model).
 
-Images and model management (load, unload, pull) exist only on some
+Images, model management (load, unload, pull) and attestation exist only on some
 backends; the defaults here refuse with a permanent NodeError, so a caller
 never retries them on the same kind of node.
 """
@@ -76,6 +76,10 @@ class NodeAdapter:
         """Download a model; yields progress events ``{"status", "completed"?, "total"?}`` until it is servable."""
         raise self._unsupported("pulling models")
         yield {}  # an async generator, like the overrides, so callers always iterate it
+
+    async def attest(self, nonce: str) -> dict[str, Any]:
+        """The node's attestation evidence bound to ``nonce`` (nodes/attestation/), as the node sent it."""
+        raise self._unsupported("attestation")
 
     def _unsupported(self, what: str) -> NodeError:
         return NodeError(f"{what} is not supported by this backend ({self.kind})", permanent=True, code="unsupported")

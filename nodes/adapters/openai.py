@@ -17,6 +17,7 @@ _JSON = {"content-type": "application/json", "accept": "application/json"}
 _SSE = {"content-type": "application/json", "accept": "text/event-stream"}
 # Upstream statuses that say "this request is wrong", not "this node is unwell".
 _PERMANENT = {400, 413, 415, 422}
+ATTESTATION_MAX_BYTES = 64 * 1024  # a report and a short certificate chain are a few KiB
 
 
 def _timeout() -> aiohttp.ClientTimeout:
@@ -128,6 +129,28 @@ class OpenAICompatibleAdapter(NodeAdapter):
                 resp.release()
             else:
                 resp.close()
+
+    async def attest(self, nonce: str) -> dict[str, Any]:
+        """``POST {base_url}/attestation`` with ``{"nonce"}``: the evidence, a JSON object of at most
+        ATTESTATION_MAX_BYTES. Waits no longer than the nonce lives."""
+        timeout = aiohttp.ClientTimeout(
+            total=settings.ATTESTATION_NONCE_SECONDS, sock_connect=settings.GATEWAY_UPSTREAM_CONNECT_SECONDS
+        )
+        try:
+            async with http.session().post(
+                self._url("/attestation"), data=orjson.dumps({"nonce": nonce}), headers=self._json, timeout=timeout
+            ) as resp:
+                raw = await resp.content.read(ATTESTATION_MAX_BYTES + 1)
+                if resp.status >= 400:
+                    raise _error_from(resp.status, raw)
+                if len(raw) > ATTESTATION_MAX_BYTES:
+                    raise NodeError("attestation evidence is too large", permanent=True)
+                evidence = orjson.loads(raw)
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+            raise NodeError(f"node attestation failed: {exc.__class__.__name__}", permanent=False) from exc
+        if not isinstance(evidence, dict):
+            raise NodeError("node sent attestation evidence that is not a JSON object", permanent=True)
+        return evidence
 
     async def list_models(self) -> list[str]:
         try:

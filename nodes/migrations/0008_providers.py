@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('console', '0004_project_node_routing'),
-        ('nodes', '0006_jobs'),
+        ('nodes', '0007_attestation'),
     ]
 
     operations = [

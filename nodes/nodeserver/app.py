@@ -2,7 +2,8 @@
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``, ``POST /v1/embeddings``, ``POST /v1/images/generations``
-(real PNGs from ``png.py``; engines without images answer 400), ``GET /stats``, plus the
+(real PNGs from ``png.py``; engines without images answer 400), ``GET /stats``, ``POST /v1/attestation``
+when the node has an attestation identity (``attestation.py``), plus the
 engine's own control endpoints (the simulator's ``/_sim/*``), with the
 "ollama" dialect Ollama's native ``/api`` routes (``ollama.py``), with the
 "anthropic" dialect Anthropic's Messages API in place of the OpenAI routes (``anthropic.py``),
@@ -601,11 +602,12 @@ def require_key(api_key: str):
 
 
 def build_app(
-    engine: Engine, dialect: str = "openai", api_key: str = "", cluster: thox.Cluster | None = None
+    engine: Engine, dialect: str = "openai", api_key: str = "", cluster: thox.Cluster | None = None, identity=None
 ) -> web.Application:
     """The OpenAI routes; with the "ollama" dialect also Ollama's native ``/api`` (see ``ollama.py``);
     with the "anthropic" dialect Anthropic's Messages API instead of the OpenAI routes (``anthropic.py``);
-    with the "thox" dialect inference needs an online member of ``cluster`` (its API is :func:`thox.build_cluster_app`)."""
+    with the "thox" dialect inference needs an online member of ``cluster`` (its API is :func:`thox.build_cluster_app`);
+    with an ``identity`` (attestation.NodeIdentity) the attestation route."""
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     if dialect == "anthropic":
@@ -631,6 +633,10 @@ def build_app(
                 web.post("/v1/images/generations", image_generations),
             ]
         )
+    if identity is not None:
+        from .attestation import handler
+
+        app.router.add_post("/v1/attestation", handler(identity))
     controls = engine.controls()
     if dialect == "ollama":
         ollama.add_routes(app, engine)
@@ -648,12 +654,12 @@ def build_app(
 
 async def _serve(
     engine: Engine, host: str, port: int, banner: str, dialect: str, api_key: str,
-    cluster: thox.Cluster | None, cluster_port: int,
+    cluster: thox.Cluster | None, cluster_port: int, identity=None,
 ) -> None:
     if dialect == "thox":
         cluster = cluster or thox.Cluster(engine)
     runner = web.AppRunner(
-        build_app(engine, dialect, api_key, cluster), handler_cancellation=True, access_log=None, shutdown_timeout=5.0
+        build_app(engine, dialect, api_key, cluster, identity), handler_cancellation=True, access_log=None, shutdown_timeout=5.0
     )
     runners = [runner]
     await runner.setup()
@@ -680,8 +686,10 @@ async def _serve(
 
 def serve(
     engine: Engine, host: str, port: int, banner: str, dialect: str = "openai", api_key: str = "",
-    cluster: thox.Cluster | None = None, cluster_port: int = thox.DEFAULT_CLUSTER_PORT,
+    cluster: thox.Cluster | None = None, cluster_port: int = thox.DEFAULT_CLUSTER_PORT, identity=None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, printing ``<banner> listening on http://HOST:PORT`` when ready
     (and, for the "thox" dialect, ``thox cluster API listening on http://HOST:PORT`` after it)."""
-    asyncio.run(_serve(engine, host, port, banner, dialect, api_key, cluster, cluster_port))
+    if identity is not None:
+        print(f"{banner} attests with measurement {identity.measurement} (mode {engine.attestation_mode})", flush=True)
+    asyncio.run(_serve(engine, host, port, banner, dialect, api_key, cluster, cluster_port, identity))

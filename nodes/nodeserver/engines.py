@@ -123,6 +123,7 @@ class Stats:
     active: int = 0
     tokens_generated: int = 0
     images_generated: int = 0
+    attestations: int = 0  # evidence sent (POST /v1/attestation); not requests
     last: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
 
     def started(self) -> None:
@@ -153,7 +154,7 @@ class Stats:
     def reset(self) -> None:
         """Zero the history; ``active`` stays, it counts requests still in flight."""
         self.requests = self.completed = self.cancelled = self.failed = self.failed_injected = 0
-        self.tokens_generated = self.images_generated = 0
+        self.tokens_generated = self.images_generated = self.attestations = 0
         self.last.clear()
 
     def snapshot(self) -> dict[str, Any]:
@@ -213,6 +214,11 @@ class Engine:
         """What content parts the models take (see MODALITIES); the HTTP layer refuses the rest with a 400."""
         return frozenset({"text"})
 
+    @property
+    def attestation_mode(self) -> str:
+        """How the node answers an attestation challenge (ATTESTATION_MODES); only the simulator lies."""
+        return "honest"
+
     def generate(self, gen: Generation) -> AsyncIterator[str]:
         """Yield the answer's text, one piece per token; set ``gen``'s counters."""
         raise NotImplementedError
@@ -253,6 +259,7 @@ class Engine:
 
 FAIL_MODES = ("http500", "http429", "http529", "disconnect", "midstream", "hang")
 MODALITIES = ("text", "image", "audio")  # chat content parts: text, image_url, input_audio
+ATTESTATION_MODES = ("honest", "forged", "stale")  # see nodeserver/attestation.py
 
 
 def _number(value: Any, name: str, low: float, high: float = float("inf"), *, integer: bool = False) -> None:
@@ -277,6 +284,7 @@ class SimConfig:
     # so a test can watch a pull in progress without racing it.
     pull_hold: bool = False
     image_limit: int = 0  # at most this many images per request (0 = as many as asked), like a small GPU
+    attestation_mode: str = "honest"  # how it answers POST /v1/attestation, if it attests
 
     def __post_init__(self) -> None:
         if not isinstance(self.pull_hold, bool):
@@ -295,6 +303,8 @@ class SimConfig:
         _number(self.image_limit, "image_limit", 0, integer=True)
         if self.fail_mode not in FAIL_MODES:
             raise ValueError(f"fail_mode must be one of {', '.join(FAIL_MODES)}, got {self.fail_mode!r}")
+        if self.attestation_mode not in ATTESTATION_MODES:
+            raise ValueError(f"attestation_mode must be one of {', '.join(ATTESTATION_MODES)}, got {self.attestation_mode!r}")
 
     def updated(self, changes: Mapping[str, Any]) -> SimConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -319,6 +329,10 @@ class SimulatorEngine(Engine):
     @property
     def input_modalities(self) -> frozenset[str]:
         return frozenset(self.config.modalities)
+
+    @property
+    def attestation_mode(self) -> str:
+        return self.config.attestation_mode
 
     def _answer(self, gen: Generation, config: SimConfig) -> tuple[list[str], str]:
         """The tokens to send and the finish reason if they all go out; sets ``gen.tool_call`` for a call."""

@@ -15,7 +15,7 @@ from gateway.models import RequestRecord
 from nodes.jobs import job_object
 from nodes.models import Job
 from nodes.nodeserver.png import read_png
-from tests.conftest import attest_node, cache_settle
+from tests.conftest import attest, cache_settle, start_simulator
 
 IMAGE_MODEL = "sim-image"
 PRICES = {"512x512": 10_000, "1024x1024": 40_000, "1024x1792": 70_000}
@@ -23,14 +23,14 @@ START = 1_000_000
 
 
 @pytest.fixture
-def image_node(transactional_db, sim):
+def image_node(transactional_db, sim, allowed_measurement):
     """The simulator registered as a node serving the image model ``sim-image``, priced per image."""
     from billing.services import price_publish
     from nodes.services import node_upsert
 
-    node = node_upsert(name="simulator-images", base_url=f"{sim.url}/v1", region="test-1",
+    node = node_upsert(name="simulator-images", base_url=f"{sim.url}/v1", region="test-1", attestation="unverified",
                        models=[{"model": IMAGE_MODEL, "upstream_model": "sim-small"}])
-    attest_node(node.public_id)
+    attest(node)
     price_publish(model=IMAGE_MODEL, input_per_mtok=0, output_per_mtok=0, per_image=PRICES)
     cache_settle()
     return node
@@ -183,9 +183,11 @@ def test_a_wallet_that_cannot_cover_n_images_gets_402_and_no_job(server, image_n
 def test_an_image_job_fails_over_from_a_dead_node_before_any_image(client, alice, image_node, sim):
     from nodes.services import node_upsert
 
-    dead = node_upsert(name="dead-images", base_url="http://127.0.0.1:1/v1", region="test-1",
+    doomed = start_simulator()
+    dead = node_upsert(name="dead-images", base_url=f"{doomed.url}/v1", region="test-1", attestation="unverified",
                        models=[{"model": IMAGE_MODEL, "upstream_model": "sim-small"}])
-    attest_node(dead.public_id)
+    attest(dead)  # attested, then gone: the router still thinks it can serve
+    doomed.process.stop()
     cache_settle()
     for i in range(3):
         assert len(client.images.generate(model=IMAGE_MODEL, prompt=f"a bridge {i}", size="512x512").data) == 1

@@ -67,6 +67,7 @@ ROUTES = [
     ("POST", "/v1/nodes/{node_id}/models/unload"),
     ("POST", "/v1/nodes/{node_id}/models/pull"),
     ("GET", "/v1/jobs/{job_id}"),
+    ("GET", "/v1/nodes/{node_id}/attestation"),
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/images/generations"),
     ("POST", "/v1/images"),
@@ -158,10 +159,10 @@ def test_the_live_server_keeps_the_document_true(server, request, method, path):
 
     assert not _not_served(server, method, path), f"{method} {path} is documented but not served"
     alice = request.getfixturevalue("alice")
-    request.getfixturevalue("sim_node")  # a priced model, so valid requests can succeed
+    node = request.getfixturevalue("sim_node")  # a priced model on an attested node, so valid requests can succeed
     auth = alice.auth()
     spare, _ = services.api_key_create(project=alice.project, kind="secret", name="spare")
-    existing = {"model_id": SIM_MODEL, "key_id": spare.public_id}
+    existing = {"model_id": SIM_MODEL, "key_id": spare.public_id, "node_id": node.public_id}
     if "{response_id}" in path:
         stored = httpx.post(f"{server.api}/responses", headers=auth, json={"model": SIM_MODEL, "input": "hi"}, timeout=30)
         existing["response_id"] = stored.raise_for_status().json()["id"]

@@ -6,7 +6,7 @@ from billing.models import Transfer
 from console.services import project_update
 from gateway.models import RequestRecord
 from nodes.services import node_upsert
-from tests.conftest import SIM_MODEL, SIM_PRICE, attest_node, cache_settle
+from tests.conftest import SIM_MODEL, SIM_PRICE, attest, cache_settle
 
 BODY = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "echo: routed"}], "max_tokens": 5}
 SERVED = [{"model": SIM_MODEL, "context_window": 8192, "max_output_tokens": 256}]
@@ -44,13 +44,13 @@ def test_non_confidential_nodes_serve_only_projects_that_allow_them(server, alic
     assert listed(server, alice) == [plain.public_id]
 
 
-def test_the_projects_preferred_region_is_tried_first(server, alice, sim):
+def test_the_projects_preferred_region_is_tried_first(server, alice, sim, allowed_measurement):
     from billing.services import price_publish
 
-    eu = node_upsert(name="eu", base_url=f"{sim.url}/v1", region="eu-west", models=SERVED)
-    us = node_upsert(name="us", base_url=f"{sim.url}/v1", region="us-east", models=SERVED)
+    eu = node_upsert(name="eu", base_url=f"{sim.url}/v1", region="eu-west", attestation="unverified", models=SERVED)
+    us = node_upsert(name="us", base_url=f"{sim.url}/v1", region="us-east", attestation="unverified", models=SERVED)
     for node in (eu, us):
-        attest_node(node.public_id)
+        attest(node)
     price_publish(model=SIM_MODEL, **SIM_PRICE)
 
     project_update(project=alice.project, region_preference="us-east")

@@ -152,7 +152,7 @@ def test_image_parts_reach_a_node_that_accepts_images(client, alice, sim, sim_no
     from tests.conftest import cache_settle
 
     sim.configure(modalities=["text", "image"])
-    node_upsert(name="simulator", base_url=f"{sim.url}/v1", region="test-1", attestation="verified", models=[
+    node_upsert(name="simulator", base_url=f"{sim.url}/v1", region="test-1", attestation="unverified", models=[
         {"model": SIM_MODEL, "context_window": 8192, "max_output_tokens": 256, "input_modalities": ["text", "image"]}])
     cache_settle()
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}

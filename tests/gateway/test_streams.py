@@ -11,7 +11,7 @@ from billing.models import Transfer
 from gateway.models import RequestRecord
 from console.services import project_update
 from nodes.services import node_upsert
-from tests.conftest import attest_node, SIM_MODEL, cache_settle, sim_cost, start_simulator
+from tests.conftest import SIM_MODEL, attest, cache_settle, sim_cost, start_simulator
 
 
 def wait_for(predicate, timeout=10.0):
@@ -67,9 +67,9 @@ def test_node_failing_mid_stream_ends_with_an_error_event_and_partial_bill(serve
 def test_failure_before_first_token_fails_over_to_another_node(server, alice, sim_node, sim):
     healthy = start_simulator()
     try:
-        second = node_upsert(name="second", base_url=f"{healthy.url}/v1", region="test-2",
+        second = node_upsert(name="second", base_url=f"{healthy.url}/v1", region="test-2", attestation="unverified",
                              models=[{"model": SIM_MODEL, "context_window": 8192, "max_output_tokens": 256}])
-        attest_node(second.public_id)
+        attest(second)
         cache_settle()
         sim.configure(fail_rate=1.0, fail_mode="disconnect")
         client = openai.OpenAI(base_url=server.api, api_key=alice.secret_key, max_retries=0)

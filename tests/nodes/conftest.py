@@ -92,14 +92,17 @@ class ThoxSimulator(Simulator):
 
 def start_thox_simulator(*extra: str, ports: tuple[int, int] | None = None) -> ThoxSimulator:
     """A simulated 3-member cluster (node-001: 1 GPU, node-002: 2 GPUs AGX 64GB, node-003: 1 GPU), serving sim-small and sim-large."""
-    from tests.conftest import Process, free_port
+    from tests.conftest import SIM_MEASUREMENT, Process, attestation_pki, free_port
 
+    pki = attestation_pki()  # its inference API attests like any node, with the test identity
+    identity = ("--attestation-key", str(pki / "simulator.key"), "--attestation-certs", str(pki / "simulator.pem"),
+                "--attestation-measurement", SIM_MEASUREMENT)
     port, cluster_port = ports or (free_port(), free_port())
     while cluster_port == port:
         cluster_port = free_port()
     process = Process(
         [sys.executable, "manage.py", "run_node_simulator", "--dialect", "thox", "--port", str(port),
-         "--cluster-port", str(cluster_port), "--models", "sim-small,sim-large", *THOX_MEMBERS, *extra],
+         "--cluster-port", str(cluster_port), "--models", "sim-small,sim-large", *THOX_MEMBERS, *identity, *extra],
         ready="thox cluster API listening on",
     )
     return ThoxSimulator(url=f"http://127.0.0.1:{port}", process=process, cluster_url=f"http://127.0.0.1:{cluster_port}")

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import SIM_PRICE, attest_node, cache_settle, make_tenant
+from tests.conftest import SIM_PRICE, attest, cache_settle, make_tenant
 
 PULLED = "tiny:1b"
 
@@ -86,7 +86,9 @@ def pull_and_watch_progress(server, token: str, node_id: str, sim, body: dict) -
     return wait_job(server, token, job["id"], finished)[0]
 
 
-def test_a_pull_is_a_job_with_progress_and_the_served_model_takes_traffic(server, alice, ollama_sim, ollama_node, operator_token):
+def test_a_pull_is_a_job_with_progress_and_the_served_model_takes_traffic(
+    server, alice, ollama_sim, ollama_node, operator_token, allowed_measurement
+):
     from billing.services import price_publish
     from nodes.models import NodeModel
 
@@ -102,7 +104,7 @@ def test_a_pull_is_a_job_with_progress_and_the_served_model_takes_traffic(server
 
     # Served, priced and attested: the pulled model answers paid requests through the gateway.
     price_publish(model="tiny-1b", **SIM_PRICE)
-    attest_node(ollama_node.public_id)
+    attest(ollama_node)
     cache_settle()
     answer = httpx.post(
         f"{server.api}/chat/completions", headers=alice.auth(), timeout=30,

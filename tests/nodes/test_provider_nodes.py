@@ -8,7 +8,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from tests.conftest import ANTHROPIC_KEY, attest_node
+from tests.conftest import ANTHROPIC_KEY
 
 MODELS = [{"model": "claude-sim", "upstream_model": "sim-small"}]
 
@@ -38,6 +38,16 @@ def test_a_provider_node_cannot_be_upserted_as_attested(transactional_db):
     assert not Node.objects.exists()
 
 
+def mark_verified(public_id: str) -> None:
+    """What a passed attestation writes (nodes.attestation.services), without a node to challenge:
+    these tests are about which rows the database and the services accept."""
+    from nodes.models import Node
+
+    Node.objects.filter(public_id=public_id).update(
+        attestation=Node.Attestation.VERIFIED, attestation_expires_at=timezone.now() + dt.timedelta(hours=1)
+    )
+
+
 def test_the_database_refuses_to_attest_a_provider_node(transactional_db):
     from nodes.models import Node
     from nodes.services import node_upsert
@@ -48,10 +58,10 @@ def test_the_database_refuses_to_attest_a_provider_node(transactional_db):
         with pytest.raises(IntegrityError), transaction.atomic():
             Node.objects.filter(id=node.id).update(**change)
     with pytest.raises(IntegrityError), transaction.atomic():
-        attest_node(node.public_id)  # what an attestation step would write
+        mark_verified(node.public_id)  # what an attestation step would write
 
     plain = node_upsert(name="vllm", base_url="http://10.0.0.5:8000/v1", models=MODELS)
-    attest_node(plain.public_id)  # any other kind can be attested
+    mark_verified(plain.public_id)  # any other kind can be attested
     assert Node.objects.get(id=plain.id).attestation == "verified"
     # Turned into a provider, a node loses its attestation (and its expiry) in the same write.
     node_upsert(public_id=plain.public_id, name="vllm", base_url="https://api.anthropic.example",
@@ -77,7 +87,7 @@ def test_an_operator_registers_a_provider_only_as_non_confidential_and_with_a_ke
 
     plain = register(server, operator_token, name="rack", adapter="openai", base_url="http://10.0.0.9:8000/v1")
     assert plain.json()["attestation"] == "unverified"
-    attest_node(plain.json()["id"])
+    mark_verified(plain.json()["id"])
     switched = register(server, operator_token, name="rack", credentials="sk-other")  # now a provider
     assert switched.json()["attestation"] == "none"
     back = register(server, operator_token, name="rack", adapter="openai", base_url="http://10.0.0.9:8000/v1")

@@ -1,11 +1,13 @@
 """Operators register nodes and push heartbeats with node tokens; projects list the nodes that may serve them."""
 from __future__ import annotations
 
+import time
+
 import httpx
 from django.conf import settings
 import pytest
 
-from tests.conftest import SIM_PRICE, attest_node, cache_settle
+from tests.conftest import SIM_PRICE, cache_settle, start_simulator
 
 MODEL = "sim-large"
 SECRET = "upstream-secret-7f3a9c"
@@ -46,6 +48,20 @@ def heartbeat(server, token: str, node_id: str, **body) -> httpx.Response:
     return httpx.post(f"{server.api}/nodes/{node_id}/heartbeat", headers=bearer(token), json=body)
 
 
+def attested(node_id: str, timeout: float = 15.0):
+    """The node's first attestation, which registering queued (the server process runs it on commit)."""
+    from nodes.models import Attestation
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = Attestation.objects.filter(node__public_id=node_id).exclude(result="pending").order_by("id").first()
+        if done is not None:
+            cache_settle()
+            return done
+        time.sleep(0.05)
+    raise AssertionError(f"node {node_id} was never attested")
+
+
 def list_nodes(server, tenant) -> httpx.Response:
     return httpx.get(f"{server.api}/nodes", headers=tenant.auth())
 
@@ -64,7 +80,9 @@ def chat_node(server, tenant) -> str:
     return response.headers["x-node-id"]
 
 
-def test_a_registered_node_is_listed_once_priced_and_serves_traffic(server, alice, sim, operator_token):
+def test_a_registered_node_is_attested_listed_once_priced_and_serves_traffic(
+    server, alice, sim, operator_token, allowed_measurement
+):
     from billing.services import price_publish
     from nodes.models import Node
 
@@ -72,7 +90,9 @@ def test_a_registered_node_is_listed_once_priced_and_serves_traffic(server, alic
     assert node["id"].startswith("node_") and node["object"] == "node"
     assert (node["status"], node["attestation"], node["gpus"], node["has_credentials"]) == ("active", "unverified", 8, True)
     assert "credentials" not in node and SECRET not in str(node)
-    assert register(server, operator_token, registration(sim, region="eu-2"))["id"] == node["id"]  # idempotent by name
+    assert attested(node["id"]).result == "verified"  # registering queued the first attestation
+    again = register(server, operator_token, registration(sim, region="eu-2"))
+    assert again["id"] == node["id"] and again["attestation"] == "verified"  # idempotent by name; keeps what it earned
     assert Node.objects.get().region == "eu-2"
 
     cache_settle()
@@ -80,23 +100,37 @@ def test_a_registered_node_is_listed_once_priced_and_serves_traffic(server, alic
 
     price_publish(model=MODEL, **SIM_PRICE)
     cache_settle()
-    assert list_nodes(server, alice).json()["data"] == []  # unverified: serves nobody
-    unattested = httpx.post(f"{server.api}/chat/completions", headers=alice.auth(), json=CHAT, timeout=30)
-    assert unattested.status_code == 503 and unattested.json()["error"]["code"] == "no_nodes_available"
-    assert unattested.headers["retry-after"].isdigit()
-
-    attest_node(node["id"])
-    cache_settle()
     listed = list_nodes(server, alice)
     assert listed.status_code == 200
+    keys = Node.objects.get().signing_key, Node.objects.get().encryption_key
+    assert all(keys)
     assert listed.json() == {
         "object": "list",
-        "data": [{"id": node["id"], "region": "eu-2", "attestation": "verified", "gpus": 8, "load": 0.0, "models": [MODEL]}],
+        "data": [{"id": node["id"], "region": "eu-2", "attestation": "verified", "gpus": 8, "load": 0.0, "models": [MODEL],
+                  "public_keys": {"signing": keys[0], "encryption": keys[1]}}],
     }
     for secret in (sim.url, "127.0.0.1", SECRET, "nt_live_", "credentials", "base_url", "operator"):
         assert secret not in listed.text
 
     assert chat_node(server, alice) == node["id"]
+
+
+def test_a_registered_node_that_fails_attestation_serves_nobody(server, alice, operator_token, allowed_measurement):
+    from billing.services import price_publish
+
+    forged = start_simulator(attestation="forged")
+    try:
+        price_publish(model=MODEL, **SIM_PRICE)
+        node = register(server, operator_token, registration(forged))
+        failed = attested(node["id"])
+        assert (failed.result, failed.reason) == ("failed", "untrusted_chain")
+        assert list_nodes(server, alice).json()["data"] == []
+        refused = httpx.post(f"{server.api}/chat/completions", headers=alice.auth(), json=CHAT, timeout=30)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_nodes_available"
+        assert refused.headers["retry-after"].isdigit()
+        assert forged.stats()["requests"] == 0 and forged.stats()["attestations"] == 1
+    finally:
+        forged.process.stop()
 
 
 def test_credentials_are_stored_sealed(server, sim, operator_token):
@@ -116,16 +150,16 @@ def test_credentials_are_stored_sealed(server, sim, operator_token):
     assert node_credentials(node=node) is None
 
 
-def test_heartbeats_record_load_and_the_router_prefers_the_least_loaded_node(server, alice, sim, operator_token):
+def test_heartbeats_record_load_and_the_router_prefers_the_least_loaded_node(
+    server, alice, sim, operator_token, allowed_measurement
+):
     from billing.services import price_publish
     from nodes.models import Node
 
     price_publish(model=MODEL, **SIM_PRICE)
     a = register(server, operator_token, registration(sim, "rack-a"))["id"]
     b = register(server, operator_token, registration(sim, "rack-b"))["id"]
-    attest_node(a)
-    attest_node(b)
-    cache_settle()
+    assert attested(a).result == attested(b).result == "verified"
 
     response = heartbeat(server, operator_token, a, load=0.9, queue_depth=12, models_loaded=[MODEL])
     assert response.status_code == 200, response.text
@@ -142,14 +176,14 @@ def test_heartbeats_record_load_and_the_router_prefers_the_least_loaded_node(ser
     assert {chat_node(server, alice) for _ in range(4)} == {a}
 
 
-def test_a_heartbeat_brings_an_unhealthy_node_back(server, alice, sim, operator_token):
+def test_a_heartbeat_brings_an_unhealthy_node_back(server, alice, sim, operator_token, allowed_measurement):
     from billing.services import price_publish
     from nodes.models import Node
     from nodes.services import node_record_health
 
     price_publish(model=MODEL, **SIM_PRICE)
     node_id = register(server, operator_token, registration(sim))["id"]
-    attest_node(node_id)
+    assert attested(node_id).result == "verified"
     for _ in range(settings.NODE_UNHEALTHY_AFTER):  # failed probes in a row
         node_record_health(node=Node.objects.get(public_id=node_id), healthy=False)
     cache_settle()

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import SIM_PRICE, cache_settle
+from tests.conftest import SIM_PRICE, attest, cache_settle
 
 MODEL = "sim-small"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "echo: from the edge"}], "max_tokens": 8}
@@ -32,13 +32,12 @@ def register(server, token: str, sim) -> dict:
     return response.json()
 
 
-def without_attestation(public_id: str) -> None:
-    """TODO(attestation): clusters register unverified; until they attest, serve them as non-confidential."""
+def attested(public_id: str) -> None:
+    """A cluster registers unverified; its inference API attests like any node (the simulator's test identity)."""
     from nodes.models import Node
-    from nodes.services import _changed
 
-    Node.objects.filter(public_id=public_id).update(attestation=Node.Attestation.NONE)
-    _changed()
+    attest(Node.objects.get(public_id=public_id))
+    cache_settle()
 
 
 def wait_for_members(public_id: str, count: int = 3):
@@ -57,10 +56,9 @@ def listed(server, tenant) -> httpx.Response:
 
 
 def test_a_cluster_serves_chat_and_projects_see_it_once_without_its_members(
-    server, alice, charlie, thox_sim, operator_token
+    server, alice, charlie, thox_sim, operator_token, allowed_measurement
 ):
     from billing.services import price_publish
-    from console.services import project_update
     from nodes.tasks import check_node_health
 
     registered = register(server, operator_token, thox_sim)
@@ -68,26 +66,25 @@ def test_a_cluster_serves_chat_and_projects_see_it_once_without_its_members(
     node = wait_for_members(registered["id"])  # read by the server process once the registration committed
     assert (node.gpus, node.models.count()) == (4, 2)
 
-    without_attestation(registered["id"])
-    project_update(project=alice.project, allow_non_confidential=True)
+    attested(registered["id"])
     price_publish(model=MODEL, **SIM_PRICE)
     cache_settle()
 
     response = httpx.post(f"{server.api}/chat/completions", headers=alice.auth(), json=CHAT, timeout=30)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "from the edge"
-    assert (response.headers["x-node-id"], response.headers["x-node-attestation"]) == (registered["id"], "none")
+    assert (response.headers["x-node-id"], response.headers["x-node-attestation"]) == (registered["id"], "verified")
     assert thox_sim.stats()["completed"] == 1
 
     nodes = listed(server, alice)
-    assert nodes.json() == {
-        "object": "list",
-        "data": [{"id": registered["id"], "region": "edge-1", "attestation": "none", "gpus": 4, "load": 0.0, "models": [MODEL]}],
-    }
+    [entry] = nodes.json()["data"]
+    assert entry.pop("public_keys")["signing"]  # the cluster's attested keys
+    assert entry == {"id": registered["id"], "region": "edge-1", "attestation": "verified", "gpus": 4, "load": 0.0,
+                     "models": [MODEL]}
     for detail in MEMBER_DETAILS:
         assert detail not in nodes.text, detail
-    # charlie's project does not allow non-confidential nodes: the cluster is not his to use.
-    assert listed(server, charlie).json()["data"] == []
+    # Another tenant sees the same one node, and no more of it.
+    assert [n["id"] for n in listed(server, charlie).json()["data"]] == [registered["id"]]
 
     # A member goes down: the next health beat updates what projects see, and the cluster keeps serving.
     thox_sim.configure(members_down=["node-002"], member_load={"node-001": 0.5, "node-003": 0.25})
@@ -106,15 +103,15 @@ def test_a_cluster_serves_chat_and_projects_see_it_once_without_its_members(
     ]
 
 
-def test_a_cluster_with_no_member_online_drops_out_after_failed_probes(server, alice, thox_sim, operator_token, settings):
+def test_a_cluster_with_no_member_online_drops_out_after_failed_probes(
+    server, alice, thox_sim, operator_token, settings, allowed_measurement
+):
     from billing.services import price_publish
-    from console.services import project_update
     from nodes.tasks import check_node_health
 
     registered = register(server, operator_token, thox_sim)
     wait_for_members(registered["id"])
-    without_attestation(registered["id"])
-    project_update(project=alice.project, allow_non_confidential=True)
+    attested(registered["id"])
     price_publish(model=MODEL, **SIM_PRICE)
     cache_settle()
     assert [n["id"] for n in listed(server, alice).json()["data"]] == [registered["id"]]

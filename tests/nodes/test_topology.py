@@ -8,7 +8,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from tests.conftest import SIM_PRICE, attest_node, cache_settle, make_tenant
+from tests.conftest import SIM_PRICE, attest, cache_settle, make_tenant
 
 SECRET = "operator-upstream-secret-91c2"
 
@@ -18,7 +18,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def network(charlie, sim):
+def network(charlie, sim, allowed_measurement):
     """charlie operates three nodes in two regions; dave operates one; one model is priced."""
     from billing.services import price_publish
     from nodes.models import Node
@@ -34,7 +34,7 @@ def network(charlie, sim):
     dave = make_tenant("dave")
     other = add(dave.organization, "dave-1", "ap-1", ["sim-small"])
     for node in (eu_a, eu_b, us_a, other):
-        attest_node(node.public_id)
+        attest(node)
     Node.objects.filter(id=eu_a.id).update(
         load=0.25, queue_depth=3, models_loaded=["sim-small"], last_heartbeat_at=timezone.now() - dt.timedelta(seconds=5)
     )

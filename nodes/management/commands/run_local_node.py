@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from nodes.nodeserver import attestation
 from nodes.nodeserver.app import serve
 from nodes.nodeserver.embedders import EMBEDDERS, load_embedder
 from nodes.nodeserver.engines import LlamaEngine
@@ -37,6 +38,7 @@ class Command(BaseCommand):
             "--embeddings", choices=[*EMBEDDERS, "off"], default=settings.LOCAL_NODE_EMBEDDINGS,
             help="the embedding model served next to the chat model",
         )
+        attestation.add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         path = options["model_path"] or default_model_path()
@@ -45,10 +47,11 @@ class Command(BaseCommand):
         if options["threads"] < 1 or options["ctx"] < 16:
             raise CommandError("--threads must be >= 1 and --ctx >= 16")
         try:
+            identity = attestation.identity_from_options(options)
             embedder = load_embedder(options["embeddings"], threads=options["threads"])
             engine = LlamaEngine(
                 path, options["alias"], n_ctx=options["ctx"], n_threads=options["threads"], embedder=embedder
             )
         except (ValueError, ImportError) as exc:
             raise CommandError(str(exc)) from None
-        serve(engine, options["host"], options["port"], banner="local node")
+        serve(engine, options["host"], options["port"], banner="local node", identity=identity)

@@ -5,9 +5,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from nodes.nodeserver import thox
+from nodes.nodeserver import attestation, thox
 from nodes.nodeserver.app import DIALECTS, serve
-from nodes.nodeserver.engines import FAIL_MODES, MODALITIES, SimConfig, SimulatorEngine
+from nodes.nodeserver.engines import ATTESTATION_MODES, FAIL_MODES, MODALITIES, SimConfig, SimulatorEngine
 
 
 def _csv(value: str) -> list[str]:
@@ -55,6 +55,13 @@ class Command(BaseCommand):
         thox_options.add_argument(
             "--member-hardware", default=thox.DEFAULT_HARDWARE, help="each member's hardware; a comma-separated list is cycled"
         )
+        attestation.add_arguments(parser)
+        parser.add_argument(
+            "--attestation-mode",
+            choices=ATTESTATION_MODES,
+            default=defaults.attestation_mode,
+            help="honest; forged (a chain from a root of its own); stale (replays an hour-old report, ignoring the nonce)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         models = [m.strip() for m in options["models"].split(",") if m.strip()]
@@ -69,7 +76,9 @@ class Command(BaseCommand):
                 fail_mode=options["fail_mode"],
                 fail_after_tokens=options["fail_after_tokens"],
                 modalities=tuple(m.strip() for m in options["modalities"].split(",") if m.strip()),
+                attestation_mode=options["attestation_mode"],
             )
+            identity = attestation.identity_from_options(options, forge_only=options["attestation_mode"] == "forged")
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         engine = SimulatorEngine(models, config, seed=options["seed"])
@@ -83,4 +92,4 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
         serve(engine, options["host"], options["port"], banner="node simulator", dialect=options["dialect"],
-              api_key=options["api_key"], cluster=cluster, cluster_port=options["cluster_port"])
+              api_key=options["api_key"], cluster=cluster, cluster_port=options["cluster_port"], identity=identity)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from billing.invariants import check_ledger
+from gateway.models import RequestRecord
 from nodes.attestation import report
 from nodes.attestation.x509 import fingerprint
 from tests.conftest import (
@@ -437,6 +438,10 @@ def test_forged_dying_and_healthy_nodes_under_load(server, alice, sim_node, sim,
             os.killpg(dying.process.proc.pid, signal.SIGKILL)
             second = [f.result() for f in pending]
         assert [r.status_code for r in second] == [200] * 16, [r.text for r in second if r.status_code != 200]
+        # Those that had gone to the dying node were answered by the healthy one, after a logged failover.
+        assert {r.headers["x-node-id"] for r in second} == {sim_node.public_id}
+        failed_over = RequestRecord.objects.filter(request_id__in=[r.headers["x-request-id"] for r in second], attempts=2)
+        assert failed_over.exists() and set(failed_over.values_list("node_id", flat=True)) == {sim_node.public_id}
         after = [chat(server, alice, stream=True) for _ in range(4)]
         assert [r.status_code for r in after] == [200] * 4
         assert {r.headers["x-node-id"] for r in after} == {sim_node.public_id}

@@ -6,6 +6,8 @@ from typing import Any
 import orjson
 from django.utils import timezone
 
+from nodes import router
+
 from .catalog import ModelEntry, catalog
 from .context import ApiRequest, json_response
 from .errors import GatewayError
@@ -36,19 +38,29 @@ def _model_object(entry: ModelEntry, now) -> dict[str, Any] | None:
     return obj
 
 
+def _usable(entry: ModelEntry, key, now: float) -> bool:
+    """Whether a node the project may use serves the model (healthy or not: health comes and goes)."""
+    return any(router.eligible(s, allow_non_confidential=key.allow_non_confidential, now=now) for s in entry.served_by)
+
+
 async def list_models(req: ApiRequest):
-    await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False)
     now = timezone.now()
-    objects = [obj for entry in (await catalog.models()).values() if (obj := _model_object(entry, now))]
+    epoch = now.timestamp()
+    objects = [
+        obj for entry in (await catalog.models()).values()
+        if _usable(entry, key, epoch) and (obj := _model_object(entry, now))
+    ]
     objects.sort(key=lambda o: o["id"])
     return json_response(req, orjson.dumps({"object": "list", "data": objects}))
 
 
 async def get_model(req: ApiRequest):
-    await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False)
     model_id = req.request.path_params["model_id"]
     entry = await catalog.get(model_id)
-    obj = _model_object(entry, timezone.now())
+    now = timezone.now()
+    obj = _model_object(entry, now) if _usable(entry, key, now.timestamp()) else None
     if obj is None:
         raise GatewayError("model_not_found", f"The model '{model_id}' does not exist or is not available.")
     return json_response(req, orjson.dumps(obj))

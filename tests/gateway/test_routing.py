@@ -20,6 +20,10 @@ def listed(server, tenant):
     return [n["id"] for n in httpx.get(f"{server.api}/nodes", headers=tenant.auth()).json()["data"]]
 
 
+def models(server, tenant):
+    return [m["id"] for m in httpx.get(f"{server.api}/models", headers=tenant.auth()).json()["data"]]
+
+
 def test_non_confidential_nodes_serve_only_projects_that_allow_them(server, alice, sim):
     from billing.services import price_publish
 
@@ -33,6 +37,7 @@ def test_non_confidential_nodes_serve_only_projects_that_allow_them(server, alic
     assert error["code"] == "no_nodes_available" and "non-confidential" in error["message"]
     assert int(refused.headers["retry-after"]) > 0
     assert listed(server, alice) == []
+    assert models(server, alice) == [] and httpx.get(f"{server.api}/models/{SIM_MODEL}", headers=alice.auth()).status_code == 404
     assert not Transfer.objects.filter(kind="usage").exists() and sim.stats()["completed"] == 0
 
     project_update(project=alice.project, allow_non_confidential=True)
@@ -42,6 +47,7 @@ def test_non_confidential_nodes_serve_only_projects_that_allow_them(server, alic
     assert served.json()["node"] == {"id": plain.public_id, "attestation": "none", "confidential": False, "region": "test-1"}
     assert served.headers["x-node-attestation"] == "none"
     assert listed(server, alice) == [plain.public_id]
+    assert models(server, alice) == [SIM_MODEL]
 
 
 def test_the_projects_preferred_region_is_tried_first(server, alice, sim, allowed_measurement):

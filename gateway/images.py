@@ -69,18 +69,22 @@ def _job_response(req: ApiRequest, job: Job, *, status: int) -> Response:
     return json_response(req, orjson.dumps(jobs.job_object(job, include_result=False)), status=status, headers=headers)
 
 
-def images_response(req: ApiRequest, job: Job) -> Response:
-    """OpenAI's ImagesResponse for a finished job."""
+def images_body(job: Job, base_url: str) -> dict:
+    """OpenAI's ImagesResponse for a finished job (also its ``result`` at GET /v1/jobs/{id})."""
     result = jobs.job_result(job=job)
     if job.params.get("response_format") == "url":
-        base = str(req.request.base_url).rstrip("/")
-        data = [{"url": f"{base}/v1/images/{job.public_id}/{i}"} for i in range(len(result["images"]))]
+        data = [{"url": f"{base_url}/v1/images/{job.public_id}/{i}"} for i in range(len(result["images"]))]
     else:
         data = [{"b64_json": image} for image in result["images"]]
     body = {"created": result["created"], "data": data, "size": job.params["size"],
             "output_format": "png", "billing": {"images": len(data), "cost_micros": result["cost"]}}
     if result.get("node"):
         body["node"] = result["node"]
+    return body
+
+
+def images_response(req: ApiRequest, job: Job) -> Response:
+    body = images_body(job, str(req.request.base_url).rstrip("/"))
     return json_response(req, orjson.dumps(body), headers={"x-job-id": job.public_id})
 
 

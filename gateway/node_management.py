@@ -108,21 +108,27 @@ def _node_error(exc: NodeError, node_id: str, model: str) -> GatewayError:
 # --- jobs ----------------------------------------------------------------------------------
 
 
-def _job_sync(caller: Caller, job_id: str) -> dict[str, Any]:
+def _job_sync(caller: Caller, job_id: str, base_url: str) -> dict[str, Any]:
     from nodes.jobs import job_object
     from nodes.models import Job
     from nodes.selectors import job_for_owner
 
+    from .images import images_body
+
     owner = {"operator_id": caller.operator_id} if caller.key is None else {"project_id": caller.key.project_id}
     try:
-        return job_object(job_for_owner(public_id=job_id, **owner))
+        job = job_for_owner(public_id=job_id, **owner)
     except Job.DoesNotExist:
         raise GatewayError("not_found", f"No such job: {job_id}.") from None
+    if job.kind == Job.Kind.IMAGE and job.status == Job.Status.SUCCEEDED:
+        return {**job_object(job, include_result=False), "result": images_body(job, base_url)}
+    return job_object(job)
 
 
 async def get_job(req: ApiRequest):
     caller = await authenticate_caller(req)
-    obj = await sync_to_async(_job_sync, thread_sensitive=True)(caller, req.request.path_params["job_id"])
+    base_url = str(req.request.base_url).rstrip("/")
+    obj = await sync_to_async(_job_sync, thread_sensitive=True)(caller, req.request.path_params["job_id"], base_url)
     return json_response(req, orjson.dumps(obj))
 
 

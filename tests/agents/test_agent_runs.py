@@ -26,8 +26,13 @@ def run(server, tenant, **body) -> dict:
     return response.json()
 
 
-def finished(job_id: str) -> dict:
-    return job_object(wait_job(job_id))
+def finished(server, tenant, job_id: str) -> dict:
+    """The finished job as its owner reads it at GET /v1/jobs/{id} (the same as what is stored)."""
+    stored = job_object(wait_job(job_id))
+    response = httpx.get(f"{server.api}/jobs/{job_id}", headers=tenant.auth(), timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json() == json.loads(json.dumps(stored))
+    return response.json()
 
 
 def parse_sse(text: str) -> list[tuple[int, str, dict]]:
@@ -57,7 +62,7 @@ def billed_exactly_for_every_model_call(sim, tenant, calls: int):
 def test_a_granted_node_metrics_call_runs_and_is_audited(agent_server, alice, sim_node, sim):
     job = run(agent_server, alice, input="call: node_metrics", tools=["node_metrics"])
     assert job["kind"] == "agent.run" and job["params"]["tools"] == ["node_metrics"]
-    done = finished(job["id"])
+    done = finished(agent_server, alice, job["id"])
     assert done["status"] == "succeeded", done["error"]
     result = done["result"]
     assert result["stop_reason"] == "final_answer" and result["steps"] == 2
@@ -78,7 +83,7 @@ def test_a_granted_node_metrics_call_runs_and_is_audited(agent_server, alice, si
 
 def test_a_tool_that_was_not_granted_is_refused_never_run_and_audited(agent_server, alice, sim_node, sim):
     job = run(agent_server, alice, input="call: node_metrics", tools=["http_fetch"])
-    result = finished(job["id"])["result"]
+    result = finished(agent_server, alice, job["id"])["result"]
     [refused] = [e for e in result["events"] if e["type"] == "tool.result"]
     assert refused["outcome"] == "refused" and "nodes" not in refused["output"]
     assert refused["output"] == {"error": "tool 'node_metrics' is not granted for this run; it was not run."}
@@ -91,7 +96,7 @@ def test_a_tool_that_was_not_granted_is_refused_never_run_and_audited(agent_serv
 def test_http_fetch_reaches_an_allowed_host(agent_server, alice, sim_node, sim, allowed_site):
     url = allowed_site.url("/hello")
     job = run(agent_server, alice, input=f'call: http_fetch {{"url": "{url}"}}', tools=["http_fetch"])
-    result = finished(job["id"])["result"]
+    result = finished(agent_server, alice, job["id"])["result"]
     [fetched] = [e for e in result["events"] if e["type"] == "tool.result"]
     assert fetched["outcome"] == "executed"
     assert fetched["output"]["status"] == 200 and fetched["output"]["body"] == "hello from the allowed site"
@@ -105,14 +110,14 @@ def test_http_fetch_reaches_an_allowed_host(agent_server, alice, sim_node, sim, 
 @pytest.mark.parametrize("path", ["/here"])
 def test_http_fetch_follows_a_redirect_on_the_same_host(agent_server, alice, sim_node, allowed_site, path):
     url = allowed_site.url(path)
-    result = finished(run(agent_server, alice, input=f'call: http_fetch {{"url": "{url}"}}', tools=["http_fetch"])["id"])
+    result = finished(agent_server, alice, run(agent_server, alice, input=f'call: http_fetch {{"url": "{url}"}}', tools=["http_fetch"])["id"])
     [fetched] = [e for e in result["result"]["events"] if e["type"] == "tool.result"]
     assert fetched["output"]["body"] == "hello from the allowed site" and allowed_site.hits == ["/here", "/hello"]
 
 
 def test_http_fetch_cuts_a_large_body(agent_server, alice, sim_node, allowed_site):
     url = allowed_site.url("/big")
-    result = finished(run(agent_server, alice, input=f'call: http_fetch {{"url": "{url}"}}', tools=["http_fetch"])["id"])
+    result = finished(agent_server, alice, run(agent_server, alice, input=f'call: http_fetch {{"url": "{url}"}}', tools=["http_fetch"])["id"])
     [fetched] = [e for e in result["result"]["events"] if e["type"] == "tool.result"]
     assert fetched["output"]["truncated"] is True and fetched["output"]["body"] == "x" * 1024
 
@@ -122,7 +127,7 @@ def test_http_fetch_refuses_hosts_off_the_allow_list(agent_server, alice, sim_no
     url = {"other host": elsewhere.url("/secret"), "redirect": allowed_site.url("/away"),
            "scheme": f"ftp://127.0.0.1:{allowed_site.port}/hello"}[how]
     job = run(agent_server, alice, input=f'call: http_fetch {{"url": "{url}"}}', tools=["http_fetch"])
-    result = finished(job["id"])["result"]
+    result = finished(agent_server, alice, job["id"])["result"]
     [refused] = [e for e in result["events"] if e["type"] == "tool.result"]
     assert refused["outcome"] == "failed"
     expected = "only http and https" if how == "scheme" else f"127.0.0.1:{elsewhere.port} is not on the fetch allow-list"
@@ -163,7 +168,7 @@ def test_streamed_events_arrive_in_order_and_resume(agent_server, alice, sim_nod
 
 
 def test_max_steps_stops_the_run_and_bills_the_calls_made(agent_server, alice, sim_node, sim):
-    result = finished(run(agent_server, alice, input="call: node_metrics", tools=["node_metrics"], max_steps=1)["id"])
+    result = finished(agent_server, alice, run(agent_server, alice, input="call: node_metrics", tools=["node_metrics"], max_steps=1)["id"])
     assert result["status"] == "succeeded"
     assert (result["result"]["stop_reason"], result["result"]["steps"], result["result"]["output"]) == (
         "max_steps", 1, None)
@@ -173,7 +178,7 @@ def test_max_steps_stops_the_run_and_bills_the_calls_made(agent_server, alice, s
 def test_the_token_budget_bounds_the_run(agent_server, alice, sim_node, sim):
     # Room for the first call's prompt and answer, not for a second call after the tool result.
     job = run(agent_server, alice, input="call: node_metrics", tools=["node_metrics"], max_tokens=1000)
-    result = finished(job["id"])["result"]
+    result = finished(agent_server, alice, job["id"])["result"]
     assert result["stop_reason"] == "max_tokens" and result["steps"] == 1
     assert result["usage"]["total_tokens"] <= 1000
     transfer = Transfer.objects.get(kind="usage")
@@ -183,7 +188,7 @@ def test_the_token_budget_bounds_the_run(agent_server, alice, sim_node, sim):
 
 def test_a_failing_node_fails_the_run_and_charges_nothing(agent_server, alice, sim_node, sim):
     sim.configure(fail_rate=1.0, fail_mode="http500")
-    done = finished(run(agent_server, alice, input="hello", tools=[])["id"])
+    done = finished(agent_server, alice, run(agent_server, alice, input="hello", tools=[])["id"])
     assert done["status"] == "failed" and done["error"]["code"] == "upstream_unavailable"
     transfer = Transfer.objects.get(kind="usage")
     assert transfer.status == "voided" and alice.wallet.balance == START and alice.wallet.reserved == 0
@@ -225,10 +230,10 @@ def test_the_unused_budget_goes_back_to_the_token_rate_limit(agent_server, alice
     project_update(project=alice.project, tpm_limit=5000)
     cache_settle()
     first = run(agent_server, alice, input="call: node_metrics", tools=["node_metrics"], max_tokens=4000)
-    assert finished(first["id"])["status"] == "succeeded"
+    assert finished(agent_server, alice, first["id"])["status"] == "succeeded"
     # 4000 were admitted of 5000; the run used a few hundred and gave the rest back, so another
     # 4000-token run is admitted at once (without the give-back only ~1000 would be left: 429).
     second = httpx.post(f"{agent_server.api}/agents/runs", headers=alice.auth(), timeout=30,
                         json={"model": SIM_MODEL, "input": "hello", "max_tokens": 4000})
     assert second.status_code == 202, second.text
-    finished(second.json()["id"])
+    finished(agent_server, alice, second.json()["id"])

@@ -143,7 +143,7 @@ def test_fewer_images_than_asked_are_billed_as_fewer(client, alice, sim):
     assert check_ledger() == []
 
 
-def test_prefer_respond_async_answers_202_with_the_job(server, alice, image_node):
+def test_prefer_respond_async_answers_202_with_the_job_followed_at_v1_jobs(server, alice, charlie, image_node):
     response = httpx.post(f"{server.api}/images/generations", json={"model": IMAGE_MODEL, "prompt": "a fox", "n": 2,
                           "size": "512x512", "response_format": "url"}, headers={**alice.auth(), "Prefer": "respond-async"})
     assert response.status_code == 202, response.text
@@ -151,9 +151,14 @@ def test_prefer_respond_async_answers_202_with_the_job(server, alice, image_node
     assert job["object"] == "job" and job["kind"] == "image.generation" and job["status"] in ("queued", "running")
     assert response.headers["x-job-id"] == job["id"] and response.headers["location"] == f"/v1/jobs/{job['id']}"
     deadline = time.monotonic() + 30
-    while Job.objects.get(public_id=job["id"]).status != "succeeded":
-        assert time.monotonic() < deadline
+    while (polled := httpx.get(f"{server.api}/jobs/{job['id']}", headers=alice.auth()).json())["status"] != "succeeded":
+        assert polled["status"] in ("queued", "running") and time.monotonic() < deadline, polled
         time.sleep(0.05)
+    assert [item["url"] for item in polled["result"]["data"]] == [f"{server.url}/v1/images/{job['id']}/{i}" for i in (0, 1)]
+    assert polled["result"]["billing"] == {"images": 2, "cost_micros": 2 * 10_000}
+    assert polled["node"] == image_node.public_id and polled["error"] is None
+    assert httpx.get(f"{server.api}/jobs/{job['id']}", headers=charlie.auth()).status_code == 404
+    assert httpx.get(f"{server.api}/jobs/{job['id']}", headers=alice.auth(alice.publishable_key)).status_code in (401, 403)
     image = httpx.get(f"{server.api}/images/{job['id']}/1", headers=alice.auth())
     assert image.status_code == 200 and read_png(image.content)[:2] == (512, 512)
     assert alice.wallet.balance == START - 2 * 10_000 and check_ledger() == []

@@ -28,7 +28,8 @@ for i in range(tenants):
     user = get_user_model().objects.create_user(username=f"bench{i}", email=f"bench{i}@example.com")
     org = services.organization_create(name=f"bench {i}", owner=user)
     project = org.projects.get()
-    services.project_update(project=project, rpm_limit=10_000_000, tpm_limit=10**12)
+    # The bench's upstream is a plain (unattested) process: the bench projects opt in to non-confidential nodes.
+    services.project_update(project=project, rpm_limit=10_000_000, tpm_limit=10**12, allow_non_confidential=True)
     billing.wallet_credit(wallet=billing.customer_wallet(organization=org), amount=10**15, reference=f"bench{i}")
     keys.append(services.api_key_create(project=project, kind="secret")[1])
 print(json.dumps({"keys": keys}))

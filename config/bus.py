@@ -76,10 +76,6 @@ def max_age() -> float:
     return settings.CACHE_SUBSCRIBED_TTL_SECONDS if _subscribed else settings.CACHE_UNSUBSCRIBED_TTL_SECONDS
 
 
-def subscribed() -> bool:
-    return _subscribed
-
-
 async def listen() -> None:
     """Run for the life of the process; reconnects with backoff."""
     global _subscribed

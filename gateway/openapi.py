@@ -787,7 +787,6 @@ def _headers() -> dict[str, Schema]:
         "Location": _header(STRING, "Where to follow the job: `/v1/jobs/{id}`."),
         "request-id": _header(STRING, "The same id, where Anthropic clients look for it.", required=True),
         "X-Job-ID": _header({"type": "string", "pattern": "^job_"}, "The job that runs (or ran) this request."),
-        "Location": _header(STRING, "Where the job can be read: /v1/jobs/{id}."),
     }
     for unit in ("requests", "tokens"):
         headers[f"X-RateLimit-Limit-{unit.title()}"] = _header(_LIMIT, f"The project's {unit} per minute.")

@@ -24,6 +24,26 @@ from typing import Any
 import orjson
 
 # OpenAI chat finish_reason -> Anthropic stop_reason, and back.
+# Anthropic's error ``type`` for each HTTP status (its docs' table, and the statuses our gateway uses).
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "api_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use"}
 FINISH_REASONS = {
     "end_turn": "stop",

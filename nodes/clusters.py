@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import Counter
 
-from django.conf import settings
-from django.db import connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from config import bus
 
+from . import dispatch
 from .adapters.base import NodeError
 from .adapters.thox import ClusterSnapshot, ThoxAdapter
 from .models import Node, NodeMember, NodeModel
@@ -169,26 +168,8 @@ def cluster_sync(*, node: Node) -> ClusterSnapshot | None:
 
 
 def cluster_sync_enqueue(*, node: Node) -> None:
-    """Sync a newly registered cluster once the registration is committed, without holding up its caller.
-
-    With a broker a worker does it (``nodes.tasks.sync_cluster``); without one (eager
-    Celery, the embedded default) a daemon thread does, as nodes.jobs does for jobs.
-    """
+    """Sync a newly registered cluster once the registration is committed, without holding up
+    its caller (``nodes.tasks.sync_cluster``, through nodes.dispatch)."""
     from .tasks import sync_cluster
 
-    node_id = node.id
-
-    def send() -> None:
-        if settings.CELERY_TASK_ALWAYS_EAGER:
-            threading.Thread(target=_run_eager, args=(sync_cluster, node_id), daemon=True, name=f"sync:{node_id}").start()
-        else:
-            sync_cluster.delay(node_id)
-
-    transaction.on_commit(send)
-
-
-def _run_eager(task, node_id: int) -> None:
-    try:
-        task.apply(args=(node_id,))
-    finally:
-        connections.close_all()  # this thread's connections die with it
+    dispatch.after_commit(sync_cluster, node.id, name=f"sync:{node.id}")

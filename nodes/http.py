@@ -8,7 +8,11 @@ from __future__ import annotations
 import asyncio
 import weakref
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import aiohttp
+import orjson
 
 _sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]" = weakref.WeakKeyDictionary()
 
@@ -27,3 +31,17 @@ async def close() -> None:
     s = _sessions.pop(asyncio.get_running_loop(), None)
     if s is not None:
         await s.close()
+
+
+async def ndjson(resp: aiohttp.ClientResponse) -> AsyncIterator[Any]:
+    """The JSON values of a newline-delimited JSON body as they arrive (progress streams: Ollama's
+    and Thox's pulls); blank lines are skipped. Raises orjson.JSONDecodeError on a bad line."""
+    buffer = b""
+    async for data in resp.content.iter_any():
+        buffer += data
+        while (cut := buffer.find(b"\n")) >= 0:
+            line, buffer = buffer[:cut].strip(), buffer[cut + 1 :]
+            if line:
+                yield orjson.loads(line)
+    if buffer.strip():
+        yield orjson.loads(buffer)

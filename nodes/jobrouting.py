@@ -10,23 +10,7 @@ import time
 
 from . import router
 from .models import Node, NodeModel
-from .registry import NodeTarget, ServedModel, open_credentials
-
-
-def node_target(node: Node) -> NodeTarget:
-    return NodeTarget(
-        id=node.id,
-        public_id=node.public_id,
-        base_url=node.base_url,
-        adapter=node.adapter,
-        region=node.region,
-        attestation=node.attestation,
-        healthy=node.healthy,
-        load=node.load,
-        gpus=node.gpus,
-        attested_until=node.attestation_expires_at.timestamp() if node.attestation_expires_at else None,
-        credentials=open_credentials(node.public_id, node.credentials),
-    )
+from .registry import ServedModel, target_for
 
 
 def job_candidates(*, model: str, allow_non_confidential: bool, region: str = "") -> list[ServedModel]:
@@ -35,7 +19,7 @@ def job_candidates(*, model: str, allow_non_confidential: bool, region: str = ""
     served = [
         ServedModel(
             model=m.model, upstream_model=m.upstream_model, context_window=m.context_window,
-            max_output_tokens=m.max_output_tokens, node=node_target(m.node), modalities=frozenset(m.input_modalities),
+            max_output_tokens=m.max_output_tokens, node=target_for(m.node), modalities=frozenset(m.input_modalities),
         )
         for m in NodeModel.objects.filter(model=model, node__status=Node.Status.ACTIVE).select_related("node")
     ]

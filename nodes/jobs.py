@@ -7,7 +7,6 @@ conditional UPDATE). Inputs and results are sealed, bound to the job's id.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import orjson
@@ -15,6 +14,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from config import crypto
+
+from . import dispatch
 
 from .models import Job
 
@@ -145,31 +146,5 @@ def progress_text(progress: dict[str, Any]) -> str:
 
 
 def job_enqueue(*, job: Job, task) -> None:
-    """Run the Celery ``task(job.public_id)`` once the job row is committed.
-
-    With a broker the task goes to a worker. Without one (the embedded default,
-    eager Celery) it runs on a daemon thread, so a caller on the event loop never
-    waits for a pull or a generation to finish.
-    """
-    from django.conf import settings
-
-    def send() -> None:
-        if settings.CELERY_TASK_ALWAYS_EAGER:
-            threading.Thread(target=_run_eager, args=(task, job.public_id), daemon=True, name=f"job:{job.public_id}").start()
-        else:
-            task.delay(job.public_id)
-
-    transaction.on_commit(send)
-
-
-def _run_eager(task, job_id: str) -> None:
-    from django.db import connections
-
-    try:
-        # throw=False: with eager propagation a task's self.retry() would escape this thread as an
-        # exception instead of running the retry (Task.apply retries only results it holds).
-        result = task.apply(args=(job_id,), throw=False)
-        if result.failed():
-            log.error("job %s: task %s failed\n%s", job_id, task.name, result.traceback)
-    finally:
-        connections.close_all()  # this thread's connections die with it
+    """Run the Celery ``task(job.public_id)`` once the job row is committed (nodes.dispatch)."""
+    dispatch.after_commit(task, job.public_id, name=f"job:{job.public_id}")

@@ -9,9 +9,8 @@ import time
 from typing import Any
 
 from . import router
-from .jobrouting import node_target
 from .models import Node
-from .registry import ServedModel
+from .registry import ServedModel, target_for
 
 
 def project_node_metrics(*, allow_non_confidential: bool, model: str | None = None) -> list[dict[str, Any]]:
@@ -19,7 +18,7 @@ def project_node_metrics(*, allow_non_confidential: bool, model: str | None = No
     now = time.time()
     out = []
     for node in Node.objects.filter(status=Node.Status.ACTIVE).prefetch_related("models").order_by("public_id"):
-        target = node_target(node)
+        target = target_for(node)
         names = sorted(m.model for m in node.models.all())
         probe = ServedModel(model="", upstream_model="", context_window=0, max_output_tokens=0, node=target)
         if not names or not router.eligible(probe, allow_non_confidential=allow_non_confidential, now=now):

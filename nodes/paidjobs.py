@@ -10,7 +10,6 @@ already), and reads it back on the event loop without the sync ORM
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from typing import Any
 
 import orjson
@@ -18,7 +17,7 @@ import orjson
 from config import asyncdb
 from config.asyncdb import Stmt
 
-from . import jobs
+from . import dispatch, jobs
 from .models import Job, Node
 
 _INSERT = """
@@ -86,15 +85,9 @@ async def job_status(*, public_id: str, project_id: int) -> str | None:
 
 
 def job_dispatch(*, job_id: str, task) -> None:
-    """Hand a committed job to Celery: a worker through the broker, or (eager Celery,
-    the embedded default) a daemon thread of this process. Blocking: call it off the
-    event loop. Raises if the broker is unreachable."""
-    from django.conf import settings
-
-    if settings.CELERY_TASK_ALWAYS_EAGER:
-        threading.Thread(target=jobs._run_eager, args=(task, job_id), daemon=True, name=f"job:{job_id}").start()
-    else:
-        task.delay(job_id)
+    """Hand a committed job to Celery (nodes.dispatch). Blocking: call it off the event loop.
+    Raises if the broker is unreachable."""
+    dispatch.dispatch(task, job_id, name=f"job:{job_id}")
 
 
 def job_assign_node(*, job: Job, node_id: int) -> None:

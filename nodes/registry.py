@@ -101,7 +101,8 @@ async def served_models() -> list[ServedModel]:
 
 
 def target_for(node) -> NodeTarget:
-    """A :class:`NodeTarget` from a ``nodes.Node`` row, for work off the hot path (probes, cluster sync)."""
+    """A :class:`NodeTarget` from a ``nodes.Node`` row, for work off the hot path (probes, cluster
+    sync, attestation, model management, jobs on a worker)."""
     return NodeTarget(
         id=node.id,
         public_id=node.public_id,
@@ -112,6 +113,9 @@ def target_for(node) -> NodeTarget:
         healthy=node.healthy,
         load=node.load,
         gpus=node.gpus,
+        attested_until=node.attestation_expires_at.timestamp() if node.attestation_expires_at else None,
         credentials=open_credentials(node.public_id, node.credentials),
+        signing_key=node.signing_key or None,
+        encryption_key=node.encryption_key or None,
         cluster_url=node.cluster_url,
     )

@@ -21,31 +21,13 @@ from starlette.responses import Response
 from billing.pricing import Usage
 from config.ids import new_id
 from nodes import anthropic_messages
-from nodes.anthropic_messages import STOP_REASONS, tool_input
+from nodes.anthropic_messages import ERROR_TYPES, STOP_REASONS, tool_input
 
 from .. import schemas, tokens
 from ..errors import GatewayError
 from .base import Dialect, Encoder, content_modalities
 
 
-# Our error codes by status, as Anthropic names them.
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "invalid_request_error",
-    413: "request_too_large",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    499: "api_error",
-    500: "api_error",
-    502: "api_error",
-    503: "overloaded_error",
-}
 
 
 def error_body(exc: GatewayError, request_id: str) -> bytes:

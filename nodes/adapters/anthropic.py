@@ -148,10 +148,3 @@ class AnthropicAdapter(NodeAdapter):
                 return [m["id"] for m in orjson.loads(raw).get("data", [])]
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise NodeError(f"provider model list failed: {exc.__class__.__name__}", permanent=False) from exc
-
-    async def health(self) -> bool:
-        try:
-            await self.list_models()
-        except NodeError:
-            return False
-        return True

@@ -59,7 +59,12 @@ class NodeAdapter:
         raise NotImplementedError
 
     async def health(self) -> bool:
-        raise NotImplementedError
+        """Whether the node answers; by default, whether it lists its models."""
+        try:
+            await self.list_models()
+        except NodeError:
+            return False
+        return True
 
     async def images(self, body: dict[str, Any]) -> dict[str, Any]:
         """An ``/images/generations`` answer."""

@@ -93,20 +93,14 @@ class OllamaAdapter(OpenAICompatibleAdapter):
             async with http.session().post(self._native("/api/pull"), data=body, headers=self._json, timeout=timeout) as resp:
                 if resp.status >= 400:
                     raise _native_error(resp.status, await resp.read())
-                buffer = b""
-                async for data in resp.content.iter_any():
-                    buffer += data
-                    while (cut := buffer.find(b"\n")) >= 0:
-                        line, buffer = buffer[:cut].strip(), buffer[cut + 1 :]
-                        if not line:
-                            continue
-                        event = orjson.loads(line)
-                        if "error" in event:
-                            raise NodeError(f"ollama could not pull {name}: {event['error']}", permanent=True)
-                        progress = {k: event[k] for k in ("status", "completed", "total") if k in event}
-                        yield progress
-                        if event.get("status") == "success":
-                            return
+                async for event in http.ndjson(resp):
+                    if not isinstance(event, dict):
+                        raise NodeError("ollama pull sent something other than a JSON object", permanent=False)
+                    if "error" in event:
+                        raise NodeError(f"ollama could not pull {name}: {event['error']}", permanent=True)
+                    yield {k: event[k] for k in ("status", "completed", "total") if k in event}
+                    if event.get("status") == "success":
+                        return
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
             raise NodeError(f"ollama pull broke: {exc.__class__.__name__}", permanent=False) from exc
         raise NodeError(f"ollama pull of {name} ended before it succeeded", permanent=False)

@@ -161,10 +161,3 @@ class OpenAICompatibleAdapter(NodeAdapter):
                 return [m["id"] for m in orjson.loads(raw).get("data", [])]
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise NodeError(f"node model list failed: {exc.__class__.__name__}", permanent=False) from exc
-
-    async def health(self) -> bool:
-        try:
-            await self.list_models()
-        except NodeError:
-            return False
-        return True

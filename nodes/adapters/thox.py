@@ -251,21 +251,14 @@ class ThoxAdapter(OpenAICompatibleAdapter):
             ) as resp:
                 if resp.status >= 400:
                     raise _management_error(resp.status, await resp.read())
-                buffer = b""
-                async for data in resp.content.iter_any():
-                    buffer += data
-                    while (cut := buffer.find(b"\n")) >= 0:
-                        line, buffer = buffer[:cut].strip(), buffer[cut + 1 :]
-                        if not line:
-                            continue
-                        event = orjson.loads(line)
-                        if not isinstance(event, dict):
-                            raise NodeError("thox pull sent something other than a JSON object", permanent=False)
-                        if event.get("status") == "error" or "error" in event:
-                            raise NodeError(f"thox pull of {name} broke: {event.get('error')}", permanent=False)
-                        yield {k: event[k] for k in ("status", "completed", "total") if k in event}
-                        if event.get("status") == "success":
-                            return
+                async for event in http.ndjson(resp):
+                    if not isinstance(event, dict):
+                        raise NodeError("thox pull sent something other than a JSON object", permanent=False)
+                    if event.get("status") == "error" or "error" in event:
+                        raise NodeError(f"thox pull of {name} broke: {event.get('error')}", permanent=False)
+                    yield {k: event[k] for k in ("status", "completed", "total") if k in event}
+                    if event.get("status") == "success":
+                        return
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
             raise NodeError(f"thox pull broke: {exc.__class__.__name__}", permanent=False) from exc
         raise NodeError(f"thox pull of {name} ended before it succeeded", permanent=False)

@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import re
 import secrets
-import threading
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config import bus
+from nodes import dispatch
 from nodes.models import AllowedMeasurement, Attestation, Node
 from nodes.registry import NODES_TOPIC, target_for
 
@@ -240,28 +240,9 @@ def node_attestation_reset(*, node: Node) -> None:
 def attestation_enqueue(*, node: Node) -> None:
     """Attest ``node`` once the current transaction commits: on a worker, or, under eager
     Celery (the embedded default), on a daemon thread, so a request never waits for it."""
-    node_id = node.id
-
-    def send() -> None:
-        from nodes.tasks import attest_node
-
-        if settings.CELERY_TASK_ALWAYS_EAGER:
-            threading.Thread(target=_run_eager, args=(node_id,), daemon=True, name=f"attest:{node_id}").start()
-        else:
-            attest_node.delay(node_id)
-
-    transaction.on_commit(send)
-
-
-def _run_eager(node_id: int) -> None:
-    from django.db import connections
-
     from nodes.tasks import attest_node
 
-    try:
-        attest_node.apply(args=(node_id,))
-    finally:
-        connections.close_all()  # this thread's connections die with it
+    dispatch.after_commit(attest_node, node.id, name=f"attest:{node.id}")
 
 
 # --- reads --------------------------------------------------------------------------------------

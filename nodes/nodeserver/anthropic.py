@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from nodes.anthropic_messages import FormatError, STOP_REASONS, to_chat_messages, tool_choice_to_chat, tool_input, tools_to_chat
+from nodes.anthropic_messages import ERROR_TYPES, FormatError, STOP_REASONS, to_chat_messages, tool_choice_to_chat, tool_input, tools_to_chat
 
 from . import app as chat_app
 from .engines import ApiError, DropConnection, Engine, Generation
@@ -52,18 +52,6 @@ from .tokens import text_tokens
 log = logging.getLogger(__name__)
 
 ENGINE = web.AppKey("anthropic_engine", Engine)
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 MIN_CACHEABLE_TOKENS = 1024  # Anthropic's minimum for a cacheable prefix (Sonnet, Opus)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 

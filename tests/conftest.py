@@ -73,6 +73,30 @@ def django_db_setup(django_db_setup, django_db_blocker):
             )
 
 
+def _flush_despite_server_work() -> None:
+    """Server processes under test run background work on daemon threads after a request (eager
+    Celery: attestation after a registration, a cluster sync, a job). The flush between
+    transactional tests TRUNCATEs every table, and PostgreSQL may pick it as the victim of a
+    deadlock with such a thread's transaction. The flush is retried: it only empties tables."""
+    from django.test import testcases
+
+    original = testcases.TransactionTestCase._fixture_teardown
+
+    def teardown(self):
+        for attempt in range(5):
+            try:
+                return original(self)
+            except Exception as exc:  # flush wraps the database's error in a CommandError
+                if "deadlock detected" not in f"{exc} {exc.__cause__}" or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    testcases.TransactionTestCase._fixture_teardown = teardown
+
+
+_flush_despite_server_work()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -40,7 +40,7 @@ from .catalog import catalog
 from .context import ApiRequest, json_response
 from .errors import GatewayError
 from .paid import PaidRequest
-from .pipeline import candidates_for, first_node
+from .pipeline import candidates_for, first_node, node_info
 from .schemas import parse_json, validate
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,7 @@ class ImageRun(gw_jobs.JobRun):
                         settle=(lambda: bill.void(error_code="internal_error")) if bill else None)
             return
         unit = self.bill.reservation.price.image_price(spec["size"])
-        result = {"created": int(time.time()), "images": images, "node": {
-            "id": served.node.public_id, "attestation": served.node.attestation,
-            "confidential": served.node.attestation == "verified", "region": served.node.region}}
+        result = {"created": int(time.time()), "images": images, "node": node_info(served)}
 
         def settle() -> None:  # exactly the images produced, at the price version reserved
             result["cost"] = self.bill.settle(usage=Usage(0, 0), node_id=node_id, amount=len(images) * unit)

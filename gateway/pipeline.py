@@ -162,11 +162,12 @@ def _give_back(key, tokens: int) -> None:
     background.spawn(limits.refund(key=key, tokens=tokens), name="refund:replay")
 
 
-async def _first_node(paid: PaidRequest, candidates, upstream, attempt):
+async def first_node(paid: PaidRequest, candidates, upstream, attempt):
     """Try nodes in order until ``attempt(served)`` succeeds; failover happens only
     here, before anything reached the client. A permanent error (a bad request)
     stops at once; a retryable one trips the node's breaker, is logged, and the
-    next node is tried, up to NODE_MAX_ATTEMPTS nodes."""
+    next node is tried, up to NODE_MAX_ATTEMPTS nodes. Jobs (gateway/images.py,
+    gateway/agents/) fail over the same way; their ``paid`` is a gateway.paidjobs.JobBill."""
     last: NodeError | None = None
     tries = candidates[: settings.NODE_MAX_ATTEMPTS]
     for n, served in enumerate(tries, 1):
@@ -195,18 +196,13 @@ async def _first_node(paid: PaidRequest, candidates, upstream, attempt):
     raise last or NodeError("no node available", permanent=False)
 
 
-# Jobs (gateway/images.py, gateway/agents/) fail over the same way; their ``paid`` is a
-# gateway.paidjobs.JobBill (the request record's meta and request id).
-first_node = _first_node
-
-
 async def _complete(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry: ModelEntry, candidates, upstream):
     async def answer(served: ServedModel) -> dict:
         with router.in_flight(served.node.id):
             return await getattr(adapter_for(served.node), dialect.call)(upstream)
 
     try:
-        served, result = await _first_node(paid, candidates, upstream, answer)
+        served, result = await first_node(paid, candidates, upstream, answer)
     except NodeError as exc:
         error = _node_error(exc)
         await paid.finish(usage=None, status_code=error.status, error_code=error.code)
@@ -370,7 +366,7 @@ class StreamRun:
 async def _stream(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry: ModelEntry, candidates, upstream):
     started = time.monotonic()
     try:
-        served, (first, chunks) = await _first_node(
+        served, (first, chunks) = await first_node(
             paid, candidates, upstream, lambda served: _open_stream(served, dialect.call, upstream)
         )
     except NodeError as exc:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.pipeline import _first_node
+from gateway.pipeline import first_node
 from nodes import router
 from nodes.adapters import NodeError
 from nodes.registry import NodeTarget, ServedModel
@@ -98,7 +98,7 @@ async def test_failover_stops_after_max_attempts_and_logs_each(settings, caplog)
 
     paid = _paid()
     with caplog.at_level(logging.WARNING, logger="gateway.pipeline"), pytest.raises(NodeError):
-        await _first_node(paid, [served(1), served(2), served(3)], {}, attempt)
+        await first_node(paid, [served(1), served(2), served(3)], {}, attempt)
     assert tried == [1, 2] and paid.meta.attempts == 2
     logged = [r.getMessage() for r in caplog.records if "failed before the first token" in r.getMessage()]
     assert len(logged) == 2 and "node_1" in logged[0] and "attempt 1 of 2" in logged[0] and "node_2" in logged[1]
@@ -117,7 +117,7 @@ async def test_failover_reaches_the_next_node_and_tells_it_its_own_model_name(se
         return "answer"
 
     paid = _paid()
-    chosen, result = await _first_node(paid, [served(1), served(2)], upstream, attempt)
+    chosen, result = await first_node(paid, [served(1), served(2)], upstream, attempt)
     assert (chosen.node.id, result, paid.meta.attempts, seen) == (2, "answer", 2, ["up-1", "up-2"])
     assert router.usable(2) and not router.usable(1)
 
@@ -130,5 +130,5 @@ async def test_a_permanent_error_is_not_retried_elsewhere():
         raise NodeError("context too long", permanent=True, status=400)
 
     with pytest.raises(NodeError):
-        await _first_node(_paid(), [served(1), served(2)], {}, attempt)
+        await first_node(_paid(), [served(1), served(2)], {}, attempt)
     assert tried == [1] and router.usable(1)  # the request was bad, not the node

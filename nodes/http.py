@@ -45,3 +45,15 @@ async def ndjson(resp: aiohttp.ClientResponse) -> AsyncIterator[Any]:
                 yield orjson.loads(line)
     if buffer.strip():
         yield orjson.loads(buffer)
+
+
+async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The payloads of an SSE body's ``data:`` lines as they arrive (stripped); comments,
+    ``event:`` names and the blank lines between events are skipped."""
+    buffer = b""
+    async for data in resp.content.iter_any():
+        buffer += data
+        while (cut := buffer.find(b"\n")) >= 0:
+            line, buffer = buffer[:cut].rstrip(b"\r"), buffer[cut + 1 :]
+            if line.startswith(b"data:"):
+                yield line[5:].strip()

@@ -104,17 +104,11 @@ class AnthropicAdapter(NodeAdapter):
         try:
             if resp.status >= 400:
                 raise self._error(resp.status, await resp.read())
-            buffer = b""
-            async for piece in resp.content.iter_any():
-                buffer += piece
-                while (cut := buffer.find(b"\n")) >= 0:
-                    line, buffer = buffer[:cut].rstrip(b"\r"), buffer[cut + 1 :]
-                    if not line.startswith(b"data:"):
-                        continue  # "event:" names repeat the data's "type"; blank lines separate events
-                    for chunk in translator.feed(orjson.loads(line[5:])):
-                        yield chunk
-                    if translator.done:
-                        return
+            async for payload in http.sse_data(resp):  # "event:" names repeat the data's "type"
+                for chunk in translator.feed(orjson.loads(payload)):
+                    yield chunk
+                if translator.done:
+                    return
             raise NodeError("provider closed the stream before message_stop", permanent=False)
         except StreamError as exc:
             raise NodeError(f"provider stream failed: {redact(str(exc), self.target.credentials)}", permanent=False,

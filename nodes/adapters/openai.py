@@ -107,18 +107,11 @@ class OpenAICompatibleAdapter(NodeAdapter):
         try:
             if resp.status >= 400:
                 raise self._error(resp.status, await resp.read())
-            buffer = b""
-            async for data in resp.content.iter_any():
-                buffer += data
-                while (cut := buffer.find(b"\n")) >= 0:
-                    line, buffer = buffer[:cut].rstrip(b"\r"), buffer[cut + 1 :]
-                    if not line.startswith(b"data:"):
-                        continue  # comments, event names, blank separators
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        return
-                    yield orjson.loads(payload)
+            async for payload in http.sse_data(resp):
+                if payload == b"[DONE]":
+                    done = True
+                    return
+                yield orjson.loads(payload)
             raise NodeError("node closed the stream before it finished", permanent=False)
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
             raise NodeError(f"node stream broke: {exc.__class__.__name__}", permanent=False) from exc

@@ -41,9 +41,53 @@ def check_ledger() -> list[str]:
         pending = pending_sums.get(wallet.id, 0)
         if wallet.reserved != pending:
             problems.append(f"wallet {wallet.id} reserved {wallet.reserved} != pending transfers {pending}")
-        if wallet.kind == Wallet.Kind.CUSTOMER and wallet.balance < wallet.reserved:
+        if wallet.kind == Wallet.Kind.CUSTOMER and wallet.available < 0:
             problems.append(f"wallet {wallet.id} available is negative")
+    problems += check_promo()
+    problems += check_overage_outbox()
     problems += check_spend_counters()
+    return problems
+
+
+def check_promo() -> list[str]:
+    """A customer wallet's promo part is its promo/included credits, less what
+    settlements took from it, less what expired."""
+    posted = Transfer.objects.filter(status=Transfer.Status.POSTED)
+    granted = dict(
+        posted.filter(kind__in=[Transfer.Kind.PROMO, Transfer.Kind.INCLUDED])
+        .values_list("credit_wallet_id").annotate(s=Sum("amount")).values_list("credit_wallet_id", "s")
+    )
+    spent = dict(
+        posted.filter(kind=Transfer.Kind.USAGE, promo_amount__gt=0)
+        .values_list("debit_wallet_id").annotate(s=Sum("promo_amount")).values_list("debit_wallet_id", "s")
+    )
+    expired = dict(
+        posted.filter(kind=Transfer.Kind.PROMO_EXPIRY)
+        .values_list("debit_wallet_id").annotate(s=Sum("amount")).values_list("debit_wallet_id", "s")
+    )
+    problems = []
+    for wallet_id, promo in Wallet.objects.filter(kind=Wallet.Kind.CUSTOMER).values_list("id", "promo"):
+        derived = granted.get(wallet_id, 0) - spent.get(wallet_id, 0) - expired.get(wallet_id, 0)
+        if promo != derived:
+            problems.append(f"wallet {wallet_id} promo {promo} != promo credits less spent and expired {derived}")
+    return problems
+
+
+def check_overage_outbox() -> list[str]:
+    """Every settlement with overage has exactly one meter outbox row of that value."""
+    problems = []
+    rows = Transfer.objects.filter(kind=Transfer.Kind.USAGE, overage_amount__gt=0).values_list(
+        "id", "overage_amount", "meter_event__value"
+    )
+    for transfer_id, overage, value in rows:
+        if value != overage:
+            problems.append(f"transfer {transfer_id} has overage {overage} but its meter outbox row says {value}")
+    from .models import MeterOutbox
+
+    for outbox_id, transfer_id in MeterOutbox.objects.exclude(
+        transfer__overage_amount=F("value")
+    ).values_list("id", "transfer_id"):
+        problems.append(f"meter outbox {outbox_id} does not match transfer {transfer_id}'s overage")
     return problems
 
 

@@ -191,13 +191,37 @@ _SETTLE = [
         finished_at = %(now)s, claim = %(claim)s
     WHERE id = %(id)s AND status = 'pending'
     """,
+    # Promo credit is spent first: promo_last keeps what this settlement took
+    # from it for the next statement (we hold the row lock until commit).
     f"""
-    UPDATE billing_wallet SET balance = balance - %(amount)s, reserved = reserved - ({_CLAIMED.format(col="pending_amount")})
+    UPDATE billing_wallet SET balance = balance - %(amount)s, reserved = reserved - ({_CLAIMED.format(col="pending_amount")}),
+        promo_last = CASE WHEN promo < %(amount)s THEN promo ELSE %(amount)s END,
+        promo = promo - CASE WHEN promo < %(amount)s THEN promo ELSE %(amount)s END
     WHERE id = ({_CLAIMED.format(col="debit_wallet_id")})
     """,
     f"""
     UPDATE billing_wallet SET balance = balance + %(amount)s
     WHERE id = ({_CLAIMED.format(col="credit_wallet_id")})
+    """,
+    # Record the promo part and the overage part (what went below a zero
+    # balance, on a subscription's credit line). Most settlements have neither
+    # and write nothing here.
+    """
+    UPDATE billing_transfer SET promo_amount = w.promo_last,
+        overage_amount = CASE WHEN w.balance >= 0 THEN 0
+                              WHEN -w.balance < billing_transfer.amount THEN -w.balance
+                              ELSE billing_transfer.amount END
+    FROM billing_wallet w
+    WHERE billing_transfer.id = %(id)s AND billing_transfer.claim = %(claim)s
+      AND w.id = billing_transfer.debit_wallet_id AND (w.promo_last > 0 OR w.balance < 0)
+    """,
+    # Overage goes to Stripe as a meter event, from this outbox row written with
+    # the settlement (billing.metering sends it; "ovr_<id>" is Stripe's dedupe key).
+    """
+    INSERT INTO billing_meteroutbox (identifier, account_id, transfer_id, value, status, attempts, last_error, created_at)
+    SELECT 'ovr_' || t.id, w.account_id, t.id, t.overage_amount, 'pending', 0, '', t.finished_at
+    FROM billing_transfer t JOIN billing_wallet w ON w.id = t.debit_wallet_id
+    WHERE t.id = %(id)s AND t.claim = %(claim)s AND t.overage_amount > 0
     """,
     """
     INSERT INTO billing_entry (transfer_id, wallet_id, amount, created_at)

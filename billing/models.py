@@ -14,13 +14,69 @@
 """
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+
+
+class Plan(models.Model):
+    """A subscription plan: monthly fee, usage credit included per period, overage.
+
+    Limits feed the gateway: ``rpm_limit``/``tpm_limit`` cap every project of a
+    subscribed organization (None: no plan limit), ``allowed_models`` lists the
+    models it may use ([]: all; otherwise model_forbidden).
+    """
+
+    code = models.SlugField(max_length=32, unique=True)
+    name = models.CharField(max_length=100)
+    currency = models.CharField(max_length=3, default="usd")
+    monthly_fee = models.BigIntegerField(default=0)  # micro-units
+    included_credit = models.BigIntegerField(default=0)  # micro-units granted per paid period
+    overage_enabled = models.BooleanField(default=False)
+    overage_limit = models.BigIntegerField(default=0)  # postpaid credit line per period, micro-units
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    allowed_models = models.JSONField(default=list, blank=True)
+    stripe_product_id = models.CharField(max_length=255, blank=True)
+    stripe_price_id = models.CharField(max_length=255, blank=True)  # the monthly fee
+    stripe_meter_price_id = models.CharField(max_length=255, blank=True)  # metered overage, per micro-unit
+    active = models.BooleanField(default=True)
+    sort = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["sort", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(monthly_fee__gte=0, included_credit__gte=0, overage_limit__gte=0), name="plan_amounts_nonnegative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class BillingAccount(models.Model):
     organization = models.OneToOneField("console.Organization", on_delete=models.PROTECT, related_name="billing_account")
     created_at = models.DateTimeField(auto_now_add=True)
+    stripe_customer_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # The effective plan (kept by the subscription webhooks); null: no plan limits.
+    plan = models.ForeignKey(Plan, null=True, blank=True, on_delete=models.PROTECT, related_name="accounts")
+    # Auto-recharge: when available falls below the threshold, charge the saved
+    # payment method for the amount. ``auto_recharge_armed`` makes it once per
+    # crossing: cleared when a charge starts, set again once available is back
+    # above the threshold.
+    auto_recharge_enabled = models.BooleanField(default=False)
+    auto_recharge_threshold = models.BigIntegerField(default=0)
+    auto_recharge_amount = models.BigIntegerField(default=0)
+    auto_recharge_payment_method = models.CharField(max_length=255, blank=True)
+    auto_recharge_armed = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(auto_recharge_threshold__gte=0, auto_recharge_amount__gte=0), name="account_recharge_nonnegative"
+            ),
+        ]
 
 
 class Wallet(models.Model):
@@ -28,6 +84,7 @@ class Wallet(models.Model):
         CUSTOMER = "customer"  # the organization's prepaid money
         USAGE = "usage"  # counterpart that collects settled spend
         FUNDING = "funding"  # counterpart that top-ups and grants come from
+        RECEIVABLE = "receivable"  # what the customer owes after a refund or dispute the wallet could not cover
 
     class Status(models.TextChoices):
         ACTIVE = "active"
@@ -37,8 +94,18 @@ class Wallet(models.Model):
     currency = models.CharField(max_length=3, default="usd")
     kind = models.CharField(max_length=16, choices=Kind.choices)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    suspended_reason = models.CharField(max_length=32, blank=True, default="", db_default="")
     balance = models.BigIntegerField(default=0)
     reserved = models.BigIntegerField(default=0)
+    # Customer wallets: the part of ``balance`` that is promotional or included
+    # (subscription) credit. Settlement spends it before paid credit.
+    promo = models.BigIntegerField(default=0, db_default=0)
+    # Scratch for settlement: what the last settlement took from ``promo``, read by
+    # the next statement of the same transaction while it still holds the row lock.
+    promo_last = models.BigIntegerField(default=0, db_default=0)
+    # Postpaid allowance (a subscription's overage): balance may go down to
+    # -credit_limit; usage below 0 is overage, billed through Stripe's meter.
+    credit_limit = models.BigIntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -48,13 +115,23 @@ class Wallet(models.Model):
             # The reservation guard: an UPDATE that would reserve more than is
             # available fails this check and rolls its transaction back.
             models.CheckConstraint(
-                condition=~Q(kind="customer") | Q(balance__gte=F("reserved")), name="wallet_available_nonnegative"
+                condition=~Q(kind="customer") | Q(balance__gte=F("reserved") - F("credit_limit")),
+                name="wallet_available_nonnegative",
+            ),
+            models.CheckConstraint(
+                condition=Q(promo__gte=0, credit_limit__gte=0) & (Q(promo=0) | Q(promo__lte=F("balance"))),
+                name="wallet_promo_within_balance",
             ),
         ]
 
     @property
     def available(self) -> int:
-        return self.balance - self.reserved
+        return self.balance + self.credit_limit - self.reserved
+
+    @property
+    def paid(self) -> int:
+        """The paid part of the balance (negative: overage owed)."""
+        return self.balance - self.promo
 
 
 class ModelPrice(models.Model):
@@ -103,8 +180,15 @@ class ImagePrice(models.Model):
 class Transfer(models.Model):
     class Kind(models.TextChoices):
         USAGE = "usage"  # two-phase: reservation, then settlement
-        TOPUP = "topup"
-        GRANT = "grant"
+        TOPUP = "topup"  # paid credit from Stripe (Checkout, auto-recharge)
+        GRANT = "grant"  # paid-equivalent credit given by us (seed, goodwill)
+        PROMO = "promo"  # promotional credit with expiry, spent first
+        INCLUDED = "included"  # a subscription period's included credit, spent first, expires at period end
+        PROMO_EXPIRY = "promo_expiry"  # the unspent rest of a promo/included lot, returned at expiry
+        REFUND = "refund"  # reverses (part of) a top-up refunded through Stripe
+        DISPUTE = "dispute"  # reverses a disputed payment
+        DISPUTE_WON = "dispute_won"  # gives a dispute's reversal back
+        OVERAGE_PAYMENT = "overage_payment"  # a paid invoice's metered overage, brings balance back up
         ADJUSTMENT = "adjustment"
 
     class Status(models.TextChoices):
@@ -136,6 +220,13 @@ class Transfer(models.Model):
     cached_input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     description = models.CharField(max_length=255, blank=True)
+    # Usage: the part paid from promo credit, and the part that went below a zero
+    # balance (postpaid overage, reported to Stripe from MeterOutbox).
+    promo_amount = models.BigIntegerField(default=0, db_default=0)
+    overage_amount = models.BigIntegerField(default=0, db_default=0)
+    # The Stripe object behind a credit or debit (checkout session, payment
+    # intent, refund, dispute, invoice), for reconciliation.
+    stripe_object = models.CharField(max_length=255, blank=True, default="", db_default="")
     # Random token written by the one settle/void that won the status change.
     claim = models.CharField(max_length=32, null=True, blank=True)
     created_at = models.DateTimeField()
@@ -152,10 +243,15 @@ class Transfer(models.Model):
             models.UniqueConstraint(
                 fields=["kind", "reference"], condition=Q(reference__isnull=False), name="transfer_reference_unique"
             ),
+            models.CheckConstraint(
+                condition=Q(promo_amount__gte=0, overage_amount__gte=0), name="transfer_parts_nonnegative"
+            ),
         ]
         indexes = [
             models.Index(fields=["status", "timeout_at"], name="transfer_pending_timeout"),
             models.Index(fields=["request_id"], name="transfer_request"),
+            models.Index(fields=["stripe_object"], name="transfer_stripe_object"),
+            models.Index(fields=["finished_at"], name="transfer_finished"),
         ]
 
 
@@ -211,3 +307,144 @@ class SpendCounter(models.Model):
                 name="spend_within_cap",
             ),
         ]
+
+
+class CreditLot(models.Model):
+    """A promotional or included credit grant with an expiry.
+
+    The wallet's ``promo`` is what is left of all its unexpired lots; spending
+    takes from the lot that expires first, so lot i still holds
+    clamp(promo - sum of later-expiring lots' grants, 0, its grant). At expiry
+    that rest goes back with a ``promo_expiry`` transfer.
+    """
+
+    class Kind(models.TextChoices):
+        PROMO = "promo"
+        INCLUDED = "included"
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="credit_lots")
+    transfer = models.OneToOneField(Transfer, on_delete=models.PROTECT, related_name="credit_lot")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = models.BigIntegerField()
+    expires_at = models.DateTimeField()
+    expired_amount = models.BigIntegerField(default=0)
+    closed_at = models.DateTimeField(null=True, blank=True)  # expiry processed
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount__gt=0, expired_amount__gte=0) & Q(expired_amount__lte=F("amount")),
+                name="creditlot_amounts",
+            ),
+        ]
+        indexes = [models.Index(fields=["closed_at", "expires_at"], name="creditlot_open_expiry")]
+
+
+class Subscription(models.Model):
+    class Status(models.TextChoices):
+        INCOMPLETE = "incomplete"
+        TRIALING = "trialing"
+        ACTIVE = "active"
+        PAST_DUE = "past_due"
+        UNPAID = "unpaid"
+        CANCELED = "canceled"
+        INCOMPLETE_EXPIRED = "incomplete_expired"
+        PAUSED = "paused"
+
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="subscriptions")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
+    stripe_subscription_id = models.CharField(max_length=255, unique=True)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.INCOMPLETE)
+    current_period_start = models.DateTimeField(null=True, blank=True)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    cancel_at_period_end = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+
+class StripeEvent(models.Model):
+    """Each Stripe webhook event, stored once by id in the transaction of its effect."""
+
+    class Status(models.TextChoices):
+        PROCESSED = "processed"
+        IGNORED = "ignored"  # an event type we do not act on
+        FAILED = "failed"
+
+    id = models.CharField(max_length=255, primary_key=True)
+    type = models.CharField(max_length=100)
+    api_created = models.DateTimeField()
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices)
+    error = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["type", "api_created"], name="stripeevent_type")]
+
+
+class MeterOutbox(models.Model):
+    """Overage to report to Stripe as a meter event, written with its settlement."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"  # Stripe accepted it
+        ACKNOWLEDGED = "acknowledged"  # seen in Stripe's meter summary / the invoice
+        FLAGGED = "flagged"  # not accepted after the retry budget: a person looks
+
+    identifier = models.CharField(max_length=64, unique=True)  # Stripe's dedupe key: "ovr_<transfer id>"
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="meter_outbox")
+    transfer = models.OneToOneField(Transfer, on_delete=models.PROTECT, related_name="meter_event")
+    value = models.BigIntegerField()  # micro-units of overage
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(value__gt=0), name="meteroutbox_value_positive")]
+        indexes = [models.Index(fields=["status", "created_at"], name="meteroutbox_pending")]
+
+
+class ReconciliationRun(models.Model):
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        OK = "ok"
+        DISCREPANCIES = "discrepancies"
+        FAILED = "failed"
+
+    day = models.DateField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns")
+    summary = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["day", "started_at"], name="reconrun_day")]
+
+
+class Discrepancy(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open"
+        HEALED = "healed"  # fixed by the system (e.g. a dropped webhook's credit applied)
+        CLOSED = "closed"  # resolved by a person, with a note
+
+    run = models.ForeignKey(ReconciliationRun, on_delete=models.CASCADE, related_name="discrepancies")
+    kind = models.CharField(max_length=64)
+    amount = models.BigIntegerField(default=0)  # micro-units, signed
+    currency = models.CharField(max_length=3, default="usd")
+    references = models.JSONField(default=dict, blank=True)
+    detail = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    note = models.TextField(blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        indexes = [models.Index(fields=["kind", "status"], name="discrepancy_kind")]

@@ -11,7 +11,7 @@ from django.utils import timezone
 from config import asyncdb, bus
 
 from . import ledger
-from .models import BillingAccount, Entry, ImagePrice, ModelPrice, SpendCounter, Transfer, Wallet
+from .models import BillingAccount, CreditLot, Entry, ImagePrice, ModelPrice, SpendCounter, Transfer, Wallet
 
 PRICES_TOPIC = "prices"
 
@@ -28,44 +28,113 @@ def customer_wallet(*, organization, currency: str = "usd") -> Wallet:
     return Wallet.objects.get(account__organization=organization, currency=currency, kind=Wallet.Kind.CUSTOMER)
 
 
-def wallet_credit(
-    *, wallet: Wallet, amount: int, kind: str = Transfer.Kind.GRANT, reference: str, description: str = ""
-) -> Transfer:
-    """Credit a customer wallet from its account's funding wallet, once per ``reference``."""
-    if not isinstance(amount, int) or amount <= 0:
-        raise ValueError("credit amount must be a positive integer of micro-units")
-    if wallet.kind != Wallet.Kind.CUSTOMER:
-        raise ValueError("only customer wallets are credited")
+def wallet(*, account_id: int, currency: str = "usd", kind: str) -> Wallet:
+    return Wallet.objects.get(account_id=account_id, currency=currency, kind=kind)
+
+
+# Credits whose amount is promotional (spent first, expires): they raise ``promo`` too.
+PROMO_KINDS = frozenset({Transfer.Kind.PROMO, Transfer.Kind.INCLUDED})
+
+
+def transfer_post(
+    *,
+    kind: str,
+    debit_wallet: Wallet,
+    credit_wallet: Wallet,
+    amount: int,
+    reference: str,
+    description: str = "",
+    stripe_object: str = "",
+    promo_delta: int = 0,
+    expires_at: dt.datetime | None = None,
+) -> tuple[Transfer, bool]:
+    """Post ``amount`` from one wallet to another, once per (kind, reference).
+
+    Returns (transfer, created): a second call with the same reference (a
+    retried webhook, a racing worker) returns the first transfer and changes
+    nothing. ``promo_delta`` moves the customer wallet's promo part with it (a
+    promo grant: +amount; an expiry: -amount). ``expires_at`` makes the credit a
+    CreditLot. Safe inside a caller's transaction (a savepoint). Raises
+    ``IntegrityError`` if a constraint would break (e.g. a debit the wallet
+    cannot cover): callers decide what can be taken first.
+    """
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise ValueError("a transfer amount is a positive integer of micro-units")
+    if debit_wallet.id == credit_wallet.id or debit_wallet.currency != credit_wallet.currency:
+        raise ValueError("a transfer moves money between two wallets of one currency")
     try:
         with transaction.atomic():
-            funding = Wallet.objects.get(account_id=wallet.account_id, currency=wallet.currency, kind=Wallet.Kind.FUNDING)
             now = timezone.now()
             transfer = Transfer.objects.create(
                 kind=kind,
                 status=Transfer.Status.POSTED,
-                debit_wallet=funding,
-                credit_wallet=wallet,
+                debit_wallet=debit_wallet,
+                credit_wallet=credit_wallet,
                 amount=amount,
-                currency=wallet.currency,
+                currency=credit_wallet.currency,
                 reference=reference,
-                description=description,
+                description=description[:255],
+                stripe_object=stripe_object,
                 created_at=now,
                 finished_at=now,
             )
             Entry.objects.bulk_create(
                 [
-                    Entry(transfer=transfer, wallet=funding, amount=-amount, created_at=now),
-                    Entry(transfer=transfer, wallet=wallet, amount=amount, created_at=now),
+                    Entry(transfer=transfer, wallet=debit_wallet, amount=-amount, created_at=now),
+                    Entry(transfer=transfer, wallet=credit_wallet, amount=amount, created_at=now),
                 ]
             )
-            # Customer row first, like settlement, so the two never deadlock.
-            Wallet.objects.filter(id=wallet.id).update(balance=F("balance") + amount)
-            Wallet.objects.filter(id=funding.id).update(balance=F("balance") - amount)
+            # Customer rows first, like settlement, so the two never deadlock.
+            sides = sorted(
+                [(credit_wallet, amount), (debit_wallet, -amount)],
+                key=lambda side: (side[0].kind != Wallet.Kind.CUSTOMER, side[0].id),
+            )
+            for w, delta in sides:
+                extra = {"promo": F("promo") + promo_delta} if promo_delta and w.kind == Wallet.Kind.CUSTOMER else {}
+                Wallet.objects.filter(id=w.id).update(balance=F("balance") + delta, **extra)
+            if expires_at is not None:
+                CreditLot.objects.create(
+                    wallet=credit_wallet, transfer=transfer, kind=kind, amount=amount, expires_at=expires_at
+                )
     except IntegrityError:
         existing = Transfer.objects.filter(kind=kind, reference=reference).first()
         if existing is None:
             raise
-        return existing
+        return existing, False
+    return transfer, True
+
+
+def wallet_credit(
+    *,
+    wallet: Wallet,
+    amount: int,
+    kind: str = Transfer.Kind.GRANT,
+    reference: str,
+    description: str = "",
+    stripe_object: str = "",
+    expires_at: dt.datetime | None = None,
+) -> Transfer:
+    """Credit a customer wallet from its account's funding wallet, once per ``reference``.
+
+    Promo and included credit (``PROMO_KINDS``) need ``expires_at`` and are spent first.
+    """
+    if wallet.kind != Wallet.Kind.CUSTOMER:
+        raise ValueError("only customer wallets are credited")
+    promo = kind in PROMO_KINDS
+    if promo != (expires_at is not None):
+        raise ValueError("promo and included credit (and only they) expire")
+    funding = Wallet.objects.get(account_id=wallet.account_id, currency=wallet.currency, kind=Wallet.Kind.FUNDING)
+    transfer, _ = transfer_post(
+        kind=kind,
+        debit_wallet=funding,
+        credit_wallet=wallet,
+        amount=amount,
+        reference=reference,
+        description=description,
+        stripe_object=stripe_object,
+        promo_delta=amount if promo else 0,
+        expires_at=expires_at,
+    )
     return transfer
 
 

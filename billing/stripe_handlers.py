@@ -1,0 +1,4 @@
+"""Imported by billing.webhooks to register every Stripe event handler.
+
+Each module below registers its handlers with ``@webhooks.handler("<event type>")``.
+"""

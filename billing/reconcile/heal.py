@@ -1,0 +1,100 @@
+"""Heal what reconciliation can fix by itself: a Stripe payment whose credit never
+reached the ledger (a dropped or failed webhook, ``missing_credit``).
+
+The heal fetches the object from Stripe again (the Checkout Session, the
+auto-recharge payment intent, or the paid invoice) and applies it through the
+very function the webhook handler uses, which is idempotent per Stripe object
+(reference ``cs:<id>``, ``pi:<id>``, the invoice's): whatever runs first (the
+heal, the webhook's late retry, a second heal) credits, the rest change nothing.
+The discrepancy is claimed in the same transaction (``open`` → ``healed``, row
+locked), so two heals of one discrepancy apply it once.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from billing.models import Discrepancy, ReconciliationRun, Transfer
+
+from . import stripe_side
+
+HEALABLE = frozenset({"missing_credit"})
+
+
+class CannotHeal(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Healed:
+    discrepancy: Discrepancy
+    transfers: list[Transfer]
+    applied: bool  # False: the credit was already there (the webhook came late)
+
+
+def _applier(refs: Mapping, api: stripe_side._Stripe) -> tuple[str, Callable[[str], object]]:
+    """What to apply for a missing credit: (description, fn(source) -> the credit function's result)."""
+    purpose = refs.get("purpose")
+    if purpose == "checkout" and refs.get("checkout_session"):
+        from billing.topups import credit_checkout_session
+
+        session = api.checkout_session(refs["checkout_session"])
+        return f"Checkout Session {session['id']}", lambda source: credit_checkout_session(session=session, source=source)
+    if purpose == "invoice" and refs.get("invoice"):
+        from billing.subscriptions import invoice_paid_apply
+
+        invoice = api.invoice(refs["invoice"])
+        return f"invoice {invoice['id']}", lambda source: invoice_paid_apply(invoice=invoice, source=source)
+    if purpose == "payment_intent" and refs.get("payment_intent"):
+        from billing.recharge import credit_payment_intent
+
+        pi = api.payment_intent(refs["payment_intent"])
+        return f"payment intent {pi['id']}", lambda source: credit_payment_intent(payment_intent=pi, source=source)
+    raise CannotHeal("the discrepancy names no Checkout Session, payment intent or invoice to apply")
+
+
+def _transfers(result) -> tuple[list[Transfer], bool]:
+    """The credit functions answer (transfer | None, created), or a list of such pairs (an invoice)."""
+    pairs = result if isinstance(result, list) else [result]
+    transfers, created = [], False
+    for pair in pairs:
+        if isinstance(pair, tuple):
+            transfer, new = pair
+        else:
+            transfer, new = pair, False
+        if transfer is not None:
+            transfers.append(transfer)
+            created = created or bool(new)
+    return transfers, created
+
+
+def discrepancy_heal(*, discrepancy: Discrepancy, run: ReconciliationRun, user=None) -> Healed:
+    """Apply a missing credit once and mark the discrepancy healed; raises CannotHeal if it cannot be."""
+    if discrepancy.kind not in HEALABLE:
+        raise CannotHeal(f"a {discrepancy.kind} discrepancy is not healed automatically; close it with a note")
+    if discrepancy.status != Discrepancy.Status.OPEN:
+        raise CannotHeal(f"the discrepancy is already {discrepancy.status}")
+    api = stripe_side._Stripe(stripe_side.client())
+    what, apply = _applier(discrepancy.references, api)  # Stripe reads, before any lock is taken
+    with transaction.atomic():
+        claimed = Discrepancy.objects.select_for_update().filter(id=discrepancy.id, status=Discrepancy.Status.OPEN).first()
+        if claimed is None:
+            raise CannotHeal("the discrepancy was resolved meanwhile")
+        transfers, applied = _transfers(apply(f"reconcile:{run.id}"))
+        if not transfers:
+            raise CannotHeal(f"Stripe says {what} is not paid: there is nothing to credit")
+        ids = ", ".join(str(t.id) for t in transfers)
+        claimed.status = Discrepancy.Status.HEALED
+        claimed.note = (
+            f"credit applied by reconciliation run {run.id} from {what} (transfer {ids})" if applied
+            else f"credit already in the ledger (transfer {ids}): the webhook arrived late; "
+                 f"nothing applied by reconciliation run {run.id}"
+        )
+        claimed.resolved_at = timezone.now()
+        claimed.resolved_by = user
+        claimed.references = {**claimed.references, "healed_transfers": [t.id for t in transfers]}
+        claimed.save(update_fields=["status", "note", "resolved_at", "resolved_by", "references"])
+    return Healed(claimed, transfers, applied)

@@ -1,0 +1,1 @@
+"""Stripe emulator (docstring written below)."""

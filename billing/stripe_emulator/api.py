@@ -774,7 +774,7 @@ def install_compat(state: State) -> None:
 @routes.get("/v1/payment_intents")
 async def payment_intent_list(request):
     """localstripe lists payment intents without filters; Stripe filters by customer and created."""
-    state, data = state_of(request), await params(request)
+    data = await params(request)
     expand = [e[len("data."):] for e in expand_list(data) if e.startswith("data.")]
     intents = [pi._export() for pi in bridge.objects(ls.PaymentIntent)]
     if "customer" in data:

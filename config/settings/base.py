@@ -258,8 +258,6 @@ if JOB_MAX_SECONDS > GATEWAY_MAX_REQUEST_SECONDS:
     raise ImproperlyConfigured("JOB_MAX_SECONDS must not exceed GATEWAY_MAX_REQUEST_SECONDS")
 
 # --- billing: Stripe ------------------------------------------------------------
-# Several webhook secrets while one is rotated (Stripe signs with each).
-STRIPE_WEBHOOK_SECRETS = [s for s in env_list("STRIPE_WEBHOOK_SECRETS", []) if s]
 # Top-up bounds in micro-units (1 USD = 1,000,000): $5 to $10,000 by default.
 TOPUP_MIN = env_int("TOPUP_MIN", 5_000_000, minimum=10_000)
 TOPUP_MAX = env_int("TOPUP_MAX", 10_000_000_000, minimum=10_000)

@@ -2,3 +2,4 @@
 
 Each module below registers its handlers with ``@webhooks.handler("<event type>")``.
 """
+from . import disputes, refunds, topups  # noqa: F401  (top-ups, refunds, disputes)

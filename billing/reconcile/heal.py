@@ -18,10 +18,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import Discrepancy, ReconciliationRun, Transfer
+from billing.topups import NotATopup, TopupRefused, credit_checkout_session
 
 from . import stripe_side
 
 HEALABLE = frozenset({"missing_credit"})
+
+# What the credit functions raise for a payment that is not ours to credit, or not as asked.
+_REFUSALS: tuple[type[Exception], ...] = (NotATopup, TopupRefused)
 
 
 class CannotHeal(Exception):
@@ -39,8 +43,6 @@ def _applier(refs: Mapping, api: stripe_side._Stripe) -> tuple[str, Callable[[st
     """What to apply for a missing credit: (description, fn(source) -> the credit function's result)."""
     purpose = refs.get("purpose")
     if purpose == "checkout" and refs.get("checkout_session"):
-        from billing.topups import credit_checkout_session
-
         session = api.checkout_session(refs["checkout_session"])
         return f"Checkout Session {session['id']}", lambda source: credit_checkout_session(session=session, source=source)
     if purpose == "invoice" and refs.get("invoice"):
@@ -83,7 +85,11 @@ def discrepancy_heal(*, discrepancy: Discrepancy, run: ReconciliationRun, user=N
         claimed = Discrepancy.objects.select_for_update().filter(id=discrepancy.id, status=Discrepancy.Status.OPEN).first()
         if claimed is None:
             raise CannotHeal("the discrepancy was resolved meanwhile")
-        transfers, applied = _transfers(apply(f"reconcile:{run.id}"))
+        try:
+            result = apply(f"reconciliation run {run.id}")
+        except _REFUSALS as exc:  # not ours, or not what we asked for: a person must look
+            raise CannotHeal(f"{what} was not credited: {exc}") from exc
+        transfers, applied = _transfers(result)
         if not transfers:
             raise CannotHeal(f"Stripe says {what} is not paid: there is nothing to credit")
         ids = ", ".join(str(t.id) for t in transfers)

@@ -34,6 +34,7 @@ from django.db.models import Count, Q, Sum
 
 from billing.invariants import Problem
 from billing.models import BillingAccount, MeterOutbox, Plan, Transfer
+from billing.stripe_client import client
 
 # Currencies Stripe counts in whole units (no cents): 1 unit = 1,000,000 micro-units.
 ZERO_DECIMAL = frozenset({
@@ -55,17 +56,6 @@ STRIPE_KINDS = {
 
 class StripeUnavailable(Exception):
     """Stripe (or the emulator) could not be asked: the check could not run."""
-
-
-def client() -> stripe.StripeClient:
-    try:
-        from billing.stripe_client import client as stripe_client
-    except ImportError:  # TODO(R): W1's billing.stripe_client lands with the top-ups branch
-        base = getattr(settings, "STRIPE_API_BASE", None)
-        return stripe.StripeClient(
-            settings.STRIPE_SECRET_KEY, base_addresses={"api": base} if base else None, max_network_retries=2
-        )
-    return stripe_client()
 
 
 def micros(amount: int, currency: str) -> int:
@@ -163,7 +153,7 @@ def stripe_findings(*, start: dt.datetime, end: dt.datetime, now: dt.datetime) -
     findings: list[Problem] = []
     meter, meter_summary = meter_findings(start=start, end=end, now=now)
     findings += meter
-    if not getattr(settings, "STRIPE_SECRET_KEY", ""):
+    if not settings.STRIPE_SECRET_KEY:
         return findings, {"skipped": "STRIPE_SECRET_KEY is not set", "meter_outbox": meter_summary}
     api = _Stripe(client())
     try:

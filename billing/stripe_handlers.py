@@ -2,3 +2,4 @@
 
 Each module below registers its handlers with ``@webhooks.handler("<event type>")``.
 """
+from . import recharge  # noqa: F401  (auto-recharge payment intents)

@@ -68,20 +68,20 @@ def saved_payment_method(*, account: BillingAccount) -> str | None:
     if not account.stripe_customer_id:
         return None
     api = stripe_client.client().v1
-    customer = api.customers.retrieve(account.stripe_customer_id)
+    customer = api.customers.retrieve(account.stripe_customer_id).to_dict()
     default = (customer.get("invoice_settings") or {}).get("default_payment_method")
     if default:
         return default if isinstance(default, str) else default["id"]
     cards = api.payment_methods.list(params={"customer": account.stripe_customer_id, "type": "card", "limit": 100})
-    newest = max(cards.data, key=lambda pm: (pm.get("created") or 0, pm["id"]), default=None)
-    return newest["id"] if newest is not None else None
+    newest = max(cards.data, key=lambda pm: (pm.created or 0, pm.id), default=None)
+    return newest.id if newest is not None else None
 
 
 def _check_payment_method(*, account: BillingAccount, payment_method: str) -> None:
     if not account.stripe_customer_id:
         raise RechargeError("Make a top-up with a card first: auto-recharge charges a card saved with Stripe.")
     try:
-        pm = stripe_client.client().v1.payment_methods.retrieve(payment_method)
+        pm = stripe_client.client().v1.payment_methods.retrieve(payment_method).to_dict()
     except stripe.InvalidRequestError:
         raise RechargeError("That card is not known to Stripe.") from None
     customer = pm.get("customer")
@@ -265,11 +265,12 @@ def recharge_charge(*, attempt_id: int) -> RechargeAttempt:
     try:
         pi = stripe_client.client().v1.payment_intents.create(
             params=params, options={"idempotency_key": attempt.idempotency_key}
-        )
+        ).to_dict()
     except stripe.CardError as exc:
-        pi_id = ((exc.error and exc.error.get("payment_intent")) or {}).get("id", "")
+        failed = ((exc.json_body or {}).get("error") or {}).get("payment_intent") or {}
+        pi_id = failed.get("id", "") if isinstance(failed, dict) else str(failed)
         return _fail(attempt, error=exc.user_message or str(exc), payment_intent=pi_id)
-    except (stripe.InvalidRequestError, stripe.PermissionError) as exc:
+    except (stripe.InvalidRequestError, stripe.IdempotencyError, stripe.PermissionError) as exc:
         if exc.http_status == 409:
             raise  # the same key is in flight elsewhere (a resend racing the first try): retry later
         # Permanent: the card or the customer is gone, or the request is wrong. Not retried.
@@ -380,8 +381,12 @@ def payment_failure_record(*, payment_intent: Mapping, source: str) -> RechargeA
     attempt = RechargeAttempt.objects.filter(account=account, crossing=crossing).first() if crossing else None
     if attempt is None:
         return None
-    error = _last_error(payment_intent) or "The card was declined."
-    return _fail(attempt, error=f"{error} ({source})", payment_intent=payment_intent.get("id") or "")
+    pi_id = payment_intent.get("id") or ""
+    # The charge task usually saw the decline first (and Stripe's error may not name the
+    # payment intent): fill that in, keep its reason.
+    RechargeAttempt.objects.filter(id=attempt.id, payment_intent="").update(payment_intent=pi_id)
+    log.info("auto-recharge %s failed (%s)", pi_id, source)
+    return _fail(attempt, error=_last_error(payment_intent) or "The card was declined.", payment_intent=pi_id)
 
 
 @webhooks.handler("payment_intent.succeeded")

@@ -2,4 +2,4 @@
 
 Each module below registers its handlers with ``@webhooks.handler("<event type>")``.
 """
-from . import recharge  # noqa: F401  (auto-recharge payment intents)
+from . import disputes, recharge, refunds, topups  # noqa: F401  (top-ups, auto-recharge, refunds, disputes)

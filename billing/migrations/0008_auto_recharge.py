@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0004_money_flows'),
+        ('billing', '0005_topups_refunds_disputes'),
     ]
 
     operations = [

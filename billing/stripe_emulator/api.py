@@ -743,6 +743,9 @@ def invoice_compat(state: State):
             obj["parent"] = {"type": "subscription_details",
                              "subscription_details": {"subscription": obj["subscription"]}}
         obj.setdefault("paid", obj.get("status") == "paid")
+        if obj.get("billing_reason") is None and obj.get("subscription"):
+            # localstripe invoices a subscription only when it starts (or changes plan).
+            obj["billing_reason"] = "subscription_create"
     return hook
 
 

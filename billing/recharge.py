@@ -20,7 +20,7 @@ Once per threshold crossing, whatever runs twice:
   available recovers or the settings are saved again (e.g. after changing the card).
 
 Money: Stripe charges cents, the ledger counts micro-units (1 cent = 10,000). Amounts
-are whole cents by validation, so the two convert exactly.
+are whole cents by validation, so the two convert exactly (billing.stripe_client).
 """
 from __future__ import annotations
 
@@ -36,12 +36,12 @@ from django.utils import timezone
 
 from . import services, stripe_client, webhooks
 from .models import BillingAccount, RechargeAttempt, Transfer, Wallet
+from .topups import format_amount
 
 log = logging.getLogger(__name__)
 
 PURPOSE = "auto_recharge"  # PaymentIntent metadata["purpose"]
 CURRENCY = "usd"  # accounts open their wallets in usd (billing.services.account_open)
-MICROS_PER_CENT = 10_000
 # A charge that Stripe has not answered (network, outage) is sent again with the
 # same idempotency key by the scan after RESEND_AFTER; Stripe keeps keys for 24 h,
 # so past GIVE_UP_AFTER it is marked failed instead (reconciliation finds a charge
@@ -55,8 +55,13 @@ class RechargeError(ValueError):
     """Auto-recharge settings that cannot be saved; the message says why."""
 
 
-class ForeignPaymentIntent(ValueError):
-    """A payment intent that is not (or not this platform's) auto-recharge."""
+class NotARecharge(ValueError):
+    """A payment intent that is not an auto-recharge (a Checkout top-up, another integration)."""
+
+
+class RechargeRefused(ValueError):
+    """An auto-recharge payment intent whose credit must not happen (unknown account, another
+    customer, a currency without a wallet): stored as failed for reconciliation to show."""
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -97,14 +102,16 @@ def _check_amounts(*, threshold: int, amount: int) -> None:
     if threshold < 0:
         raise RechargeError("The threshold cannot be negative.")
     if threshold > settings.TOPUP_MAX:
-        raise RechargeError(f"The threshold can be at most {settings.TOPUP_MAX / 1_000_000:,.2f} USD.")
+        raise RechargeError(f"The threshold can be at most {format_amount(settings.TOPUP_MAX, CURRENCY)}.")
     if not settings.TOPUP_MIN <= amount <= settings.TOPUP_MAX:
         raise RechargeError(
-            f"The recharge amount must be between {settings.TOPUP_MIN / 1_000_000:,.2f} and "
-            f"{settings.TOPUP_MAX / 1_000_000:,.2f} USD."
+            f"The recharge amount must be between {format_amount(settings.TOPUP_MIN, CURRENCY)} and "
+            f"{format_amount(settings.TOPUP_MAX, CURRENCY)}."
         )
-    if amount % MICROS_PER_CENT:
-        raise RechargeError("The recharge amount must be whole cents.")
+    try:
+        stripe_client.to_minor(amount, CURRENCY)
+    except ValueError:
+        raise RechargeError("The recharge amount must be whole cents.") from None
 
 
 def auto_recharge_configure(
@@ -249,7 +256,7 @@ def recharge_charge(*, attempt_id: int) -> RechargeAttempt:
         attempt.refresh_from_db()
         return attempt
     params = {
-        "amount": attempt.amount // MICROS_PER_CENT,
+        "amount": stripe_client.to_minor(attempt.amount, attempt.currency),
         "currency": attempt.currency,
         "customer": account.stripe_customer_id,
         "payment_method": attempt.payment_method,
@@ -309,17 +316,17 @@ def _last_error(pi: Mapping) -> str:
 def _recharge_metadata(payment_intent: Mapping) -> tuple[BillingAccount, int | None]:
     metadata = payment_intent.get("metadata") or {}
     if metadata.get("purpose") != PURPOSE:
-        raise ForeignPaymentIntent(f"payment intent {payment_intent.get('id')} is not an auto-recharge")
+        raise NotARecharge(f"payment intent {payment_intent.get('id')} is not an auto-recharge")
     try:
         account = BillingAccount.objects.get(id=int(metadata.get("account_id", "")))
     except (ValueError, BillingAccount.DoesNotExist):
-        raise ForeignPaymentIntent(
+        raise RechargeRefused(
             f"payment intent {payment_intent.get('id')} names no account of ours ({metadata.get('account_id')!r})"
         ) from None
     customer = payment_intent.get("customer")
     customer = customer["id"] if isinstance(customer, Mapping) else customer
     if account.stripe_customer_id and customer != account.stripe_customer_id:
-        raise ForeignPaymentIntent(
+        raise RechargeRefused(
             f"payment intent {payment_intent.get('id')} is for customer {customer}, not account {account.id}'s"
         )
     crossing = metadata.get("crossing")
@@ -332,7 +339,8 @@ def credit_payment_intent(*, payment_intent: Mapping, source: str) -> tuple[Tran
     Reference "pi:<id>", kind topup, stripe_object the payment intent: a second
     delivery, or reconciliation healing a dropped webhook, returns the first credit.
     None if it has not succeeded. The amount credited is what Stripe received.
-    Raises ``ForeignPaymentIntent`` for one that is not ours to credit.
+    Raises ``NotARecharge`` for another kind of payment, ``RechargeRefused`` for one that
+    must not be credited.
     """
     if payment_intent.get("status") != "succeeded":
         return None, False
@@ -342,7 +350,7 @@ def credit_payment_intent(*, payment_intent: Mapping, source: str) -> tuple[Tran
     received = payment_intent.get("amount_received")
     received = payment_intent.get("amount") if received is None else received
     if not isinstance(received, int) or received <= 0:
-        raise ForeignPaymentIntent(f"payment intent {pi_id} received no amount ({received!r})")
+        raise RechargeRefused(f"payment intent {pi_id} received no amount ({received!r})")
     with transaction.atomic():
         wallet = (
             Wallet.objects.select_for_update()
@@ -350,12 +358,12 @@ def credit_payment_intent(*, payment_intent: Mapping, source: str) -> tuple[Tran
             .first()
         )
         if wallet is None:
-            raise ForeignPaymentIntent(f"payment intent {pi_id} is in {currency!r}, account {account.id} has no such wallet")
+            raise RechargeRefused(f"payment intent {pi_id} is in {currency!r}, account {account.id} has no such wallet")
         funding = services.wallet(account_id=account.id, currency=currency, kind=Wallet.Kind.FUNDING)
         label = f"Auto-recharge #{crossing}" if crossing is not None else "Auto-recharge"
         transfer, created = services.transfer_post(
             kind=Transfer.Kind.TOPUP, debit_wallet=funding, credit_wallet=wallet,
-            amount=received * MICROS_PER_CENT, reference=f"pi:{pi_id}",
+            amount=stripe_client.to_micros(received, currency), reference=f"pi:{pi_id}",
             description=f"{label} ({source})", stripe_object=pi_id,
         )
         if created:
@@ -393,8 +401,10 @@ def payment_failure_record(*, payment_intent: Mapping, source: str) -> RechargeA
 def on_payment_intent_succeeded(event: dict) -> str | None:
     try:
         transfer, created = credit_payment_intent(payment_intent=event["data"]["object"], source=f"webhook {event['id']}")
-    except ForeignPaymentIntent as why:
+    except NotARecharge as why:
         raise webhooks.Ignore(str(why)) from None
+    except RechargeRefused as why:
+        raise webhooks.Refuse(str(why)) from None
     if transfer is not None and not created:
         return f"already credited by transfer {transfer.id}"
     return None
@@ -404,8 +414,10 @@ def on_payment_intent_succeeded(event: dict) -> str | None:
 def on_payment_intent_failed(event: dict) -> str | None:
     try:
         attempt = payment_failure_record(payment_intent=event["data"]["object"], source=f"webhook {event['id']}")
-    except ForeignPaymentIntent as why:
+    except NotARecharge as why:
         raise webhooks.Ignore(str(why)) from None
+    except RechargeRefused as why:
+        raise webhooks.Refuse(str(why)) from None
     if attempt is None:
         raise webhooks.Ignore("no auto-recharge attempt for this payment intent")
     return None

@@ -1,25 +1,33 @@
-"""Template helpers for the auto-recharge form and credit shown in USD."""
+"""Template helpers for the billing page's auto-recharge form and promotional credit lots.
+
+Both take the organization only, so the billing page includes the fragments without
+preparing their data: ``{% include "console/_auto_recharge.html" %}`` and
+``{% include "console/_credit_lots.html" %}`` (``organization`` in the context).
+"""
 from __future__ import annotations
 
 from django import template
 
-from billing import recharge
-from billing.money import usd_from_micros
+from billing import promo, recharge
+from billing.topups import format_amount
 
 register = template.Library()
 
 
-@register.filter
-def usd(micros: int | None) -> str:
-    """Micro-units as USD text, exact: 1_234_560 → "1.23456"."""
-    return "" if micros is None else usd_from_micros(int(micros))
+def _dollars(micros: int) -> str:
+    return format_amount(micros, "usd").removesuffix(" USD")
 
 
 @register.simple_tag
 def auto_recharge_context(organization) -> dict:
-    """The auto-recharge form's data for ``organization`` (console/_auto_recharge.html)."""
-    account = organization.billing_account
-    state = recharge.auto_recharge_state(account=account)
-    state["threshold_usd"] = usd_from_micros(state["threshold"])
-    state["amount_usd"] = usd_from_micros(state["amount"]) if state["amount"] else ""
+    """The auto-recharge form's data for ``organization``: settings, state, recent attempts."""
+    state = recharge.auto_recharge_state(account=organization.billing_account)
+    state["threshold_dollars"] = _dollars(state["threshold"])
+    state["amount_dollars"] = _dollars(state["amount"]) if state["amount"] else ""
     return state
+
+
+@register.simple_tag
+def credit_summary(organization) -> dict:
+    """``billing.promo.credit_summary`` for ``organization`` (paid and promo apart, open lots)."""
+    return promo.credit_summary(account=organization.billing_account)

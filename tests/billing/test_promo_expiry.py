@@ -234,7 +234,7 @@ def test_grant_promo_command(alice):
     assert summary["promo"] == 10_000_000 and summary["paid"] == 1_000_000
     (lot,) = summary["promo_lots"]
     assert dt.timedelta(days=29, hours=23) < lot["expires_at"] - timezone.now() <= dt.timedelta(days=30)
-    for bad in (["--org", "org_nope"], ["--org", org, "--amount-usd", "0.0000001"], ["--org", org, "--days", "0"]):
+    for bad in (["--org", "org_nope"], ["--org", org, "--amount-usd", "0.001"], ["--org", org, "--days", "0"]):
         args = {"--org": org, "--amount-usd": "1", "--days": "1", "--reference": "Y"}
         args.update(dict(zip(bad[::2], bad[1::2], strict=True)))
         with pytest.raises(CommandError):

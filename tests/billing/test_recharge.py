@@ -11,13 +11,20 @@ import time
 import orjson
 import pytest
 import stripe
-from django.test import Client
 from django.db import close_old_connections
+from django.test import Client
 from django.utils import timezone
 
-from billing import ledger, recharge, stripe_client
+from billing import ledger, promo, recharge, stripe_client
 from billing.invariants import check_ledger
-from billing.models import BillingAccount, RechargeAttempt, StripeEvent, Transfer, Wallet
+from billing.models import (
+    BillingAccount,
+    CreditLot,
+    RechargeAttempt,
+    StripeEvent,
+    Transfer,
+    Wallet,
+)
 from billing.pricing import Usage
 from billing.tasks import auto_recharge_charge, auto_recharge_scan
 from tests.billing.test_ledger import price, reserve  # noqa: F401  (fixture)
@@ -214,7 +221,7 @@ def test_a_declined_card_credits_nothing_pauses_and_is_not_retried(emu, alice, p
 
     # Visible on the console: paused, with Stripe's reason.
     client.force_login(alice.user)
-    page = client.get(f"/billing/auto-recharge?org={alice.organization.public_id}")
+    page = client.get(f"/billing/?org={alice.organization.public_id}")
     assert page.status_code == 200
     html = page.content.decode()
     assert "Paused: the last charge failed." in html and 'data-testid="auto-recharge-failure"' in html
@@ -257,7 +264,7 @@ def test_settings_are_validated_and_bad_ones_change_nothing(stripe_emu, alice, c
     save_card(alice)
     charlies_card = save_card(charlie)
     for kwargs, message in [
-        ({"amount": 4_990_000}, "between 5.00 and 100.00"),
+        ({"amount": 4_990_000}, "between 5.00 USD and 100.00 USD"),
         ({"amount": 100_010_000}, "between"),
         ({"amount": 5_000_001}, "whole cents"),
         ({"threshold": -1}, "negative"),
@@ -291,23 +298,28 @@ def test_switched_off_before_the_charge_runs_charges_nothing(stripe_emu, alice, 
 def test_the_console_form_saves_for_billing_roles_only(stripe_emu, alice, bob, charlie, client):
     save_card(alice)
     org = alice.organization.public_id
-    form = {"org": org, "enabled": "on", "threshold_usd": "2.50", "amount_usd": "20", "next": "/console/"}
+    page_url = f"/billing/?org={org}"
+    form = {"org": org, "enabled": "on", "threshold": "2.50", "amount": "20", "next": f"{page_url}#auto-recharge"}
     client.force_login(alice.user)
-    page = client.get(f"/billing/auto-recharge?org={org}")
-    assert page.status_code == 200 and 'action="/billing/auto-recharge"' in page.content.decode()
+    page = client.get(page_url).content.decode()
+    assert 'id="auto-recharge"' in page and 'action="/billing/auto-recharge"' in page
+    assert "Off." in page
     response = client.post("/billing/auto-recharge", form)
-    assert response.status_code == 302 and response["Location"] == "/console/"
+    assert response.status_code == 302 and response["Location"] == f"{page_url}#auto-recharge"
     a = account(alice)
     assert (a.auto_recharge_enabled, a.auto_recharge_threshold, a.auto_recharge_amount) == (True, 2_500_000, 20_000_000)
+    page = client.get(page_url).content.decode()
+    assert "On: when available credit falls below 2.50 USD, the saved card is charged 20.00 USD." in page
     # Bad input: a message, nothing changes.
-    for bad in ({"amount_usd": "20.001"}, {"amount_usd": "abc"}, {"amount_usd": "1"}, {"threshold_usd": "-3"}):
+    for bad in ({"amount": "20.001"}, {"amount": "abc"}, {"amount": "1"}, {"threshold": "-3"}, {"amount": ""}):
         response = client.post("/billing/auto-recharge", {**form, **bad}, follow=True)
-        assert "Auto-recharge not saved" in response.content.decode()
+        assert response.status_code == 200 and "Auto-recharge not saved" in response.content.decode()
     a = account(alice)
     assert (a.auto_recharge_enabled, a.auto_recharge_threshold, a.auto_recharge_amount) == (True, 2_500_000, 20_000_000)
-    # An open redirect is refused: back to the form's own page.
+    # An open redirect is refused: back to the billing page.
     response = client.post("/billing/auto-recharge", {**form, "next": "https://evil.example/"})
-    assert response["Location"] == f"/billing/auto-recharge?org={org}"
+    assert response["Location"] == f"{page_url}#auto-recharge"
+    assert client.get(f"/billing/auto-recharge?org={org}")["Location"] == f"{page_url}#auto-recharge"
     # bob is a developer of alice's org, charlie an outsider: 404 both ways, nothing changes.
     for user in (bob.user, charlie.user):
         client.force_login(user)
@@ -315,4 +327,17 @@ def test_the_console_form_saves_for_billing_roles_only(stripe_emu, alice, bob, c
         assert client.post("/billing/auto-recharge", {**form, "enabled": ""}).status_code == 404
     assert account(alice).auto_recharge_enabled
     client.logout()
-    assert client.get(f"/billing/auto-recharge?org={org}").status_code == 302  # to the login page
+    assert client.post("/billing/auto-recharge", {**form, "enabled": ""}).status_code == 302  # to the login page
+    assert account(alice).auto_recharge_enabled
+
+
+def test_the_billing_page_lists_promotional_credit_with_what_is_left(alice, client):
+    expires = timezone.now() + dt.timedelta(days=7)
+    promo.promo_grant(account=account(alice), amount=2_000_000, expires_at=expires, reference="welcome",
+                      description="Welcome credit")
+    client.force_login(alice.user)
+    page = client.get(f"/billing/?org={alice.organization.public_id}").content.decode()
+    lot = CreditLot.objects.get()
+    assert 'id="credit-lots"' in page and f'data-testid="lot-{lot.id}"' in page
+    row = page[page.index(f'data-testid="lot-{lot.id}"'):].split("</tr>")[0]
+    assert "Welcome credit" in row and row.count("2.00 USD") == 2 and expires.strftime("%Y-%m-%d %H:%M") in row

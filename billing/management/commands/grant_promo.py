@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from billing import promo
 from billing.models import BillingAccount
-from billing.money import micros_from_usd, usd_from_micros
+from billing.topups import TopupError, format_amount, parse_amount
 
 
 class Command(BaseCommand):
@@ -21,7 +21,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--org", required=True, help="the organization's public id (org_…)")
-        parser.add_argument("--amount-usd", required=True, help="e.g. 10 or 12.50 (at most 6 decimals)")
+        parser.add_argument("--amount-usd", required=True, help="dollars, e.g. 10 or 12.50")
         parser.add_argument("--days", type=int, required=True, help="days until it expires (1 to 3660)")
         parser.add_argument("--reference", required=True, help="unique name of this grant (makes it happen once)")
         parser.add_argument("--description", default="", help="shown to the customer next to the credit")
@@ -31,8 +31,8 @@ class Command(BaseCommand):
         if account is None:
             raise CommandError(f"no organization {options['org']!r} with a billing account")
         try:
-            amount = micros_from_usd(options["amount_usd"], places=6)
-        except ValueError as exc:
+            amount = parse_amount(options["amount_usd"])
+        except TopupError as exc:
             raise CommandError(str(exc)) from None
         if not 1 <= options["days"] <= 3660:
             raise CommandError("--days must be between 1 and 3660")
@@ -47,6 +47,6 @@ class Command(BaseCommand):
         lot = transfer.credit_lot
         again = "" if transfer.created_at >= now else " (already granted: nothing changed)"
         self.stdout.write(
-            f"granted {usd_from_micros(transfer.amount)} USD of promotional credit to {options['org']}, "
+            f"granted {format_amount(transfer.amount, transfer.currency)} of promotional credit to {options['org']}, "
             f"expiring {lot.expires_at:%Y-%m-%d %H:%M} UTC, reference {transfer.reference}{again}"
         )

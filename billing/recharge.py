@@ -226,7 +226,9 @@ def _claim(*, account_id: int) -> RechargeAttempt | None:
 def _queue_charge(attempt_id: int) -> None:
     from .tasks import auto_recharge_charge
 
-    transaction.on_commit(lambda: auto_recharge_charge.delay(attempt_id))
+    # robust: a broker (or, eagerly, Stripe) failing for one account must not stop the
+    # scan for the others; the attempt stays pending and the scan resends it later.
+    transaction.on_commit(lambda: auto_recharge_charge.delay(attempt_id), robust=True)
 
 
 def _resend_stale(*, now: dt.datetime) -> int:

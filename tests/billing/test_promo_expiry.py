@@ -257,3 +257,16 @@ def test_the_gateway_spends_promo_before_paid_credit(server, alice, sim_node):
     assert (summary["promo"], summary["paid"]) == (0, 1_000_000 - (cost - 40))
     assert [lot["remaining"] for lot in summary["promo_lots"]] == [0]
     assert check_ledger() == []
+
+
+def test_the_billing_beat_tasks_are_scheduled_and_registered():
+    from django.conf import settings
+
+    from config.celery import app
+
+    app.loader.import_default_modules()
+    scheduled = {entry["task"]: entry["schedule"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert scheduled["billing.tasks.auto_recharge_scan"] == 30.0
+    assert scheduled["billing.tasks.promo_expire_due"] == 300.0
+    assert {"billing.tasks.auto_recharge_scan", "billing.tasks.promo_expire_due",
+            "billing.tasks.auto_recharge_charge"} <= set(app.tasks)

@@ -341,3 +341,22 @@ def test_the_billing_page_lists_promotional_credit_with_what_is_left(alice, clie
     assert 'id="credit-lots"' in page and f'data-testid="lot-{lot.id}"' in page
     row = page[page.index(f'data-testid="lot-{lot.id}"'):].split("</tr>")[0]
     assert "Welcome credit" in row and row.count("2.00 USD") == 2 and expires.strftime("%Y-%m-%d %H:%M") in row
+
+
+def test_an_auto_recharge_payment_refunded_in_stripe_is_reversed_once(stripe_emu, server, alice, price):  # noqa: F811
+    stripe_emu.register_webhook(f"{server.url}{WEBHOOK}")  # every event type
+    save_card(alice)
+    configure(alice)
+    spend(alice, price, 600_000, "req_1")
+    recharge.auto_recharge_scan()
+    stripe_emu.deliveries(type="payment_intent.succeeded", status="delivered", wait_for=1)
+    (pi,) = payment_intents(alice)
+    assert available(alice) == 400_000 + AMOUNT
+    # Refunded from Stripe's side (the Dashboard): W1's refund handlers find the credit by its payment intent.
+    refund = stripe_client.client().v1.refunds.create(params={"payment_intent": pi.id, "amount": 200})
+    stripe_emu.deliveries(type="charge.refunded", status="delivered", wait_for=1)
+    stripe_emu.deliveries(type="refund.created", status="delivered", wait_for=1)
+    reversals = list(Transfer.objects.filter(kind=Transfer.Kind.REFUND).values_list("reference", "amount"))
+    assert reversals == [(f"re:{refund.id}", 2_000_000)]
+    assert available(alice) == 400_000 + AMOUNT - 2_000_000
+    assert check_ledger() == []

@@ -149,6 +149,8 @@ ATTESTATION_NONCE_SECONDS = env_int("ATTESTATION_NONCE_SECONDS", 60, minimum=1, 
 ATTESTATION_CLOCK_SKEW_SECONDS = env_int("ATTESTATION_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=600)
 CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
+    "auto-recharge-scan": {"task": "billing.tasks.auto_recharge_scan", "schedule": 30.0},
+    "promo-expire-due": {"task": "billing.tasks.promo_expire_due", "schedule": 300.0},
     "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": NODE_HEALTH_INTERVAL_SECONDS},
     "reattest-nodes": {"task": "nodes.tasks.reattest_nodes", "schedule": ATTESTATION_INTERVAL_SECONDS},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},

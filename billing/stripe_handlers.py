@@ -2,4 +2,4 @@
 
 Each module below registers its handlers with ``@webhooks.handler("<event type>")``.
 """
-from . import disputes, refunds, topups  # noqa: F401  (top-ups, refunds, disputes)
+from . import disputes, recharge, refunds, topups  # noqa: F401  (top-ups, auto-recharge, refunds, disputes)

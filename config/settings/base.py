@@ -161,6 +161,8 @@ RECONCILE_TODAY_INTERVAL_SECONDS = env_int("RECONCILE_TODAY_INTERVAL_SECONDS", 3
 RECONCILE_AUTO_HEAL = env_bool("RECONCILE_AUTO_HEAL", True)
 CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
+    "auto-recharge-scan": {"task": "billing.tasks.auto_recharge_scan", "schedule": 30.0},
+    "promo-expire-due": {"task": "billing.tasks.promo_expire_due", "schedule": 300.0},
     "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": NODE_HEALTH_INTERVAL_SECONDS},
     "reattest-nodes": {"task": "nodes.tasks.reattest_nodes", "schedule": ATTESTATION_INTERVAL_SECONDS},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},

@@ -10,7 +10,14 @@ is never negative and promo never exceeds the balance.
 Rules: reserve (refused exactly when the model says it cannot be covered), settle
 (exact cost ≤ the hold, promo first, overage on a credit line), a second settle or void
 of the same hold (a no-op), void, the clock moving on and the timeout sweep
-(``reservations_void_expired(now=…)``), promotional and paid grants.
+(``reservations_void_expired(now=…)``), promotional grants and their FIFO expiry
+(``promo_expire_due(now=…)``), paid grants; and money from Stripe as it arrives: signed
+``checkout.session.completed`` / ``checkout.session.async_payment_succeeded`` events
+posted to the real webhook view (Django's test client), in any order and any number of
+times (a card payment's completed event is paid; an async one's is unpaid until the
+async success), and ``refund.created`` events for credited top-ups (what the wallet can
+give, the rest owed on the receivable wallet). Each Checkout Session is credited
+exactly once, on its first paid event.
 
 Sizes: the default profile (``ledger-ci``: 12 schedules of up to 25 steps) runs in
 ``make test``; ``make test-slow`` runs ``test_ledger_long_schedules`` (``ledger-long``:
@@ -42,14 +49,17 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     multiple,
+    precondition,
     rule,
 )
 
 from billing import ledger
 from billing.invariants import check_ledger
-from billing.models import Transfer, Wallet
+from billing.models import BillingAccount, Transfer, Wallet
 from billing.pricing import Price, Usage, cost_micros
+from billing.promo import promo_expire_due, promo_grant
 from billing.services import price_publish, reservations_void_expired, wallet_credit
+from tests.billing import stripe_payloads as sp
 from tests.conftest import make_tenant, run_async
 
 pytestmark = pytest.mark.postgres
@@ -69,6 +79,25 @@ _names = itertools.count()
 
 
 @dataclass
+class Checkout:
+    id: str
+    cents: int
+    payment_intent: str
+    async_payment: bool  # a bank debit: completed is unpaid, async_payment_succeeded pays
+
+
+@dataclass
+class Lot:
+    """A promo grant as the model sees it (FIFO by expiry, then by grant order)."""
+
+    order: int
+    amount: int
+    expires_at: dt.datetime
+    expired: int = 0
+    closed: bool = False
+
+
+@dataclass
 class Hold:
     transfer_id: int
     amount: int
@@ -81,18 +110,28 @@ class LedgerMachine(RuleBasedStateMachine):
 
     price: Price
     holds = Bundle("holds")
+    checkouts = Bundle("checkouts")
+    deliveries = Bundle("deliveries")
 
     def __init__(self):
         super().__init__()
         self.now = timezone.now()
         self.status: dict[int, str] = {}  # transfer id → pending/posted/voided, as the model says
+        self.credited: dict[str, int] = {}  # checkout session id → micro-units credited
+        self.topups: dict[str, list[int]] = {}  # payment intent → [credited, refunded so far]
+        self.lots: list[Lot] = []
+        self.owed = 0  # on the receivable wallet
 
     @initialize(credit=st.integers(0, 200_000), credit_limit=st.sampled_from([0, 0, 50_000]))
     def open_wallet(self, credit, credit_limit):
         tenant = make_tenant(f"prop{next(_names)}-{os.getpid()}", credit=credit)
+        self.account = BillingAccount.objects.get(organization=tenant.organization)
+        self.account.stripe_customer_id = sp.new_id("cus")
+        self.account.save(update_fields=["stripe_customer_id"])
         self.wallet = tenant.wallet
         self.project = tenant.project
         self.usage_wallet = Wallet.objects.get(account_id=self.wallet.account_id, kind=Wallet.Kind.USAGE)
+        self.receivable = Wallet.objects.get(account_id=self.wallet.account_id, kind=Wallet.Kind.RECEIVABLE)
         Wallet.objects.filter(id=self.wallet.id).update(credit_limit=credit_limit)  # a subscription's credit line
         self.balance, self.reserved, self.promo, self.credit_limit = credit, 0, 0, credit_limit
 
@@ -163,12 +202,11 @@ class LedgerMachine(RuleBasedStateMachine):
             else:
                 assert t.status == "pending", f"hold {transfer_id} voided before its timeout"
 
-    @rule(amount=st.integers(1, 80_000), days=st.integers(1, 60))
-    def promo_grant(self, amount, days):
-        grant = functools.partial(
-            wallet_credit, wallet=self.wallet, amount=amount, kind=Transfer.Kind.PROMO,
-            reference=f"promo-{next(_names)}", expires_at=self.now + dt.timedelta(days=days),
-        )
+    @rule(amount=st.integers(1, 80_000), minutes=st.integers(1, 120))
+    def promo_grant(self, amount, minutes):
+        expires_at = self.now + dt.timedelta(minutes=minutes)
+        grant = functools.partial(promo_grant, account=self.account, amount=amount, expires_at=expires_at,
+                                  reference=f"promo-{next(_names)}", now=self.now)
         if self.balance < 0:
             # A wallet in overage owes first: promo credit there would exceed the balance
             # (wallet_promo_within_balance), so the grant is refused and nothing moves.
@@ -178,6 +216,24 @@ class LedgerMachine(RuleBasedStateMachine):
         grant()
         self.balance += amount
         self.promo += amount
+        self.lots.append(Lot(len(self.lots), amount, expires_at))
+
+    @rule()
+    def promo_expiry(self):
+        promo_expire_due(now=self.now)
+        # The model of the rule: due lots in (expiry, grant) order give back what they still
+        # hold by FIFO, but never more than balance - reserved (no debt, holds stay).
+        open_lots = sorted((lot for lot in self.lots if not lot.closed), key=lambda lot: (lot.expires_at, lot.order))
+        for index, lot in enumerate(open_lots):
+            if lot.expires_at > self.now:
+                break
+            later = sum(other.amount - other.expired for other in open_lots[index + 1:])
+            rest = max(0, min(self.promo - later, lot.amount - lot.expired))
+            take = min(rest, max(0, self.balance - self.reserved))
+            self.balance -= take
+            self.promo -= take
+            lot.expired += take
+            lot.closed = take == rest
 
     @rule(amount=st.integers(1, 100_000))
     def paid_grant(self, amount):
@@ -186,6 +242,73 @@ class LedgerMachine(RuleBasedStateMachine):
         again = wallet_credit(wallet=self.wallet, amount=amount, reference=reference)  # a retried credit
         assert again.id == first.id
         self.balance += amount
+
+    # --- money from Stripe, through the webhook view -------------------------------------------------
+
+    def _post(self, event: dict) -> dict:
+        response = sp.post(event)
+        assert response.status_code == 200, response.content
+        return event
+
+    def _session(self, checkout: Checkout, *, paid: bool) -> dict:
+        amount = checkout.cents * 10_000
+        return {
+            "id": checkout.id, "object": "checkout.session", "mode": "payment", "status": "complete",
+            "payment_status": "paid" if paid else "unpaid", "amount_total": checkout.cents,
+            "amount_subtotal": checkout.cents, "currency": "usd", "customer": self.account.stripe_customer_id,
+            "metadata": {"purpose": "topup", "account_id": str(self.account.id), "amount_micros": str(amount)},
+            "payment_intent": checkout.payment_intent, "livemode": False,
+        }
+
+    def _paid(self, checkout: Checkout) -> None:
+        """The model of a paid event: the first one credits, any later one changes nothing."""
+        if checkout.id not in self.credited:
+            self.credited[checkout.id] = checkout.cents * 10_000
+            self.topups[checkout.payment_intent] = [checkout.cents * 10_000, 0]
+            self.balance += checkout.cents * 10_000
+
+    @rule(target=checkouts, cents=st.integers(500, 50_000), async_payment=st.booleans())
+    def checkout_opened(self, cents, async_payment):
+        return Checkout(sp.new_id("cs"), cents, sp.new_id("pi"), async_payment)
+
+    @rule(target=deliveries, checkout=checkouts)
+    def checkout_completed(self, checkout):
+        event = self._post(sp.event("checkout.session.completed",
+                                    self._session(checkout, paid=not checkout.async_payment)))
+        if not checkout.async_payment:
+            self._paid(checkout)
+        return event
+
+    @rule(target=deliveries, checkout=checkouts)
+    def async_payment_succeeded(self, checkout):
+        if not checkout.async_payment:
+            return multiple()
+        event = self._post(sp.event("checkout.session.async_payment_succeeded", self._session(checkout, paid=True)))
+        self._paid(checkout)  # whether or not completed came first
+        return event
+
+    @rule(delivery=deliveries)
+    def same_event_again(self, delivery):
+        answer = sp.post(delivery).json()
+        assert answer["duplicate"] is True  # stored once; its effect is not applied again
+
+    @precondition(lambda self: any(credited > refunded for credited, refunded in self.topups.values()))
+    @rule(target=deliveries, data=st.data())
+    def refunded(self, data):
+        refundable = sorted(pi for pi, (credited, refunded) in self.topups.items() if credited > refunded)
+        pi = data.draw(st.sampled_from(refundable))
+        credited, refunded = self.topups[pi]
+        cents = data.draw(st.integers(1, (credited - refunded) // 10_000))
+        amount = cents * 10_000
+        w = Wallet.objects.get(id=self.wallet.id)
+        recoverable = max(0, min(self.balance - self.promo, self.balance + self.credit_limit - self.reserved))
+        assert (w.balance, w.promo, w.reserved) == (self.balance, self.promo, self.reserved)
+        event = self._post(sp.event("refund.created", sp.refund(pi, cents)))
+        take = min(amount, recoverable)
+        self.balance -= take
+        self.owed += amount - take
+        self.topups[pi][1] += amount
+        return event
 
     # --- invariants --------------------------------------------------------------------------------------
 
@@ -198,6 +321,17 @@ class LedgerMachine(RuleBasedStateMachine):
         assert (w.balance, w.reserved, w.promo) == (self.balance, self.reserved, self.promo)
         assert w.available >= 0, "available went negative"
         assert w.promo == 0 or w.promo <= w.balance, "promo exceeds the balance"
+        assert Wallet.objects.get(id=self.receivable.id).balance == -self.owed
+
+    @invariant()
+    def each_checkout_credited_once(self):
+        if not hasattr(self, "wallet"):
+            return
+        credited = dict(
+            Transfer.objects.filter(kind=Transfer.Kind.TOPUP, credit_wallet_id=self.wallet.id)
+            .values_list("reference", "amount")
+        )
+        assert credited == {f"cs:{session}": amount for session, amount in self.credited.items()}
 
 
 def _machine():
@@ -221,10 +355,18 @@ def _run(price: Price, profile: str) -> None:
     run_state_machine_as_test(_machine(), settings=settings.get_profile(profile))
 
 
+@pytest.fixture(autouse=True)
+def _webhook_secret(settings):
+    settings.STRIPE_WEBHOOK_SECRETS = [sp.SECRET]
+
+
+# Passing takes ~25 s; a failure's shrinking may take minutes, and should finish to print its steps.
+@pytest.mark.timeout(600)
 def test_random_ledger_schedules_keep_every_invariant(ledger_price):
     _run(ledger_price, PROFILE)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_ledger_long_schedules(ledger_price):
     _run(ledger_price, "ledger-long")

@@ -181,10 +181,14 @@ CELERY_BEAT_SCHEDULE = {
 # STRIPE_WEBHOOK_SECRETS: comma-separated whsec_… secrets; a webhook is accepted when any of them
 # signed it (several during a rotation). STRIPE_PUBLISHABLE_KEY: pk_… for pages that need it.
 _STRIPE_EMULATED = not PRODUCTION and env_str("STRIPE_SECRET_KEY") is None
+# `manage.py serve` starts the emulator beside the platform when this is on (the embedded default).
+STRIPE_EMULATOR = _STRIPE_EMULATED and env_str("STRIPE_API_BASE") is None
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_emulator" if _STRIPE_EMULATED else "")
 STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "pk_test_emulator" if _STRIPE_EMULATED else "")
 STRIPE_API_BASE = env_url(
-    "STRIPE_API_BASE", "http://127.0.0.1:12111" if _STRIPE_EMULATED else None, schemes=("http", "https")
+    "STRIPE_API_BASE",
+    f"http://127.0.0.1:{env_int('STRIPE_EMULATOR_PORT', 12111, minimum=1, maximum=65535)}" if _STRIPE_EMULATED else None,
+    schemes=("http", "https"),
 )
 STRIPE_WEBHOOK_SECRETS = env_list("STRIPE_WEBHOOK_SECRETS", ["whsec_emulator_dev"] if _STRIPE_EMULATED else [])
 if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):

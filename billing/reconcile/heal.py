@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import Discrepancy, ReconciliationRun, Transfer
+from billing.recharge import NotARecharge, RechargeRefused, credit_payment_intent
 from billing.topups import NotATopup, TopupRefused, credit_checkout_session
 
 from . import stripe_side
@@ -25,7 +26,7 @@ from . import stripe_side
 HEALABLE = frozenset({"missing_credit"})
 
 # What the credit functions raise for a payment that is not ours to credit, or not as asked.
-_REFUSALS: tuple[type[Exception], ...] = (NotATopup, TopupRefused)
+_REFUSALS: tuple[type[Exception], ...] = (NotATopup, TopupRefused, NotARecharge, RechargeRefused)
 
 
 class CannotHeal(Exception):
@@ -51,8 +52,6 @@ def _applier(refs: Mapping, api: stripe_side._Stripe) -> tuple[str, Callable[[st
         invoice = api.invoice(refs["invoice"])
         return f"invoice {invoice['id']}", lambda source: invoice_paid_apply(invoice=invoice, source=source)
     if purpose == "payment_intent" and refs.get("payment_intent"):
-        from billing.recharge import credit_payment_intent
-
         pi = api.payment_intent(refs["payment_intent"])
         return f"payment intent {pi['id']}", lambda source: credit_payment_intent(payment_intent=pi, source=source)
     raise CannotHeal("the discrepancy names no Checkout Session, payment intent or invoice to apply")

@@ -6,13 +6,20 @@ by the emulator to a live server. A dropped delivery is the emulator's "drop nex
 """
 from __future__ import annotations
 
-import pytest
+import datetime as dt
 
+import pytest
+from django.utils import timezone
+
+from billing import recharge
 from billing.invariants import check_ledger
 from billing.models import Discrepancy, ReconciliationRun, StripeEvent, Transfer, Wallet
+from billing.pricing import Usage
 from billing.reconcile import reconcile_run, run_heal
 from billing.services import wallet_credit
 from tests.billing.checkout_flow import credits, login, start_topup
+from tests.billing.test_ledger import price  # noqa: F401 - fixture
+from tests.billing.test_reconcile import request as paid_request
 from tests.billing.test_refunds_e2e import refund_from_console
 
 WEBHOOK_PATH = "/billing/stripe/webhook"
@@ -166,3 +173,25 @@ def test_stripe_unreachable_fails_the_run_but_keeps_the_other_checks(alice, sett
     run = reconcile_run(day=alice.wallet.created_at.date())
     assert run.status == "failed" and "Stripe could not be asked" in run.error
     assert "error" in run.summary["checks"]["stripe"] and run.summary["checks"]["ledger"]["posted"]["grant"]["count"] == 1
+
+
+def test_an_auto_recharge_whose_webhook_was_dropped_is_healed_through_credit_payment_intent(emulator, alice, price):  # noqa: F811
+    from tests.billing.test_recharge import AMOUNT, configure, save_card
+
+    save_card(alice)
+    configure(alice)
+    emulator.drop_next(1, type="payment_intent.succeeded")
+    # Spend down to below the threshold (a request with its record): the scan charges the card.
+    paid_request(alice, price, request_id="req_1", usage=Usage(600_000, 0), hold=600_000)
+    recharge.auto_recharge_scan()
+    emulator.deliveries(type="payment_intent.succeeded", status="dropped", wait_for=1)
+    assert not Transfer.objects.filter(kind=Transfer.Kind.TOPUP, credit_wallet=alice.wallet).exists()
+
+    run = reconcile_run(day=timezone.now().astimezone(dt.UTC).date(), heal=True)
+
+    healed = run.discrepancies.get()
+    (credit,) = Transfer.objects.filter(kind=Transfer.Kind.TOPUP, credit_wallet=alice.wallet)
+    assert (healed.kind, healed.status, healed.amount, healed.references["purpose"]) == (
+        "missing_credit", "healed", AMOUNT, "payment_intent")
+    assert (credit.reference, credit.amount) == (f"pi:{healed.references['payment_intent']}", AMOUNT)
+    assert run.status == "ok" and balance(alice) == 1_000_000 - 600_000 + AMOUNT and check_ledger() == []

@@ -57,19 +57,19 @@ def _applier(refs: Mapping, api: stripe_side._Stripe) -> tuple[str, Callable[[st
     raise CannotHeal("the discrepancy names no Checkout Session, payment intent or invoice to apply")
 
 
-def _transfers(result) -> tuple[list[Transfer], bool]:
-    """The credit functions answer (transfer | None, created), or a list of such pairs (an invoice)."""
-    pairs = result if isinstance(result, list) else [result]
-    transfers, created = [], False
-    for pair in pairs:
-        if isinstance(pair, tuple):
-            transfer, new = pair
-        else:
-            transfer, new = pair, False
-        if transfer is not None:
-            transfers.append(transfer)
-            created = created or bool(new)
-    return transfers, created
+def _transfers(result, existed: set[int]) -> tuple[list[Transfer], bool]:
+    """What the credit function credited, and whether anything of it is new.
+
+    Top-ups and auto-recharge answer (transfer | None, created); an invoice answers
+    ``InvoiceApplied`` (its overage, included and included-owed transfers) or None.
+    """
+    if result is None:
+        return [], False
+    if isinstance(result, tuple):
+        transfer, created = result
+        return ([transfer] if transfer is not None else []), bool(created)
+    transfers = [t for t in (result.overage, result.included, result.included_owed) if t is not None]
+    return transfers, any(t.id not in existed for t in transfers)
 
 
 def discrepancy_heal(*, discrepancy: Discrepancy, run: ReconciliationRun, user=None) -> Healed:
@@ -84,13 +84,16 @@ def discrepancy_heal(*, discrepancy: Discrepancy, run: ReconciliationRun, user=N
         claimed = Discrepancy.objects.select_for_update().filter(id=discrepancy.id, status=Discrepancy.Status.OPEN).first()
         if claimed is None:
             raise CannotHeal("the discrepancy was resolved meanwhile")
+        existed = set(Transfer.objects.filter(stripe_object=discrepancy.references.get("invoice") or "-")
+                      .values_list("id", flat=True))
         try:
             result = apply(f"reconciliation run {run.id}")
         except _REFUSALS as exc:  # not ours, or not what we asked for: a person must look
             raise CannotHeal(f"{what} was not credited: {exc}") from exc
-        transfers, applied = _transfers(result)
+        transfers, applied = _transfers(result, existed)
         if not transfers:
-            raise CannotHeal(f"Stripe says {what} is not paid: there is nothing to credit")
+            why = getattr(result, "note", "") or "Stripe says it is not paid"
+            raise CannotHeal(f"{what} credited nothing ({why})")
         ids = ", ".join(str(t.id) for t in transfers)
         claimed.status = Discrepancy.Status.HEALED
         claimed.note = (

@@ -51,6 +51,7 @@ STRIPE_KINDS = {
     Transfer.Kind.DISPUTE_WON: +1,
     Transfer.Kind.OVERAGE_PAYMENT: +1,
     Transfer.Kind.INCLUDED: +1,
+    Transfer.Kind.GRANT: +1,  # included credit that paid usage already on the credit line (names its invoice)
 }
 
 
@@ -259,9 +260,13 @@ def _stripe_amount(api: _Stripe, *, kind: str, obj: str) -> tuple[int, dict, str
         invoice = api.invoice(obj)
         if invoice.get("status") != "paid":
             return 0, {"invoice": obj}, f"invoice {obj} is {invoice.get('status')}, not paid"
-        refs = {"invoice": obj, "amount_paid": micros(invoice.get("amount_paid", 0), invoice.get("currency", "usd"))}
-        return _metered_amount(invoice), refs, ""
-    if kind == Transfer.Kind.INCLUDED:
+        quantity, charged = _metered(invoice)
+        refs = {"invoice": obj, "amount_paid": micros(invoice.get("amount_paid", 0), invoice.get("currency", "usd")),
+                "metered": quantity, "metered_charged": charged}
+        return quantity, refs, ""
+    if kind in (Transfer.Kind.INCLUDED, Transfer.Kind.GRANT):
+        if not obj.startswith("in_"):
+            return None
         invoice = api.invoice(obj)
         if invoice.get("status") != "paid":
             return 0, {"invoice": obj}, f"invoice {obj} is {invoice.get('status')}, not paid"
@@ -278,24 +283,32 @@ def _charge_amount(api: _Stripe, charge_id: str) -> tuple[int, dict, str]:
     return micros(bt["amount"], bt["currency"]), {"charge": charge_id, **_bt_refs(bt)}, ""
 
 
-def _line_price(line: dict) -> dict:
-    price = line.get("price")
-    if isinstance(price, dict):
-        return price
-    details = (line.get("pricing") or {}).get("price_details") or {}
-    return {"id": details.get("price")} if details.get("price") else {}
+def _line_price(line: dict) -> str | None:
+    """The price id of an invoice line, in any of the shapes Stripe API versions use."""
+    pricing = line.get("pricing") or {}
+    return _id(line.get("price")) or _id((pricing.get("price_details") or {}).get("price")) or _id(line.get("plan"))
+
+
+def _metered(invoice: dict) -> tuple[int, int]:
+    """(micro-units metered, micro-units charged for them) on the invoice's overage lines.
+
+    The meter counts micro-units of overage; Stripe charges them at a price per
+    micro-unit rounded to the cent, so the two may differ by less than a cent. The
+    ledger credits back what was metered (``billing.subscriptions``).
+    """
+    meter_prices = set(Plan.objects.exclude(stripe_meter_price_id="").values_list("stripe_meter_price_id", flat=True))
+    quantity = charged = 0
+    for line in (invoice.get("lines") or {}).get("data") or []:
+        price = line.get("price") if isinstance(line.get("price"), dict) else {}
+        if _line_price(line) in meter_prices or (price.get("recurring") or {}).get("usage_type") == "metered":
+            quantity += int(line.get("quantity") or 0)
+            charged += micros(int(line.get("amount") or 0), line.get("currency") or invoice.get("currency", "usd"))
+    return quantity, charged
 
 
 def _metered_amount(invoice: dict) -> int:
-    """Micro-units of the invoice's metered (overage) lines."""
-    meter_prices = set(Plan.objects.exclude(stripe_meter_price_id="").values_list("stripe_meter_price_id", flat=True))
-    total = 0
-    for line in (invoice.get("lines") or {}).get("data") or []:
-        price = _line_price(line)
-        metered = (price.get("recurring") or {}).get("usage_type") == "metered" or price.get("id") in meter_prices
-        if metered:
-            total += micros(line.get("amount", 0), line.get("currency") or invoice.get("currency", "usd"))
-    return total
+    """Micro-units of money the invoice charged for metered overage."""
+    return _metered(invoice)[1]
 
 
 # --- Stripe → ledger ---------------------------------------------------------------------------------------------
@@ -360,7 +373,8 @@ def _payment_problem(api: _Stripe, bt: dict, source: str) -> Problem | None:
                             "customer": customer, "account": _account_for(customer)}
     if invoice_id:
         expected = _invoice_credits(api.invoice(invoice_id))
-        if not expected or _ledger_has(kinds=expected, objects=[invoice_id]):
+        # Included credit may land as a grant (the part that paid usage already on the credit line).
+        if not expected or _ledger_has(kinds=[*INVOICE_KINDS], objects=[invoice_id]):
             return None
         refs["purpose"] = "invoice"
         refs["expected_kinds"] = sorted(expected)
@@ -384,14 +398,19 @@ def _payment_problem(api: _Stripe, bt: dict, source: str) -> Problem | None:
     )
 
 
+INVOICE_KINDS = (Transfer.Kind.INCLUDED, Transfer.Kind.GRANT, Transfer.Kind.OVERAGE_PAYMENT)
+
+
 def _invoice_credits(invoice: dict) -> set[str]:
-    """The ledger credits a paid invoice should have brought: included credit if its plan
-    includes any, an overage payment if it billed metered overage."""
+    """The ledger credits a paid invoice should have brought: included credit if it charged a
+    plan's fee and the plan includes credit, an overage payment if it billed metered overage."""
     expected: set[str] = set()
-    price_ids = {_line_price(line).get("id") for line in (invoice.get("lines") or {}).get("data") or []}
-    if Plan.objects.filter(stripe_price_id__in=[p for p in price_ids if p], included_credit__gt=0).exists():
+    fee_prices = {
+        _line_price(line) for line in (invoice.get("lines") or {}).get("data") or [] if int(line.get("amount") or 0) > 0
+    }
+    if Plan.objects.filter(stripe_price_id__in=[p for p in fee_prices if p], included_credit__gt=0).exists():
         expected.add(Transfer.Kind.INCLUDED)
-    if _metered_amount(invoice) > 0:
+    if _metered(invoice)[0] > 0:
         expected.add(Transfer.Kind.OVERAGE_PAYMENT)
     return expected
 

@@ -134,11 +134,46 @@ class _Stripe:
         return _id(pi.get("latest_charge"))
 
     def invoice_of_charge(self, charge: dict) -> str | None:
-        """The invoice a charge paid, if any (on the charge, else on its payment intent)."""
+        """The invoice a charge paid, if any.
+
+        API versions before 2025-03-31 name it on the charge or its payment intent; later
+        ones link them through InvoicePayment objects; the customer's invoices name their
+        payment intent and charge in the older shape (what the emulator gives).
+        """
+        pi_id = _id(charge.get("payment_intent"))
         invoice = _id(charge.get("invoice"))
-        if invoice is None and charge.get("payment_intent"):
-            invoice = _id(self.payment_intent(_id(charge["payment_intent"])).get("invoice"))
+        if invoice is None and pi_id:
+            invoice = _id(self.payment_intent(pi_id).get("invoice"))
+        if invoice is None and pi_id:
+            invoice = self._invoice_payment(pi_id)
+        if invoice is None and charge.get("customer"):
+            invoice = self._customer_invoices(_id(charge["customer"])).get(pi_id or charge["id"]) or \
+                self._customer_invoices(_id(charge["customer"])).get(charge["id"])
         return invoice
+
+    def _invoice_payment(self, pi_id: str) -> str | None:
+        try:
+            found = self.sc.v1.invoice_payments.list(
+                params={"payment": {"type": "payment_intent", "payment_intent": pi_id}, "limit": 1}
+            )
+        except stripe.StripeError as exc:
+            if exc.http_status == 404:  # an API version (or the emulator) without InvoicePayments
+                return None
+            raise
+        return _id(found.data[0].invoice) if found.data else None
+
+    def _customer_invoices(self, customer: str) -> dict[str, str]:
+        """payment intent / charge id → invoice id, over the customer's invoices."""
+        key = f"invoices:{customer}"
+        if key not in self._cache:
+            links: dict[str, str] = {}
+            for invoice in self.sc.v1.invoices.list(params={"customer": customer, "limit": 100}).auto_paging_iter():
+                invoice = _d(invoice)
+                for field in ("payment_intent", "charge"):
+                    if _id(invoice.get(field)):
+                        links[_id(invoice[field])] = invoice["id"]
+            self._cache[key] = links
+        return self._cache[key]
 
 
 def _bt_refs(bt: dict) -> dict[str, Any]:

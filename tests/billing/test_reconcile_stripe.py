@@ -195,3 +195,20 @@ def test_an_auto_recharge_whose_webhook_was_dropped_is_healed_through_credit_pay
         "missing_credit", "healed", AMOUNT, "payment_intent")
     assert (credit.reference, credit.amount) == (f"pi:{healed.references['payment_intent']}", AMOUNT)
     assert run.status == "ok" and balance(alice) == 1_000_000 - 600_000 + AMOUNT and check_ledger() == []
+
+
+def test_finance_staff_heal_a_dropped_webhook_from_the_console(client, alice, emulator, django_user_model):
+    from tests.billing.test_reconcile_console import as_user, staff
+
+    login(client, alice)
+    row = paid_topup(client, alice, emulator, "10", drop_webhook=True)
+    run = reconcile_run(day=row.created_at.date())
+    finance = as_user(staff(django_user_model, "fin", "billing.view_reconciliationrun", "billing.change_discrepancy"))
+    page = finance.get(f"/finance/runs/{run.id}/").content.decode()
+    assert 'data-kind="missing_credit" data-status="open"' in page and "Heal missing credits" in page
+    healed = finance.post(f"/finance/runs/{run.id}/heal", follow=True).content.decode()
+    assert f"credit applied by reconciliation run {run.id}" in healed
+    assert 'data-kind="missing_credit" data-status="healed"' in healed and 'data-testid="run-status">ok<' in healed
+    assert len(credits(row)) == 1 and balance(alice) == 11_000_000
+    finance.post(f"/finance/runs/{run.id}/heal")  # a second click credits nothing more
+    assert len(credits(row)) == 1 and balance(alice) == 11_000_000

@@ -22,6 +22,7 @@ import orjson
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import Case, Value, When
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -173,7 +174,8 @@ def _run(run_id: int) -> ReconciliationRun:
 def run_detail(request, run_id: int):
     _platform(request)
     run = _run(run_id)
-    discrepancies = run.discrepancies.select_related("resolved_by").order_by("status", "kind", "id")
+    open_first = Case(When(status=Discrepancy.Status.OPEN, then=Value(0)), default=Value(1))
+    discrepancies = run.discrepancies.select_related("resolved_by").order_by(open_first, "kind", "id")
     status = request.GET.get("status")
     if status in Discrepancy.Status.values:
         discrepancies = discrepancies.filter(status=status)

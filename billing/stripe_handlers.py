@@ -2,3 +2,4 @@
 
 Each module below registers its handlers with ``@webhooks.handler("<event type>")``.
 """
+from . import subscriptions  # noqa: F401  customer.subscription.*, invoice.paid

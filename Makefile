@@ -12,7 +12,7 @@ QUIET = 2>&1 | { grep -vE "^WARNING: Location|BuildBackendWarning|^ *(!!|\*{10,}
 # Built once per machine, reused by every checkout.
 WHEEL_CACHE ?= $(HOME)/.cache/private-inference/wheels
 
-.PHONY: run test test-slow install model embeddings-minilm bench migrate clean
+.PHONY: run test test-slow install model embeddings-minilm bench migrate clean stripe-emulator
 
 run: install model
 	@$(BIN)/python manage.py migrate --noinput -v0
@@ -24,6 +24,13 @@ test: install model
 
 test-slow: install model
 	@$(BIN)/python -m pytest -q -m slow
+
+# The Stripe emulator for development (billing/stripe_emulator/, localstripe plus our front): its API
+# on 127.0.0.1:12111, the default STRIPE_API_BASE outside production; every event is delivered to
+# `make run`'s webhook view, signed with the development secret (STRIPE_WEBHOOK_SECRETS' default).
+stripe-emulator: install
+	@$(BIN)/python -m billing.stripe_emulator --port 12111 \
+	  --webhook-url http://127.0.0.1:$${PORT:-8000}/billing/stripe/webhook --webhook-secret whsec_emulator_dev
 
 bench: install model
 	@$(BIN)/python bench/gateway_overhead.py

@@ -14,9 +14,13 @@
 """
 from __future__ import annotations
 
+from functools import partial
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+
+from config.ids import new_id
 
 
 class Plan(models.Model):
@@ -448,3 +452,106 @@ class Discrepancy(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["kind", "status"], name="discrepancy_kind")]
+
+
+class TopupSession(models.Model):
+    """One top-up through Stripe Checkout, from the console form to its credit.
+
+    Written before Stripe is called, so the Checkout Session is created with an
+    idempotency key from this row (``topup-session:<public id>``) and the success
+    page can say what became of the payment from our own data. The credit itself
+    is the ``topup`` transfer with reference ``cs:<session id>``, posted only by a
+    verified webhook (``billing.topups.credit_checkout_session``); a refused
+    payment (amounts or customer do not match) keeps its reason in ``error``.
+    """
+
+    class Status(models.TextChoices):
+        CREATED = "created"  # row written, Checkout Session not created (yet)
+        OPEN = "open"  # Checkout Session open: the customer is on Stripe's page
+        PROCESSING = "processing"  # completed, the payment has not cleared (async methods)
+        CREDITED = "credited"
+        FAILED = "failed"  # the payment failed, or Stripe refused to open the session
+        EXPIRED = "expired"
+        REFUSED = "refused"  # paid, but not credited: it did not match what we asked for
+
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "topup"), editable=False)
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="topup_sessions")
+    currency = models.CharField(max_length=3, default="usd")
+    amount = models.BigIntegerField()  # micro-units asked for
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATED)
+    stripe_session_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    stripe_payment_intent = models.CharField(max_length=255, blank=True)
+    checkout_url = models.TextField(blank=True)
+    transfer = models.OneToOneField(
+        Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="topup_session"
+    )
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="topupsession_amount_positive")]
+        indexes = [models.Index(fields=["account", "created_at"], name="topupsession_account")]
+
+
+class TopupRefund(models.Model):
+    """A refund of (part of) a top-up: asked for in the console, or seen first in a webhook.
+
+    Console refunds write this row (under a lock on the top-up, so two can never
+    refund more than was paid) before Stripe is called with the idempotency key
+    ``topup-refund:<public id>``; Stripe's refund carries that public id in its
+    metadata. The ledger reversal is posted by ``billing.refunds.refund_post``
+    from the webhook once the refund succeeded, once per refund id.
+    """
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested"  # row written, Stripe not answered yet
+        PENDING = "pending"  # Stripe has the refund; not succeeded yet
+        SUCCEEDED = "succeeded"  # reversal posted
+        FAILED = "failed"  # Stripe refused it, or it failed or was canceled
+
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "topref"), editable=False)
+    topup = models.ForeignKey(Transfer, on_delete=models.PROTECT, related_name="refunds")
+    amount = models.BigIntegerField()  # micro-units
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.REQUESTED)
+    stripe_refund_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="topuprefund_amount_positive")]
+
+
+class Dispute(models.Model):
+    """A chargeback on a top-up's payment, and what it did to the wallet.
+
+    Opening (or losing, if that is heard of first) reverses the disputed amount
+    like a refund (transfers ``dp:<id>`` and ``dp:<id>:owed``) and suspends the
+    wallet; winning gives exactly that back and lifts the suspension when no
+    other dispute is open or lost and unresolved. A lost dispute keeps the
+    wallet suspended until finance reactivates it (``resolved_*``).
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        WON = "won"
+        LOST = "lost"
+
+    stripe_dispute_id = models.CharField(max_length=255, unique=True)
+    topup = models.ForeignKey(Transfer, on_delete=models.PROTECT, related_name="disputes")
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="disputes")
+    amount = models.BigIntegerField()  # micro-units disputed
+    reason = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    reversed_at = models.DateTimeField(null=True, blank=True)  # the reversal was posted
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)  # a lost dispute, settled by finance
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    resolution_note = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="dispute_amount_positive")]

@@ -17,8 +17,19 @@ Handlers do database work only (no Stripe calls: those go in
     @webhooks.handler("checkout.session.completed")
     def on_checkout_completed(event: dict) -> str | None: ...
 
-The return value, if any, is stored as the event's note (``error`` column stays
-empty); raise ``webhooks.Ignore("why")`` to store the event as ignored.
+The return value, if any, is stored as the event's note (in ``error``, with the
+status ``processed``); raise ``webhooks.Ignore("why")`` to store the event as
+ignored, or ``webhooks.Refuse("why")`` when the event is genuine but its effect
+must not happen (a payment that does not match what we asked for): it is stored
+as ``failed`` with the reason, for reconciliation to show, and answered 200
+(a retry would be refused the same way). Writes a handler made before raising
+either are kept.
+
+Several modules may handle one type (``checkout.session.completed`` is a top-up
+in payment mode and a subscription in subscription mode): each handler runs in
+registration order and raises ``Ignore`` for events that are not its own. The
+event is ``processed`` if any handler acted, else ``failed`` if one refused,
+else ``ignored``.
 """
 from __future__ import annotations
 
@@ -44,11 +55,15 @@ TOLERANCE = 300  # seconds, as Stripe's own libraries
 MAX_BODY = 1024 * 1024
 
 Handler = Callable[[dict], "str | None"]
-_HANDLERS: dict[str, Handler] = {}
+_HANDLERS: dict[str, list[Handler]] = {}
 
 
 class Ignore(Exception):
     """Raised by a handler for an event it deliberately does not act on."""
+
+
+class Refuse(Exception):
+    """Raised by a handler for a genuine event whose effect it refuses (stored as failed)."""
 
 
 class InvalidSignature(Exception):
@@ -57,17 +72,18 @@ class InvalidSignature(Exception):
 
 def handler(event_type: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        if event_type in _HANDLERS and _HANDLERS[event_type] is not fn:
-            raise RuntimeError(f"two handlers for {event_type}")
-        _HANDLERS[event_type] = fn
+        registered = _HANDLERS.setdefault(event_type, [])
+        name = f"{fn.__module__}.{fn.__qualname__}"
+        # A module imported twice registers its function again: replace, never run it twice.
+        registered[:] = [f for f in registered if f"{f.__module__}.{f.__qualname__}" != name] + [fn]
         return fn
 
     return register
 
 
-def handlers() -> dict[str, Handler]:
+def handlers() -> dict[str, list[Handler]]:
     _load_handlers()
-    return dict(_HANDLERS)
+    return {event_type: list(fns) for event_type, fns in _HANDLERS.items()}
 
 
 def _load_handlers() -> None:
@@ -113,31 +129,44 @@ def verify(*, payload: bytes, header: str | None, secrets: list[str], now: float
 def event_apply(*, event: dict) -> tuple[StripeEvent, bool]:
     """Store the event and apply its effect in one transaction. (event row, applied now?)"""
     _load_handlers()
-    fn = _HANDLERS.get(event["type"])
+    fns = _HANDLERS.get(event["type"], [])
     created = dt.datetime.fromtimestamp(int(event.get("created") or 0), tz=dt.timezone.utc)
     try:
         with transaction.atomic():
             row = StripeEvent.objects.create(
                 id=event["id"], type=event["type"], api_created=created, payload=event,
-                status=StripeEvent.Status.IGNORED if fn is None else StripeEvent.Status.PROCESSED,
-                processed_at=timezone.now(),
+                status=StripeEvent.Status.IGNORED, processed_at=timezone.now(),
             )
-            if fn is not None:
-                try:
-                    note = fn(event)
-                except Ignore as why:
-                    row.status, row.error = StripeEvent.Status.IGNORED, str(why)
-                    row.save(update_fields=["status", "error"])
-                else:
-                    if note:
-                        row.error = str(note)
-                        row.save(update_fields=["error"])
+            if fns:
+                row.status, row.error = _dispatch(fns, event)
+                row.save(update_fields=["status", "error"])
     except IntegrityError:
         existing = StripeEvent.objects.filter(id=event["id"]).first()
         if existing is None:
             raise  # a constraint of the effect broke: roll back, 500, Stripe retries
         return existing, False
     return row, True
+
+
+def _dispatch(fns: list[Handler], event: dict) -> tuple[str, str]:
+    """Run every handler of the event's type: (status, note)."""
+    acted, refused, ignored = [], [], []
+    for fn in fns:
+        try:
+            note = fn(event)
+        except Ignore as why:
+            ignored.append(str(why))
+        except Refuse as why:
+            refused.append(str(why))
+        else:
+            acted.append(str(note or ""))
+    if acted:
+        status, notes = StripeEvent.Status.PROCESSED, acted + refused
+    elif refused:
+        status, notes = StripeEvent.Status.FAILED, refused
+    else:
+        status, notes = StripeEvent.Status.IGNORED, ignored
+    return status, "; ".join(n for n in notes if n)
 
 
 def error(status: int, code: str, message: str) -> JsonResponse:

@@ -419,3 +419,156 @@ def sim_node(transactional_db, sim, allowed_measurement):
 
 def sim_cost(prompt_tokens: int, completion_tokens: int) -> int:
     return prompt_tokens * 1 + completion_tokens * 2
+
+
+# --- Stripe emulator --------------------------------------------------------------------------------
+
+
+def _stripe_emulator_port() -> int:
+    """A port chosen now, outside the ephemeral range free_port() draws from, so every process
+    started later (server fixtures) inherits STRIPE_API_BASE whichever fixture starts first."""
+    for offset in range(200):
+        port = 20000 + (os.getpid() * 7 + offset) % 10000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
+STRIPE_EMULATOR_PORT = _stripe_emulator_port()
+STRIPE_TEST_SECRET_KEY = "sk_test_emulator"
+STRIPE_TEST_WEBHOOK_SECRET = "whsec_test_emulator"
+os.environ.setdefault("STRIPE_API_BASE", f"http://127.0.0.1:{STRIPE_EMULATOR_PORT}")
+os.environ.setdefault("STRIPE_SECRET_KEY", STRIPE_TEST_SECRET_KEY)
+os.environ.setdefault("STRIPE_PUBLISHABLE_KEY", "pk_test_emulator")
+os.environ.setdefault("STRIPE_WEBHOOK_SECRETS", STRIPE_TEST_WEBHOOK_SECRET)
+
+
+@dataclass
+class StripeEmulator:
+    """Handle on the running emulator (see the ``stripe_emulator`` fixture)."""
+
+    api_base: str
+    api_key: str
+    webhook_secret: str
+    process: Process
+
+    def client(self):
+        """A real ``stripe.StripeClient`` pointed at the emulator."""
+        import stripe
+
+        return stripe.StripeClient(self.api_key, base_addresses={"api": self.api_base, "files": self.api_base},
+                                   max_network_retries=0)
+
+    def admin(self, method: str, path: str, json: dict | None = None, **query) -> dict:
+        response = httpx.request(method, f"{self.api_base}/_emulator/{path.lstrip('/')}", json=json,
+                                 params={k: v for k, v in query.items() if v is not None}, timeout=30)
+        if response.status_code >= 400:
+            raise AssertionError(f"emulator {method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    # webhooks
+    def register_webhook(self, url: str, *, secrets: list[str] | None = None,
+                         enabled_events: list[str] | None = None) -> dict:
+        """Deliver events (all types, or ``enabled_events``) to ``url``, signed with ``secrets``
+        (default: the test secret, which STRIPE_WEBHOOK_SECRETS holds in tests)."""
+        return self.admin("POST", "webhook_endpoints", {"url": url, "secrets": secrets or [self.webhook_secret],
+                                                        "enabled_events": enabled_events})
+
+    def drop_next(self, count: int = 1, *, type: str | None = None) -> None:
+        """Drop (record, don't send) the next ``count`` deliveries, of event ``type`` if given."""
+        self.admin("POST", "drop", {"count": count, "type": type})
+
+    def deliveries(self, *, type: str | None = None, event_id: str | None = None, status: str | None = None,
+                   wait_for: int = 0, timeout: float = 10) -> list[dict]:
+        """Deliveries made so far (``status`` delivered/failed/dropped; each has ``payload`` and
+        ``signature`` exactly as sent); ``wait_for=N`` blocks server-side until N match."""
+        return self.admin("GET", "deliveries", type=type, event_id=event_id, status=status,
+                          wait_for=wait_for or None, timeout=timeout)["data"]
+
+    def replay(self, event_id: str, *, endpoint: str | None = None) -> list[dict]:
+        """Deliver an event again (to every endpoint, or one), even one that was dropped."""
+        return self.admin("POST", f"events/{event_id}/replay", {"endpoint": endpoint})["deliveries"]
+
+    def events(self, *, type: str | None = None) -> list[dict]:
+        return self.admin("GET", "events", type=type)["data"]
+
+    def trigger(self, type: str, obj: dict) -> dict:
+        """Send any event with ``obj`` as ``data.object``; returns {"events", "deliveries"}."""
+        return self.admin("POST", "events", {"type": type, "object": obj})
+
+    # scenarios (each returns after its webhooks were delivered)
+    def pay(self, session_url: str, *, outcome: str | None = None, card: str = "visa") -> httpx.Response:
+        """Open the hosted Checkout page and press Pay; returns the 303 to success_url (not followed)."""
+        page = httpx.get(session_url, params={"outcome": outcome} if outcome else None, timeout=30)
+        assert page.status_code == 200, page.text
+        return httpx.post(session_url.split("?")[0], data={"outcome": outcome or "", "card": card}, timeout=30)
+
+    def settle_async_payment(self, session_id: str, result: str = "succeeded") -> dict:
+        return self.admin("POST", f"checkout/sessions/{session_id}/async_payment", {"result": result})
+
+    def renew_subscription(self, subscription_id: str, *, fail: bool = False) -> dict:
+        """Next period's invoice (fee + metered usage so far), paid → invoice.paid; returns {"invoice", …}."""
+        return self.admin("POST", f"subscriptions/{subscription_id}/renew", {"fail": fail})
+
+    def open_dispute(self, *, charge: str | None = None, payment_intent: str | None = None,
+                     amount: int | None = None, reason: str = "fraudulent") -> dict:
+        body = {"charge": charge, "payment_intent": payment_intent, "reason": reason}
+        if amount is not None:
+            body["amount"] = amount
+        return self.admin("POST", "disputes", body)
+
+    def close_dispute(self, dispute_id: str, outcome: str) -> dict:
+        return self.admin("POST", f"disputes/{dispute_id}/close", {"outcome": outcome})
+
+    def payout(self, currency: str = "usd") -> dict:
+        """Pay out every balance transaction of ``currency`` not yet paid out."""
+        return self.admin("POST", "payouts", {"currency": currency})
+
+    def meter_events(self, customer: str | None = None) -> dict:
+        """{"data": [...], "totals": {customer: {event_name: sum}}}."""
+        return self.admin("GET", "meter_events", customer=customer)
+
+    def reset(self, *, objects: bool = False) -> None:
+        """Forget endpoints, drops and deliveries (and every Stripe object with ``objects=True``)."""
+        self.admin("POST", "reset", {"objects": objects})
+
+
+@pytest.fixture(scope="session")
+def stripe_emulator():
+    """The Stripe emulator (``python -m billing.stripe_emulator``) on 127.0.0.1, once per session.
+
+    It is localstripe (customers, payment methods such as ``pm_card_visa``, payment intents,
+    charges, refunds, products, plans, subscriptions, invoices) plus an HTTP-level fake of what
+    localstripe lacks, in front of it: Prices, Checkout Sessions with a hosted pay page, billing
+    portal sessions, billing meters and meter events, disputes, payouts and balance transactions
+    with Stripe's fees, and signed webhook delivery. Tests use the real ``stripe`` library against
+    it; nothing of ours is mocked.
+
+    Django settings STRIPE_API_BASE / STRIPE_SECRET_KEY / STRIPE_WEBHOOK_SECRETS point at it (in
+    this process, and through the environment in every server process the fixtures start).
+    State is shared by the session: call ``reset()`` to forget webhook endpoints and drops.
+    """
+    from django.test import override_settings
+
+    port = int(os.environ["STRIPE_API_BASE"].rsplit(":", 1)[1])
+    process = Process([sys.executable, "-m", "billing.stripe_emulator", "--port", str(port)],
+                      ready="stripe emulator listening on", timeout=30)
+    emulator = StripeEmulator(api_base=os.environ["STRIPE_API_BASE"], api_key=os.environ["STRIPE_SECRET_KEY"],
+                              webhook_secret=os.environ["STRIPE_WEBHOOK_SECRETS"].split(",")[0], process=process)
+    overrides = override_settings(STRIPE_API_BASE=emulator.api_base, STRIPE_SECRET_KEY=emulator.api_key,
+                                  STRIPE_WEBHOOK_SECRETS=[emulator.webhook_secret])
+    overrides.enable()
+    yield emulator
+    overrides.disable()
+    process.stop()
+
+
+@pytest.fixture
+def stripe_emu(stripe_emulator) -> StripeEmulator:
+    """``stripe_emulator`` with no webhook endpoint, pending drop or delivery left by an earlier test."""
+    stripe_emulator.reset()
+    return stripe_emulator

@@ -155,6 +155,28 @@ CELERY_BEAT_SCHEDULE = {
     "fail-lost-jobs": {"task": "gateway.tasks.fail_lost_jobs", "schedule": 300.0},
 }
 
+# --- stripe -----------------------------------------------------------------------
+# Development and tests talk to the Stripe emulator (`make stripe-emulator`: localstripe plus our
+# front, billing/stripe_emulator/) unless STRIPE_SECRET_KEY is set; production talks to Stripe.
+# STRIPE_API_BASE: where the stripe library sends API calls (unset in production: api.stripe.com).
+# STRIPE_WEBHOOK_SECRETS: comma-separated whsec_… secrets; a webhook is accepted when any of them
+# signed it (several during a rotation). STRIPE_PUBLISHABLE_KEY: pk_… for pages that need it.
+_STRIPE_EMULATED = not PRODUCTION and env_str("STRIPE_SECRET_KEY") is None
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_emulator" if _STRIPE_EMULATED else "")
+STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "pk_test_emulator" if _STRIPE_EMULATED else "")
+STRIPE_API_BASE = env_url(
+    "STRIPE_API_BASE", "http://127.0.0.1:12111" if _STRIPE_EMULATED else None, schemes=("http", "https")
+)
+STRIPE_WEBHOOK_SECRETS = env_list("STRIPE_WEBHOOK_SECRETS", ["whsec_emulator_dev"] if _STRIPE_EMULATED else [])
+if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):
+    raise ImproperlyConfigured("STRIPE_SECRET_KEY must be a Stripe secret key (sk_… or rk_…)")
+if STRIPE_PUBLISHABLE_KEY and not STRIPE_PUBLISHABLE_KEY.startswith("pk_"):
+    raise ImproperlyConfigured("STRIPE_PUBLISHABLE_KEY must be a Stripe publishable key (pk_…)")
+if any(not secret.startswith("whsec_") for secret in STRIPE_WEBHOOK_SECRETS):
+    raise ImproperlyConfigured("STRIPE_WEBHOOK_SECRETS must be comma-separated whsec_… secrets")
+if PRODUCTION and STRIPE_SECRET_KEY.startswith("sk_test_emulator"):
+    raise ImproperlyConfigured("STRIPE_SECRET_KEY is the emulator's key: set the real one in production")
+
 # --- auth (django-allauth) ---------------------------------------------------
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",

@@ -106,7 +106,7 @@ def test_a_failing_handler_stores_nothing_and_answers_500_so_stripe_retries(monk
         calls.append(evt["id"])
         raise RuntimeError("downstream broke")
 
-    monkeypatch.setitem(webhooks._HANDLERS, "test.explodes", explode)
+    monkeypatch.setitem(webhooks._HANDLERS, "test.explodes", [explode])
     payload, header = signed(event("evt_boom", "test.explodes"))
     client = Client(raise_request_exception=False)
     response = client.post(URL, data=payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=header)

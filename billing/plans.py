@@ -19,12 +19,14 @@ from decimal import Decimal
 
 import stripe
 from django.conf import settings
+from django.db import transaction
 from django.db.models import QuerySet
 
-from . import stripe_client
-from .models import Plan
+from config import bus
 
-MICROS_PER_CENT = 10_000
+from . import stripe_client
+from .models import BillingAccount, Plan
+
 # Cents per micro-unit of overage (1 micro-unit = $0.000001).
 OVERAGE_UNIT_AMOUNT_DECIMAL = "0.0001"
 FREE = "free"
@@ -39,10 +41,32 @@ def free_plan() -> Plan | None:
     return Plan.objects.filter(code=FREE, active=True).first()
 
 
+def plan_caches_invalidate(organization_id: int) -> None:
+    """Drop the organization's cached key records in every gateway process (a key record
+    carries its plan's limits and models). Call on commit."""
+    from console.models import Project
+    from console.services import PROJECT_TOPIC
+
+    for project_id in Project.objects.filter(organization_id=organization_id).values_list("id", flat=True):
+        bus.publish(PROJECT_TOPIC, str(project_id))
+
+
+@transaction.atomic
+def account_plan_set(*, account: BillingAccount, plan: Plan | None) -> BillingAccount:
+    """Put an account on a plan by hand (None: no plan limits), for accounts without a
+    subscription: internal ones, contracts. A subscription's webhooks set the plan
+    of a subscribed account again (billing.subscriptions). The gateway applies it
+    within a second."""
+    account.plan = plan
+    account.save(update_fields=["plan"])
+    organization_id = account.organization_id
+    transaction.on_commit(lambda: plan_caches_invalidate(organization_id))
+    return account
+
+
 def fee_cents(plan: Plan) -> int:
-    if plan.monthly_fee % MICROS_PER_CENT:
-        raise ValueError(f"plan {plan.code}: a monthly fee must be whole cents (a multiple of {MICROS_PER_CENT} micro-units)")
-    return plan.monthly_fee // MICROS_PER_CENT
+    """The monthly fee in Stripe's minor unit (ValueError unless it is whole cents)."""
+    return stripe_client.to_minor(plan.monthly_fee, plan.currency)
 
 
 @dataclass

@@ -40,8 +40,6 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from config import bus
-
 from . import plans as plan_catalog
 from . import services, stripe_client, webhooks
 from .models import BillingAccount, Plan, StripeEvent, Subscription, Transfer, Wallet
@@ -333,7 +331,7 @@ def account_plan_apply(*, account: BillingAccount) -> Plan | None:
         account.save(update_fields=["plan"])
     credit_line_set(account=account, credit_limit=credit, currency=plan.currency if plan else "usd")
     organization_id = account.organization_id
-    transaction.on_commit(lambda: _invalidate_keys(organization_id))
+    transaction.on_commit(lambda: plan_catalog.plan_caches_invalidate(organization_id))
     return plan
 
 
@@ -342,15 +340,6 @@ def credit_line_set(*, account: BillingAccount, credit_limit: int, currency: str
     Wallet.objects.filter(account=account, kind=Wallet.Kind.CUSTOMER, currency=currency).update(
         credit_limit=Greatest(Value(credit_limit), F("reserved") - F("balance"))
     )
-
-
-def _invalidate_keys(organization_id: int) -> None:
-    # The plan's limits and models are part of every cached key record of the organization.
-    from console.models import Project
-    from console.services import PROJECT_TOPIC
-
-    for project_id in Project.objects.filter(organization_id=organization_id).values_list("id", flat=True):
-        bus.publish(PROJECT_TOPIC, str(project_id))
 
 
 # --- invoices ------------------------------------------------------------------------------------
@@ -396,7 +385,8 @@ def _included_for(lines: Iterable[Mapping]) -> tuple[int, dt.datetime | None]:
         if plan is None:
             continue
         amount = int(line.get("amount") or 0)  # cents, negative for an unused period given back
-        total += Fraction(plan.included_credit * amount * plan_catalog.MICROS_PER_CENT, plan.monthly_fee)
+        amount_micros = amount * stripe_client.micros_per_minor_unit(plan.currency)
+        total += Fraction(plan.included_credit * amount_micros, plan.monthly_fee)
         end = _when((line.get("period") or {}).get("end"))
         if amount > 0 and end is not None and (expires is None or end > expires):
             expires = end

@@ -64,7 +64,7 @@ def seed_plans(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("billing", "0004_money_flows"),
+        ("billing", "0005_topups_refunds_disputes"),
     ]
 
     operations = [

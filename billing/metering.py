@@ -7,10 +7,11 @@ zero balance, in the transaction of the settlement (billing.ledger). Here:
   (``event_name`` STRIPE_METER_EVENT_NAME, payload ``stripe_customer_id`` and
   ``value`` in micro-units, ``identifier`` the row's "ovr_<transfer id>",
   ``timestamp`` the settlement time). A row is claimed by a conditional UPDATE
-  of its attempt count, so two senders never both send it; should one be sent
-  twice anyway (a timeout after Stripe recorded it), Stripe refuses the second
-  event with the same identifier and the row counts as sent. Errors count an
-  attempt; a refusal, or a row still unsent after METER_OUTBOX_MAX_ATTEMPTS tries
+  of its attempt count: of the senders that read the same attempt, one sends it.
+  A row can still go out twice (a sender that read it after another's claim, a
+  timeout after Stripe recorded it, a sender that died before marking it): Stripe
+  refuses a second event with the same identifier, and the row counts as sent,
+  once. Errors count an attempt; a refusal, or a row still unsent after METER_OUTBOX_MAX_ATTEMPTS tries
   or METER_OUTBOX_MAX_AGE_MINUTES, is flagged for finance (resending later than
   Stripe's identifier window could count it twice).
 * ``meter_outbox_acknowledge`` compares, per customer, the sum of what we sent

@@ -7,11 +7,13 @@ transaction that stores the event).
 
 What a subscription changes:
 * ``account.plan``: the plan of the organization's newest subscription that is
-  active, trialing or past due. When none is left (canceled, expired) the
-  organization goes to the Free plan, not to "no plan": an organization without
-  a plan has no plan limits at all, and that is for accounts we set up by hand
-  (internal, bootstrap, contracts); a subscription that ends must not widen
-  access. Without an active Free plan it goes back to no plan.
+  active, trialing or past due. When a subscription has ended (canceled, or
+  stopped: unpaid, paused) and none applies, the organization goes to the Free
+  plan, not to "no plan": an organization without a plan has no plan limits at
+  all, which is for accounts set up by hand (internal, bootstrap, contracts: see
+  ``plans.account_plan_set``), and a subscription that ends must not widen
+  access. Without an active Free plan it goes back to no plan. A checkout that
+  was never paid (incomplete, incomplete_expired) changes nothing.
 * the customer wallet's ``credit_limit``: the plan's ``overage_limit`` while the
   subscription is active or trialing and the plan allows overage, else 0 (a
   past-due subscription keeps its plan but not its credit line). It is never

@@ -2,5 +2,5 @@
 
 Each module below registers its handlers with ``@webhooks.handler("<event type>")``.
 """
-from . import disputes, refunds, topups  # noqa: F401  (top-ups, refunds, disputes)
-from . import subscriptions  # noqa: F401  customer.subscription.*, invoice.paid
+# top-ups, refunds, disputes; subscriptions: customer.subscription.*, invoice.paid
+from . import disputes, refunds, subscriptions, topups  # noqa: F401

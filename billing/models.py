@@ -74,6 +74,9 @@ class BillingAccount(models.Model):
     auto_recharge_amount = models.BigIntegerField(default=0)
     auto_recharge_payment_method = models.CharField(max_length=255, blank=True)
     auto_recharge_armed = models.BooleanField(default=True)
+    # Threshold crossings charged so far: the claim that disarms also counts, and
+    # the count names the charge (RechargeAttempt, Stripe idempotency key).
+    auto_recharge_crossings = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [
@@ -81,6 +84,49 @@ class BillingAccount(models.Model):
                 condition=Q(auto_recharge_threshold__gte=0, auto_recharge_amount__gte=0), name="account_recharge_nonnegative"
             ),
         ]
+
+
+class RechargeAttempt(models.Model):
+    """One auto-recharge charge: at most one per threshold crossing of an account.
+
+    Created by the claim that disarms the account (same transaction); the charge
+    task creates the Stripe PaymentIntent with ``idempotency_key``; the credit
+    lands only from the verified ``payment_intent.succeeded`` webhook
+    (``billing.recharge.credit_payment_intent``), which links ``transfer``.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # claimed; the PaymentIntent is not confirmed yet
+        PROCESSING = "processing"  # Stripe took the charge; the credit waits for the webhook
+        SUCCEEDED = "succeeded"  # credited
+        FAILED = "failed"  # declined or needs the customer: auto-recharge stays paused
+        CANCELED = "canceled"  # auto-recharge was switched off before the charge was made
+
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="recharge_attempts")
+    crossing = models.PositiveIntegerField()
+    amount = models.BigIntegerField()  # micro-units
+    currency = models.CharField(max_length=3, default="usd")
+    payment_method = models.CharField(max_length=255)
+    payment_intent = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True)  # why it failed, as Stripe said it
+    transfer = models.OneToOneField(
+        "Transfer", null=True, blank=True, on_delete=models.PROTECT, related_name="recharge_attempt"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "crossing"], name="recharge_one_per_crossing"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="recharge_amount_positive"),
+        ]
+        indexes = [models.Index(fields=["payment_intent"], name="recharge_payment_intent")]
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stripe's key for this crossing's PaymentIntent: a retried task never charges twice."""
+        return f"auto-recharge:{self.account_id}:{self.crossing}"
 
 
 class Wallet(models.Model):

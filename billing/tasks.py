@@ -1,11 +1,29 @@
+import stripe
 from celery import shared_task
 
-from . import metering, services
+from . import metering, promo, recharge, services
 
 
 @shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
 def void_expired_reservations() -> int:
     return services.reservations_void_expired()
+
+
+@shared_task
+def auto_recharge_scan() -> dict:
+    return recharge.auto_recharge_scan()
+
+
+# Declines and bad requests are settled inside; what reaches here is Stripe being
+# unreachable or busy, retried with the same idempotency key (one charge at most).
+@shared_task(autoretry_for=(stripe.StripeError,), retry_backoff=True, retry_backoff_max=600, max_retries=8)
+def auto_recharge_charge(attempt_id: int) -> str:
+    return recharge.recharge_charge(attempt_id=attempt_id).status
+
+
+@shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+def promo_expire_due() -> dict:
+    return promo.promo_expire_due()
 
 
 # The outbox keeps its own retry state (attempts, last_error, flagged): a failed run is

@@ -41,6 +41,7 @@ from .stripe_client import client, customer_for, to_micros, to_minor
 log = logging.getLogger(__name__)
 
 PURPOSE = "topup"
+PAYMENT_INTENT_PURPOSE = "topup_checkout"
 _DOLLARS = re.compile(r"^\$?\s*(\d{1,3}(,\d{3})+|\d+)(\.\d{1,2})?$")
 
 
@@ -128,8 +129,12 @@ def topup_checkout_create(
                     },
                 }],
                 "metadata": metadata,
-                # The card is kept for auto-recharge; the payment intent says whose it is.
-                "payment_intent_data": {"setup_future_usage": "off_session", "metadata": metadata},
+                # The card is kept for auto-recharge. The payment intent says whose it is, under its
+                # own purpose: it is credited through its session, never as a payment intent.
+                "payment_intent_data": {
+                    "setup_future_usage": "off_session",
+                    "metadata": {**metadata, "purpose": PAYMENT_INTENT_PURPOSE},
+                },
                 "success_url": success_url,
                 "cancel_url": cancel_url,
             },

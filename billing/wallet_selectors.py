@@ -6,7 +6,15 @@ from dataclasses import dataclass, field
 from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 
-from .models import BillingAccount, Dispute, Entry, TopupRefund, TopupSession, Transfer, Wallet
+from .models import (
+    BillingAccount,
+    Dispute,
+    Entry,
+    TopupRefund,
+    TopupSession,
+    Transfer,
+    Wallet,
+)
 
 
 @dataclass(frozen=True, slots=True)

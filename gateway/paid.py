@@ -120,7 +120,11 @@ class PaidRequest:
                 ) from None
             except ledger.WalletUnavailable:
                 await self.fail("wallet_suspended")
-                raise GatewayError("wallet_suspended", "The organization's wallet is suspended.") from None
+                raise GatewayError(
+                    "wallet_suspended",
+                    "The organization's wallet is suspended (for example while a payment is disputed): "
+                    "nothing was charged. An owner or finance member can see why on the console's billing page.",
+                ) from None
             except asyncdb.DatabaseUnavailable:
                 raise GatewayError("service_unavailable", "Billing is unreachable; nothing was charged.") from None
         raise GatewayError("idempotency_in_progress", "This Idempotency-Key is being released; retry.")

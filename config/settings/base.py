@@ -149,6 +149,8 @@ ATTESTATION_NONCE_SECONDS = env_int("ATTESTATION_NONCE_SECONDS", 60, minimum=1, 
 ATTESTATION_CLOCK_SKEW_SECONDS = env_int("ATTESTATION_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=600)
 CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
+    "auto-recharge-scan": {"task": "billing.tasks.auto_recharge_scan", "schedule": 30.0},
+    "promo-expire-due": {"task": "billing.tasks.promo_expire_due", "schedule": 300.0},
     "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": NODE_HEALTH_INTERVAL_SECONDS},
     "reattest-nodes": {"task": "nodes.tasks.reattest_nodes", "schedule": ATTESTATION_INTERVAL_SECONDS},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},
@@ -162,10 +164,14 @@ CELERY_BEAT_SCHEDULE = {
 # STRIPE_WEBHOOK_SECRETS: comma-separated whsec_… secrets; a webhook is accepted when any of them
 # signed it (several during a rotation). STRIPE_PUBLISHABLE_KEY: pk_… for pages that need it.
 _STRIPE_EMULATED = not PRODUCTION and env_str("STRIPE_SECRET_KEY") is None
+# `manage.py serve` starts the emulator beside the platform when this is on (the embedded default).
+STRIPE_EMULATOR = _STRIPE_EMULATED and env_str("STRIPE_API_BASE") is None
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_emulator" if _STRIPE_EMULATED else "")
 STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "pk_test_emulator" if _STRIPE_EMULATED else "")
 STRIPE_API_BASE = env_url(
-    "STRIPE_API_BASE", "http://127.0.0.1:12111" if _STRIPE_EMULATED else None, schemes=("http", "https")
+    "STRIPE_API_BASE",
+    f"http://127.0.0.1:{env_int('STRIPE_EMULATOR_PORT', 12111, minimum=1, maximum=65535)}" if _STRIPE_EMULATED else None,
+    schemes=("http", "https"),
 )
 STRIPE_WEBHOOK_SECRETS = env_list("STRIPE_WEBHOOK_SECRETS", ["whsec_emulator_dev"] if _STRIPE_EMULATED else [])
 if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):
@@ -258,8 +264,6 @@ if JOB_MAX_SECONDS > GATEWAY_MAX_REQUEST_SECONDS:
     raise ImproperlyConfigured("JOB_MAX_SECONDS must not exceed GATEWAY_MAX_REQUEST_SECONDS")
 
 # --- billing: Stripe ------------------------------------------------------------
-# Several webhook secrets while one is rotated (Stripe signs with each).
-STRIPE_WEBHOOK_SECRETS = [s for s in env_list("STRIPE_WEBHOOK_SECRETS", []) if s]
 # Top-up bounds in micro-units (1 USD = 1,000,000): $5 to $10,000 by default.
 TOPUP_MIN = env_int("TOPUP_MIN", 5_000_000, minimum=10_000)
 TOPUP_MAX = env_int("TOPUP_MAX", 10_000_000_000, minimum=10_000)

@@ -1,7 +1,7 @@
 import stripe
 from celery import shared_task
 
-from . import promo, recharge, services
+from . import metering, promo, recharge, services
 
 
 @shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
@@ -24,3 +24,15 @@ def auto_recharge_charge(attempt_id: int) -> str:
 @shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
 def promo_expire_due() -> dict:
     return promo.promo_expire_due()
+
+
+# The outbox keeps its own retry state (attempts, last_error, flagged): a failed run is
+# simply the next beat's work, so these tasks do not retry themselves.
+@shared_task
+def meter_outbox_send() -> dict:
+    return metering.meter_outbox_send().as_dict()
+
+
+@shared_task
+def meter_outbox_acknowledge() -> dict:
+    return metering.meter_outbox_acknowledge().as_dict()

@@ -11,7 +11,7 @@ aiohttp client on core 1:
 Every request through the gateway is authenticated, rate limited, reserved,
 settled and recorded. Prints a table; figures are medians over --repeat runs.
 
-    python bench/gateway_overhead.py [--seconds 5] [--repeat 3] [--tenants 16]
+    python bench/gateway_overhead.py [--seconds 5] [--repeat 3] [--tenants 16] [--plan]
 
 The load is spread over --tenants organizations; --tenants 1 shows one hot
 wallet, whose reservations and settlements serialize on its row.
@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=16,
                         help="spread the load over this many organizations (wallets); 1 = one hot wallet")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    parser.add_argument("--plan", action="store_true",
+                        help="put every bench organization on a plan (model list and limits checked per request)")
     args = parser.parse_args()
 
     state = tempfile.mkdtemp(prefix="bench-state-")
@@ -153,7 +155,8 @@ def main() -> None:
     sim_port, gw_port = free_port(), free_port()
     sim = start(pinned(1, [py, "manage.py", "run_node_simulator", "--port", str(sim_port), "--models", MODEL]),
                 env, "listening on")
-    keys = json.loads(subprocess.run([py, "bench/seed.py", f"http://127.0.0.1:{sim_port}", MODEL, str(args.tenants)],
+    seed = [py, "bench/seed.py", f"http://127.0.0.1:{sim_port}", MODEL, str(args.tenants), *(["plan"] if args.plan else [])]
+    keys = json.loads(subprocess.run(seed,
                                      cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout)["keys"]
     gateway = start(pinned(0, [py, "-m", "uvicorn", "config.asgi:application", "--port", str(gw_port), "--loop",
                                "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "info",
@@ -181,7 +184,7 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)
 
     print(f"\nGateway overhead — {shape}; {machine()}; medians of {args.repeat} × {args.seconds:.0f} s; "
-          f"{args.tenants} tenant wallet{'s' if args.tenants > 1 else ''}")
+          f"{args.tenants} tenant wallet{'s' if args.tenants > 1 else ''}{' on a plan' if args.plan else ''}")
     print("Simulator: 16 output tokens, 0 ms latency. Gateway pinned to core 0; simulator and client on core 1.\n")
     ms = lambda v: f"{v:.2f}ms"  # noqa: E731
     print_table(

@@ -21,6 +21,14 @@ from nodes.services import node_upsert  # noqa: E402
 
 sim_url, model = sys.argv[1], sys.argv[2]
 tenants = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+# "plan": every bench organization is on a plan that lists the model and has limits above the load,
+# so each request also goes through the plan's model check and limits (--plan).
+plan = None
+if len(sys.argv) > 4 and sys.argv[4] == "plan":
+    from billing.models import Plan
+
+    plan = Plan.objects.create(code="bench", name="Bench", monthly_fee=0, allowed_models=[model],
+                               rpm_limit=10_000_000, tpm_limit=2_000_000_000)
 node_upsert(name="sim", base_url=f"{sim_url}/v1", models=[{"model": model, "max_output_tokens": 4096}])
 billing.price_publish(model=model, input_per_mtok=150_000, output_per_mtok=600_000)
 keys = []
@@ -31,5 +39,9 @@ for i in range(tenants):
     # The bench's upstream is a plain (unattested) process: the bench projects opt in to non-confidential nodes.
     services.project_update(project=project, rpm_limit=10_000_000, tpm_limit=10**12, allow_non_confidential=True)
     billing.wallet_credit(wallet=billing.customer_wallet(organization=org), amount=10**15, reference=f"bench{i}")
+    if plan is not None:
+        from billing.plans import account_plan_set
+
+        account_plan_set(account=org.billing_account, plan=plan)
     keys.append(services.api_key_create(project=project, kind="secret")[1])
 print(json.dumps({"keys": keys}))

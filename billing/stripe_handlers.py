@@ -2,4 +2,5 @@
 
 Each module below registers its handlers with ``@webhooks.handler("<event type>")``.
 """
-from . import disputes, recharge, refunds, topups  # noqa: F401  (top-ups, auto-recharge, refunds, disputes)
+# top-ups, auto-recharge, refunds, disputes; subscriptions: customer.subscription.*, invoice.paid
+from . import disputes, recharge, refunds, subscriptions, topups  # noqa: F401

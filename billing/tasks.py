@@ -5,7 +5,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from . import promo, recharge, services
+from . import metering, promo, recharge, services
 
 
 @shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
@@ -48,3 +48,15 @@ def reconcile_today() -> int:
 
     day = timezone.now().astimezone(dt.UTC).date()
     return runs.reconcile_run(day=day, heal=settings.RECONCILE_AUTO_HEAL).id
+
+
+# The outbox keeps its own retry state (attempts, last_error, flagged): a failed run is
+# simply the next beat's work, so these tasks do not retry themselves.
+@shared_task
+def meter_outbox_send() -> dict:
+    return metering.meter_outbox_send().as_dict()
+
+
+@shared_task
+def meter_outbox_acknowledge() -> dict:
+    return metering.meter_outbox_acknowledge().as_dict()

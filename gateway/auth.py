@@ -47,10 +47,19 @@ class KeyRecord:
     key_spend_cap: int | None = None
     allow_non_confidential: bool = False  # the project's: may nodes without attestation serve it?
     region_preference: str = ""  # the project's preferred node region ("" = none)
+    # The organization's plan (billing.Plan; all None/"" without one: no plan limits). Its
+    # limits cap every project's own; plan_models, when set, are the only models it may use.
+    plan_name: str = ""
+    plan_rpm_limit: int | None = None
+    plan_tpm_limit: int | None = None
+    plan_models: frozenset[str] | None = None
 
     @property
     def publishable(self) -> bool:
         return self.kind == keys.PUBLISHABLE
+
+    def may_use(self, model: str) -> bool:
+        return self.plan_models is None or model in self.plan_models
 
 
 _KEY_SQL = """
@@ -58,21 +67,28 @@ SELECT k.id, k.public_id, k.kind, k.hash, k.status, k.expires_at,
        p.id, p.public_id, p.organization_id, p.allowed_origins, p.idempotency_required, p.rpm_limit, p.tpm_limit,
        cw.id, uw.id, cw.currency, p.stream_resume_seconds,
        k.rpm_limit, k.tpm_limit, p.monthly_spend_cap, k.monthly_spend_cap,
-       p.allow_non_confidential, p.region_preference
+       p.allow_non_confidential, p.region_preference,
+       pl.name, pl.rpm_limit, pl.tpm_limit, pl.allowed_models
 FROM console_apikey k
 JOIN console_project p ON p.id = k.project_id
 JOIN billing_billingaccount a ON a.organization_id = p.organization_id
 JOIN billing_wallet cw ON cw.account_id = a.id AND cw.kind = 'customer' AND cw.currency = 'usd'
 JOIN billing_wallet uw ON uw.account_id = a.id AND uw.kind = 'usage' AND uw.currency = cw.currency
+LEFT JOIN billing_plan pl ON pl.id = a.plan_id
 WHERE k.lookup = %(lookup)s
 """
 
 
+def _json_list(value) -> list:
+    if isinstance(value, (str, bytes)):
+        value = orjson.loads(value)
+    return list(value or ())
+
+
 def _record(row: tuple) -> KeyRecord:
     expires_at = asyncdb.as_datetime(row[5])
-    origins = row[9]
-    if isinstance(origins, (str, bytes)):
-        origins = orjson.loads(origins)
+    origins = _json_list(row[9])
+    plan_models = _json_list(row[26])  # [] (or no plan): every model
     return KeyRecord(
         key_id=row[0],
         key_public_id=row[1],
@@ -83,7 +99,7 @@ def _record(row: tuple) -> KeyRecord:
         project_id=row[6],
         project_public_id=row[7],
         organization_id=row[8],
-        allowed_origins=frozenset(origins or ()),
+        allowed_origins=frozenset(origins),
         idempotency_required=bool(row[10]),
         rpm_limit=row[11],
         tpm_limit=row[12],
@@ -97,6 +113,10 @@ def _record(row: tuple) -> KeyRecord:
         key_spend_cap=row[20],
         allow_non_confidential=bool(row[21]),
         region_preference=row[22] or "",
+        plan_name=row[23] or "",
+        plan_rpm_limit=row[24],
+        plan_tpm_limit=row[25],
+        plan_models=frozenset(plan_models) if plan_models else None,
     )
 
 

@@ -66,6 +66,21 @@ class Catalog:
             raise GatewayError("model_not_found", f"The model '{name}' does not exist or is not available.", param="model")
         return entry
 
+    async def get_for(self, key, name: str) -> ModelEntry:
+        """``name``'s entry, if the key's plan may use it (403 model_forbidden otherwise)."""
+        plan_allows(key, name)
+        return await self.get(name)
+
+
+def plan_allows(key, model: str) -> None:
+    """Refuse a model outside the organization's plan (checked from the cached key record)."""
+    if not key.may_use(model):
+        raise GatewayError(
+            "model_forbidden",
+            f"The model '{model}' is not included in the {key.plan_name} plan; choose another model or upgrade the plan.",
+            param="model",
+        )
+
 
 def _build(served: list[ServedModel], prices: dict[str, list[Price]]) -> dict[str, ModelEntry]:
     by_model: dict[str, list[ServedModel]] = {}

@@ -45,9 +45,9 @@ async def create_message(req: ApiRequest):
 
 
 async def count_message_tokens(req: ApiRequest):
-    await req.authenticate(publishable_ok=True)
+    key = await req.authenticate(publishable_ok=True)
     model, count = messages.count_tokens(schemas.parse_json(await req.body()))
-    await catalog.get(model)
+    await catalog.get_for(key, model)
     return json_response(req, orjson.dumps({"input_tokens": count}))
 
 

@@ -22,6 +22,7 @@ CODES: dict[str, tuple[int, str]] = {
     "spend_cap_reached": (402, "billing_error"),
     "permission_denied": (403, "permission_error"),
     "origin_not_allowed": (403, "permission_error"),
+    "model_forbidden": (403, "permission_error"),
     "not_found": (404, "not_found_error"),
     "model_not_found": (404, "not_found_error"),
     "method_not_allowed": (405, "invalid_request_error"),

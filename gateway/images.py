@@ -91,7 +91,7 @@ def images_response(req: ApiRequest, job: Job) -> Response:
 async def create_image(req: ApiRequest):
     key = await req.authenticate(publishable_ok=False)
     data = validate(ImageRequest, parse_json(await req.body()))
-    entry = await catalog.get(data.model)
+    entry = await catalog.get_for(key, data.model)
     price = entry.price_at(timezone.now())
     if price is None:
         raise GatewayError("model_not_found", f"The model '{data.model}' has no price yet.", param="model")

@@ -2,7 +2,8 @@
 key, as token buckets.
 
 A request passes through every bucket that applies to it: the project's
-requests and tokens buckets (its limits or the defaults) and, if the key has
+requests and tokens buckets (its limits or the defaults, lowered to its
+organization's plan's limits where those are lower) and, if the key has
 limits of its own, the key's. Production checks all of them and, only if all
 pass, consumes from all of them in one Lua script: one Redis round trip, atomic,
 so the limits hold across any number of server processes. The embedded default
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 WINDOW_MS = 60_000
 REQUESTS, TOKENS = "requests", "tokens"
 PROJECT, KEY = "project", "key"
+PLAN = "plan"  # the project's bucket, held to the plan's limit (lower than the project's own)
 
 # KEYS: the buckets; ARGV: limit and need per bucket. A bucket's level refills
 # continuously at limit per minute up to limit. All levels are read first; they
@@ -122,12 +124,18 @@ class Decision:
     def refusal(self) -> GatewayError:
         retry_ms = self.retry_after_ms
         short = [b for b in self.buckets if b.short]
-        what = "; ".join(f"this {'API key' if b.scope == KEY else 'project'}'s {b.limit} {b.kind}/min" for b in short)
+        what = "; ".join(_described(b) for b in short)
         return GatewayError(
             "rate_limited",
             f"Rate limit reached ({what}); retry in {retry_ms} ms.",
             headers={**self.headers(), "retry-after": str(max(1, math.ceil(retry_ms / 1000)))},
         )
+
+
+def _described(bucket: Bucket) -> str:
+    if bucket.scope == PLAN:
+        return f"your plan's {bucket.limit} {bucket.kind}/min for each project"
+    return f"this {'API key' if bucket.scope == KEY else 'project'}'s {bucket.limit} {bucket.kind}/min"
 
 
 class _LocalBuckets:
@@ -178,12 +186,22 @@ def limits_for(rpm_limit: int | None, tpm_limit: int | None) -> tuple[int, int]:
     return rpm_limit or settings.GATEWAY_DEFAULT_RPM, tpm_limit or settings.GATEWAY_DEFAULT_TPM
 
 
+def _capped(project_limit: int, plan_limit: int | None) -> tuple[str, int]:
+    """The project's limit, or its plan's where that is lower: (scope to name, limit)."""
+    if plan_limit and plan_limit < project_limit:
+        return PLAN, plan_limit
+    return PROJECT, project_limit
+
+
 def _buckets(key: KeyRecord) -> list[tuple[str, str, str, int]]:
     """(scope, kind, redis key, limit) for every bucket that applies to ``key``'s requests."""
     rpm, tpm = limits_for(key.rpm_limit, key.tpm_limit)
+    # getattr: a worker refunding tokens rebuilds the key from refund_scope, maybe an older one.
+    rpm_scope, rpm = _capped(rpm, getattr(key, "plan_rpm_limit", None))
+    tpm_scope, tpm = _capped(tpm, getattr(key, "plan_tpm_limit", None))
     out = [
-        (PROJECT, REQUESTS, redisconn.key("rl", key.project_id, "r"), rpm),
-        (PROJECT, TOKENS, redisconn.key("rl", key.project_id, "t"), tpm),
+        (rpm_scope, REQUESTS, redisconn.key("rl", key.project_id, "r"), rpm),
+        (tpm_scope, TOKENS, redisconn.key("rl", key.project_id, "t"), tpm),
     ]
     if key.key_rpm_limit:
         out.append((KEY, REQUESTS, redisconn.key("rl", "key", key.key_id, "r"), key.key_rpm_limit))
@@ -222,4 +240,5 @@ async def refund(*, key: KeyRecord, tokens: int) -> None:
 def refund_scope(key: KeyRecord) -> dict[str, int | None]:
     """What ``refund`` needs of a key, for a worker that gives tokens back after the request."""
     return {"project_id": key.project_id, "rpm_limit": key.rpm_limit, "tpm_limit": key.tpm_limit,
-            "key_id": key.key_id, "key_rpm_limit": key.key_rpm_limit, "key_tpm_limit": key.key_tpm_limit}
+            "key_id": key.key_id, "key_rpm_limit": key.key_rpm_limit, "key_tpm_limit": key.key_tpm_limit,
+            "plan_rpm_limit": key.plan_rpm_limit, "plan_tpm_limit": key.plan_tpm_limit}

@@ -1,4 +1,5 @@
-"""GET /v1/models and /v1/models/{id}: the models the caller's project may use."""
+"""GET /v1/models and /v1/models/{id}: the models the caller's project may use (those its
+organization's plan includes, served by a node the project may use)."""
 from __future__ import annotations
 
 from typing import Any
@@ -39,8 +40,11 @@ def _model_object(entry: ModelEntry, now) -> dict[str, Any] | None:
 
 
 def _usable(entry: ModelEntry, key, now: float) -> bool:
-    """Whether a node the project may use serves the model (healthy or not: health comes and goes)."""
-    return any(router.eligible(s, allow_non_confidential=key.allow_non_confidential, now=now) for s in entry.served_by)
+    """Whether the organization's plan includes the model and a node the project may use
+    serves it (healthy or not: health comes and goes)."""
+    return key.may_use(entry.name) and any(
+        router.eligible(s, allow_non_confidential=key.allow_non_confidential, now=now) for s in entry.served_by
+    )
 
 
 async def list_models(req: ApiRequest):

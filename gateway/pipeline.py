@@ -74,7 +74,7 @@ async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
     key = await req.authenticate(publishable_ok=dialect_cls.publishable_ok)
     body = await req.body()
     dialect = dialect_cls(schemas.parse_json(body), request_id=req.request_id)
-    entry = await catalog.get(dialect.model)
+    entry = await catalog.get_for(key, dialect.model)
     price = entry.price_at(timezone.now())
     if price is None:
         raise GatewayError("model_not_found", f"The model '{dialect.model}' has no price yet.", param="model")

@@ -321,6 +321,43 @@ async def meter_event_create(request):
     return ok(event)
 
 
+@routes.get("/v1/billing/meters/{id}/event_summaries")
+async def meter_event_summaries(request):
+    """The meter's aggregated value for one customer over [start_time, end_time) (event
+    timestamps; both aligned to minutes, as Stripe requires): one summary, or one per hour or
+    day with ``value_grouping_window``. Stripe aggregates asynchronously, usually within
+    minutes; the emulator's summary counts every accepted event at once."""
+    state, data = state_of(request), await params(request)
+    expand_list(data)
+    unknown(data, {"customer", "start_time", "end_time", "value_grouping_window", "limit", "starting_after",
+                   "ending_before"})
+    meter = state.meters.get(request.match_info["id"])
+    if meter is None:
+        raise missing("billing.meter", request.match_info["id"])
+    for key in ("customer", "start_time", "end_time"):
+        if not data.get(key):
+            raise bad(f"Missing required param: {key}.", key)
+    start, end = as_int(data["start_time"], "start_time"), as_int(data["end_time"], "end_time")
+    window = data.get("value_grouping_window")
+    step = {None: None, "hour": 3600, "day": 86400}.get(window, 0)
+    if step == 0:
+        raise bad("value_grouping_window must be hour or day.", "value_grouping_window")
+    for key, value in (("start_time", start), ("end_time", end)):
+        if value % (step or 60):
+            raise bad(f"{key} must be aligned with {window or 'minute'} boundaries.", key)
+    if end <= start:
+        raise bad("end_time must be after start_time.", "end_time")
+    bounds = [(start, end)] if step is None else [(t, min(t + step, end)) for t in range(start, end, step)]
+    events = [e for e in state.meter_events.values()
+              if e["_customer"] == data["customer"] and e["event_name"] == meter["event_name"]]
+    summaries = [{
+        "id": f"mtrusg_{meter['id']}_{data['customer']}_{lo}", "object": "billing.meter_event_summary",
+        "aggregated_value": float(sum(e["_value"] for e in events if lo <= e["timestamp"] < hi)),
+        "start_time": lo, "end_time": hi, "livemode": False, "meter": meter["id"], "created": lo,
+    } for lo, hi in bounds]
+    return ok(page(summaries, data, f"/v1/billing/meters/{meter['id']}/event_summaries"))
+
+
 def meter_totals(state: State) -> dict[str, dict[str, int]]:
     totals: dict[str, dict[str, int]] = {}
     for event in state.meter_events.values():

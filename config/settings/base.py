@@ -286,6 +286,19 @@ TOPUP_MIN = env_int("TOPUP_MIN", 5_000_000, minimum=10_000)
 TOPUP_MAX = env_int("TOPUP_MAX", 10_000_000_000, minimum=10_000)
 if TOPUP_MAX < TOPUP_MIN:
     raise ImproperlyConfigured("TOPUP_MAX must not be below TOPUP_MIN")
+# Subscriptions: overage (usage below a zero balance, on a plan's credit line) is reported to
+# Stripe as billing meter events named STRIPE_METER_EVENT_NAME, one per settlement, from the meter
+# outbox (billing/metering.py). A row still unsent after METER_OUTBOX_MAX_ATTEMPTS tries or
+# METER_OUTBOX_MAX_AGE_MINUTES is flagged for finance: Stripe dedupes an identifier for (at least)
+# 24 hours, so a resend is only safe well within that. A sent row Stripe's meter summary has not
+# shown after METER_ACK_WINDOW_MINUTES is flagged too.
+STRIPE_METER_EVENT_NAME = env_str("STRIPE_METER_EVENT_NAME", "usage_overage_micros")
+METER_OUTBOX_MAX_ATTEMPTS = env_int("METER_OUTBOX_MAX_ATTEMPTS", 30, minimum=1)
+METER_OUTBOX_MAX_AGE_MINUTES = env_int("METER_OUTBOX_MAX_AGE_MINUTES", 360, minimum=1, maximum=20 * 60)
+METER_ACK_WINDOW_MINUTES = env_int("METER_ACK_WINDOW_MINUTES", 60, minimum=1, maximum=7 * 24 * 60)
+CELERY_BEAT_SCHEDULE["meter-outbox-send"] = {"task": "billing.tasks.meter_outbox_send", "schedule": 60.0}
+CELERY_BEAT_SCHEDULE["meter-outbox-acknowledge"] = {"task": "billing.tasks.meter_outbox_acknowledge",
+                                                    "schedule": 300.0}
 
 # --- i18n / static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -83,7 +83,7 @@ async def create_run(req: ApiRequest):
     data = validate(AgentRunRequest, parse_json(await req.body()))
     agent = _checked(data)
     model = agent.model_for(data.model)
-    entry = await catalog.get(model)
+    entry = await catalog.get_for(key, model)
     price = entry.price_at(timezone.now())
     if price is None:
         raise GatewayError("model_not_found", f"The model '{model}' has no price yet.", param="model")

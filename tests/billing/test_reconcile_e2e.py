@@ -30,6 +30,7 @@ from tests.billing.subscription_kit import (
     subscribe,
     synced_plans,
 )
+from tests.billing.test_reconcile_stripe import forget_every_stripe_object
 from tests.billing.test_refunds_e2e import refund_from_console
 from tests.billing.test_subscriptions_e2e import chat
 from tests.conftest import cache_settle, make_tenant
@@ -41,7 +42,7 @@ WEBHOOK_PATH = "/billing/stripe/webhook"
 def emulator(stripe_emulator, server, settings):
     """An empty Stripe account (every balance transaction of the day is this test's), delivering
     every event to the live server; a payment without its credit counts as missing at once."""
-    stripe_emulator.reset(objects=True)
+    forget_every_stripe_object(stripe_emulator)
     stripe_emulator.register_webhook(server.url + WEBHOOK_PATH)
     settings.RECONCILE_WEBHOOK_GRACE_SECONDS = 0
     return stripe_emulator

@@ -26,11 +26,23 @@ WEBHOOK_PATH = "/billing/stripe/webhook"
 MICROS = 10_000  # per cent
 
 
+def forget_every_stripe_object(emu) -> None:
+    """Empty the emulator's Stripe account, so the day's balance transactions are this test's only.
+
+    billing.metering keeps the billing meter's id for the process: it is gone with the rest, so
+    that is forgotten too (the next sender looks the meter up again, as after a restart).
+    """
+    from billing import metering
+
+    emu.reset(objects=True)
+    metering._meter_ids.clear()
+
+
 @pytest.fixture
 def emulator(stripe_emulator, server, settings):
     """A Stripe account with nothing in it yet (today's balance transactions are all this test's),
     delivering every event to the live server; payments count as missing at once (no grace)."""
-    stripe_emulator.reset(objects=True)
+    forget_every_stripe_object(stripe_emulator)
     stripe_emulator.register_webhook(server.url + WEBHOOK_PATH)
     settings.RECONCILE_WEBHOOK_GRACE_SECONDS = 0
     return stripe_emulator

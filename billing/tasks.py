@@ -1,5 +1,9 @@
+import datetime as dt
+
 import stripe
 from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
 
 from . import metering, promo, recharge, services
 
@@ -24,6 +28,26 @@ def auto_recharge_charge(attempt_id: int) -> str:
 @shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
 def promo_expire_due() -> dict:
     return promo.promo_expire_due()
+
+
+@shared_task
+def reconcile_yesterday() -> int | None:
+    """Reconcile yesterday (UTC) once it is over; hourly, so a missed or failed run catches up."""
+    from .reconcile import runs
+
+    day = timezone.now().astimezone(dt.UTC).date() - dt.timedelta(days=1)
+    if runs.day_reconciled(day=day):
+        return None
+    return runs.reconcile_run(day=day, heal=settings.RECONCILE_AUTO_HEAL).id
+
+
+@shared_task
+def reconcile_today() -> int:
+    """Reconcile today so far: a dropped webhook is found (and healed) within the hour."""
+    from .reconcile import runs
+
+    day = timezone.now().astimezone(dt.UTC).date()
+    return runs.reconcile_run(day=day, heal=settings.RECONCILE_AUTO_HEAL).id
 
 
 # The outbox keeps its own retry state (attempts, last_error, flagged): a failed run is

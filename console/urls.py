@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import billing_views, node_views, views
+from . import billing_views, finance_views, node_views, views
 
 app_name = "console"
 urlpatterns = [
@@ -19,5 +19,15 @@ urlpatterns = [
     path("billing/topup/cancel", billing_views.topup_cancel, name="billing_topup_cancel"),
     path("billing/topups/<int:transfer_id>/refund", billing_views.topup_refund, name="billing_topup_refund"),
     path("billing/reactivate", billing_views.wallet_reactivate, name="billing_reactivate"),
+    path("finance/", finance_views.finance_home, name="finance"),
+    path("finance/report", finance_views.platform_report, name="finance_report"),
+    path("finance/orgs/<str:org_id>/", finance_views.organization_report, name="finance_org"),
+    path("finance/runs/", finance_views.runs, name="finance_runs"),
+    path("finance/runs/<int:run_id>/", finance_views.run_detail, name="finance_run"),
+    path("finance/runs/<int:run_id>/discrepancies.csv", finance_views.run_csv, name="finance_run_csv"),
+    path("finance/runs/<int:run_id>/rerun", finance_views.run_rerun, name="finance_run_rerun"),
+    path("finance/runs/<int:run_id>/heal", finance_views.run_heal_view, name="finance_run_heal"),
+    path("finance/discrepancies/<int:discrepancy_id>/close", finance_views.discrepancy_close_view,
+         name="finance_discrepancy_close"),
     path("healthz", views.healthz, name="healthz"),
 ]

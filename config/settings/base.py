@@ -147,6 +147,18 @@ if ATTESTATION_INTERVAL_SECONDS * 2 > ATTESTATION_TTL_SECONDS:
     raise ImproperlyConfigured("ATTESTATION_INTERVAL_SECONDS must be at most half of ATTESTATION_TTL_SECONDS")
 ATTESTATION_NONCE_SECONDS = env_int("ATTESTATION_NONCE_SECONDS", 60, minimum=1, maximum=600)
 ATTESTATION_CLOCK_SKEW_SECONDS = env_int("ATTESTATION_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=600)
+# --- reconciliation (billing.reconcile) ------------------------------------------
+# A pending reservation this long past its timeout is a discrepancy (the sweeper runs every 30 s).
+RECONCILE_RESERVATION_GRACE_SECONDS = env_int("RECONCILE_RESERVATION_GRACE_SECONDS", 300, minimum=0)
+# A Stripe payment younger than this without its ledger credit is in flight, not yet missing
+# (its webhook may be on its way or being retried).
+RECONCILE_WEBHOOK_GRACE_SECONDS = env_int("RECONCILE_WEBHOOK_GRACE_SECONDS", 900, minimum=0)
+# An overage meter event still unsent after this long, or sent and not acknowledged after the second.
+RECONCILE_METER_GRACE_SECONDS = env_int("RECONCILE_METER_GRACE_SECONDS", 3600, minimum=0)
+RECONCILE_METER_ACK_SECONDS = env_int("RECONCILE_METER_ACK_SECONDS", 2 * 86400, minimum=0)
+RECONCILE_TODAY_INTERVAL_SECONDS = env_int("RECONCILE_TODAY_INTERVAL_SECONDS", 3600, minimum=60)
+# Scheduled runs apply a dropped webhook's credit themselves (the same idempotent function).
+RECONCILE_AUTO_HEAL = env_bool("RECONCILE_AUTO_HEAL", True)
 CELERY_BEAT_SCHEDULE = {
     "void-expired-reservations": {"task": "billing.tasks.void_expired_reservations", "schedule": 30.0},
     "auto-recharge-scan": {"task": "billing.tasks.auto_recharge_scan", "schedule": 30.0},
@@ -155,6 +167,11 @@ CELERY_BEAT_SCHEDULE = {
     "reattest-nodes": {"task": "nodes.tasks.reattest_nodes", "schedule": ATTESTATION_INTERVAL_SECONDS},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},
     "fail-lost-jobs": {"task": "gateway.tasks.fail_lost_jobs", "schedule": 300.0},
+    # Reconciliation (billing.reconcile): the task runs yesterday once it is over (checked hourly,
+    # so a missed hour catches up), and today every RECONCILE_TODAY_INTERVAL_SECONDS so a dropped
+    # webhook is found (and healed) within the hour instead of the next day.
+    "reconcile-yesterday": {"task": "billing.tasks.reconcile_yesterday", "schedule": 3600.0},
+    "reconcile-today": {"task": "billing.tasks.reconcile_today", "schedule": RECONCILE_TODAY_INTERVAL_SECONDS},
 }
 
 # --- stripe -----------------------------------------------------------------------

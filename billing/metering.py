@@ -189,8 +189,16 @@ def meter_outbox_acknowledge(*, now: dt.datetime | None = None,
         client = client or stripe_client.client()
         meter = _meter_id(client)
         for customer in sorted(customers) if meter else ():
-            result.acknowledged += _acknowledge_customer(client, meter=meter, customer=customer, end=end, now=now,
-                                                         mismatched=result.mismatched)
+            try:
+                result.acknowledged += _acknowledge_customer(client, meter=meter, customer=customer, end=end,
+                                                             now=now, mismatched=result.mismatched)
+            except stripe.InvalidRequestError as exc:
+                if exc.code != "resource_missing":
+                    raise
+                # The meter we remembered is gone (deleted and made again): look it up next time.
+                _meter_ids.pop(settings.STRIPE_METER_EVENT_NAME, None)
+                log.warning("billing meter %s is gone; it will be looked up again", meter)
+                break
     window = now - dt.timedelta(minutes=settings.METER_ACK_WINDOW_MINUTES)
     for row_id, sent_at in MeterOutbox.objects.filter(status=MeterOutbox.Status.SENT, sent_at__lt=window).values_list(
         "id", "sent_at"

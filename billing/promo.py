@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import services
@@ -77,10 +77,18 @@ def promo_grant(
     existing = Transfer.objects.filter(kind=Transfer.Kind.PROMO, reference=reference).first()
     if existing is not None and not _same_grant(existing, wallet=wallet, amount=amount):
         raise PromoError(f"The reference {reference!r} was already used for another grant.")
-    transfer = services.wallet_credit(
-        wallet=wallet, amount=amount, kind=Transfer.Kind.PROMO, reference=reference,
-        description=description or "Promotional credit", expires_at=expires_at,
-    )
+    try:
+        transfer = services.wallet_credit(
+            wallet=wallet, amount=amount, kind=Transfer.Kind.PROMO, reference=reference,
+            description=description or "Promotional credit", expires_at=expires_at,
+        )
+    except IntegrityError:
+        # Promo credit is part of a non-negative balance (wallet_promo_within_balance): a wallet
+        # in overage owes that first, through its next invoice.
+        raise PromoError(
+            "This wallet is in overage (its balance is below zero): promotional credit can be granted "
+            "once the overage is paid."
+        ) from None
     if existing is None and not _same_grant(transfer, wallet=wallet, amount=amount):
         raise PromoError(f"The reference {reference!r} was already used for another grant.")  # a racing grant
     log.info("promo %s: %s micro-units to account %s until %s (by user %s)",

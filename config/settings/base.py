@@ -300,6 +300,10 @@ CELERY_BEAT_SCHEDULE["meter-outbox-send"] = {"task": "billing.tasks.meter_outbox
 CELERY_BEAT_SCHEDULE["meter-outbox-acknowledge"] = {"task": "billing.tasks.meter_outbox_acknowledge",
                                                     "schedule": 300.0}
 
+# The test suite (and the servers it starts) creates hundreds of users: a fast hash there.
+if APP_ENV == "test":
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
 # --- i18n / static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -39,7 +39,6 @@ import os
 from dataclasses import dataclass
 
 import pytest
-from django.db import IntegrityError
 from django.utils import timezone
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
@@ -57,7 +56,7 @@ from billing import ledger
 from billing.invariants import check_ledger
 from billing.models import BillingAccount, Transfer, Wallet
 from billing.pricing import Price, Usage, cost_micros
-from billing.promo import promo_expire_due, promo_grant
+from billing.promo import PromoError, promo_expire_due, promo_grant
 from billing.services import price_publish, reservations_void_expired, wallet_credit
 from tests.billing import stripe_payloads as sp
 from tests.conftest import make_tenant, run_async
@@ -210,7 +209,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if self.balance < 0:
             # A wallet in overage owes first: promo credit there would exceed the balance
             # (wallet_promo_within_balance), so the grant is refused and nothing moves.
-            with pytest.raises(IntegrityError, match="wallet_promo_within_balance"):
+            with pytest.raises(PromoError, match="overage"):
                 grant()
             return
         grant()

@@ -20,7 +20,7 @@ from tests.billing.subscription_kit import plans_in_db
 
 def test_migration_0006_seeds_free_developer_and_team_and_is_rerunnable(transactional_db):
     Plan.objects.all().delete()  # emptied between transactional tests anyway; the migration's own rows
-    seed = importlib.import_module("billing.migrations.0006_default_plans").seed_plans
+    seed = importlib.import_module("billing.migrations.0007_default_plans").seed_plans
     seed(apps, None)
     seed(apps, None)  # again: nothing new, nothing changed
     seeded = {p.code: p for p in Plan.objects.all()}

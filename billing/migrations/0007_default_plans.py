@@ -64,7 +64,7 @@ def seed_plans(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("billing", "0008_auto_recharge"),
+        ("billing", "0006_auto_recharge"),
     ]
 
     operations = [

@@ -520,7 +520,7 @@ class StripeEmulator:
         self.admin("POST", "drop", {"count": count, "type": type})
 
     def deliveries(self, *, type: str | None = None, event_id: str | None = None, status: str | None = None,
-                   wait_for: int = 0, timeout: float = 10) -> list[dict]:
+                   wait_for: int = 0, timeout: int = 10) -> list[dict]:
         """Deliveries made so far (``status`` delivered/failed/dropped; each has ``payload`` and
         ``signature`` exactly as sent); ``wait_for=N`` blocks server-side until N match."""
         return self.admin("GET", "deliveries", type=type, event_id=event_id, status=status,

@@ -107,7 +107,7 @@ async def deliveries(request):
     filters = {"event_type": query.get("type"), "event_id": query.get("event_id"), "status": query.get("status")}
     wait_for = as_int(query.get("wait_for", 0), "wait_for", minimum=0)
     if wait_for:
-        timeout = min(float(query.get("timeout", 10)), 60.0)
+        timeout = min(as_int(query.get("timeout", 10), "timeout", minimum=1), 60)  # whole seconds
         found = await state.hub.wait_for(count=wait_for, timeout=timeout, **filters)
     else:
         found = state.hub.find_deliveries(**filters)

@@ -352,7 +352,8 @@ async def meter_event_summaries(request):
               if e["_customer"] == data["customer"] and e["event_name"] == meter["event_name"]]
     summaries = [{
         "id": f"mtrusg_{meter['id']}_{data['customer']}_{lo}", "object": "billing.meter_event_summary",
-        "aggregated_value": float(sum(e["_value"] for e in events if lo <= e["timestamp"] < hi)),
+        # Stripe sends a JSON number; every value is a whole micro-unit, so an integer says it exactly.
+        "aggregated_value": sum(e["_value"] for e in events if lo <= e["timestamp"] < hi),
         "start_time": lo, "end_time": hi, "livemode": False, "meter": meter["id"], "created": lo,
     } for lo, hi in bounds]
     return ok(page(summaries, data, f"/v1/billing/meters/{meter['id']}/event_summaries"))

@@ -25,14 +25,6 @@ def balance_for_organization(*, organization_id: int, currency: str = "usd") -> 
     return Balance(currency=wallet.currency, balance=wallet.balance, reserved=wallet.reserved)
 
 
-def credit_summary(*, account, currency: str = "usd") -> dict:
-    """Paid and promotional credit apart, each open promo/included lot with what it
-    still holds and its expiry, credit line, reserved, available (see billing.promo)."""
-    from .promo import credit_summary as summary
-
-    return summary(account=account, currency=currency)
-
-
 _PRICES_SQL = """
 SELECT id, model, version, currency, input_per_mtok, cached_input_per_mtok, output_per_mtok, effective_from
 FROM billing_modelprice ORDER BY model, effective_from, version

@@ -81,11 +81,6 @@ def handler(event_type: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def handlers() -> dict[str, list[Handler]]:
-    _load_handlers()
-    return {event_type: list(fns) for event_type, fns in _HANDLERS.items()}
-
-
 def _load_handlers() -> None:
     # Handlers live beside the services they call; importing registers them.
     from django.utils.module_loading import autodiscover_modules

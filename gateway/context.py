@@ -39,8 +39,12 @@ class ApiRequest:
     def headers(self):
         return self.request.headers
 
-    async def authenticate(self, *, publishable_ok: bool) -> KeyRecord:
+    async def authenticate(self, *, publishable_ok: bool, scope: str | None) -> KeyRecord:
+        """The caller's key, refused unless it may call an endpoint of ``scope`` (console.keys.SCOPES;
+        None: any key of the project, e.g. reading back its own job)."""
         key = await auth.authenticate(self.headers)
+        if scope is not None and key.scopes is not None and scope not in key.scopes:
+            raise GatewayError("permission_denied", f"This API key's scopes do not include '{scope}'.")
         if key.publishable:
             if not publishable_ok:
                 raise GatewayError(

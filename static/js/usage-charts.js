@@ -7,7 +7,8 @@
   if (!data || typeof window.Chart === "undefined") return;
   var figures = JSON.parse(data.textContent);
   var usd = function (micros) { return micros / 1e6; };  // display only: the tables carry exact values
-  var money = { callback: function (v) { return "$" + v.toLocaleString(); } };
+  // Cents are too coarse for small projects (a request can cost a few micro-units).
+  var money = { callback: function (v) { return "$" + v.toLocaleString(undefined, { maximumFractionDigits: 6 }); } };
   var charts = window.usageCharts = {};
 
   var days = document.getElementById("usage-days");

@@ -217,3 +217,37 @@ def test_roles_and_tenants_on_the_keys_page(client, alice, charlie):
     assert client.post(f"/console/projects/{charlie.project.public_id}/keys/{key.public_id}/revoke").status_code == 404
     key.refresh_from_db()
     assert key.status == "active"
+
+
+async def test_the_key_record_carries_scopes_and_an_unnamed_scope_fails_closed(alice, monkeypatch):
+    import dataclasses
+
+    from asgiref.sync import sync_to_async
+    from starlette.requests import Request
+
+    from console import keys as key_format
+    from gateway import auth, context
+    from gateway.errors import GatewayError
+
+    key = await sync_to_async(ApiKey.objects.get)(project=alice.project, kind="secret")
+    key.scopes = ["embeddings", "chat"]
+    await sync_to_async(key.save)(update_fields=["scopes"])
+    auth.cache.drop(None)
+    record = await auth.cache.get(key_format.parse(alice.secret_key).lookup)
+    assert record.scopes == frozenset({"chat", "embeddings"})
+
+    async def authenticate(headers):
+        return record
+
+    monkeypatch.setattr(auth, "authenticate", authenticate)
+    req = context.ApiRequest(Request({"type": "http", "method": "POST", "path": "/", "headers": []}))
+    assert await req.authenticate(publishable_ok=False, scope="chat") is record
+    assert await req.authenticate(publishable_ok=False, scope=None) is record
+    for scope in ("models", context.UNNAMED_SCOPE):
+        with pytest.raises(GatewayError) as refused:
+            await req.authenticate(publishable_ok=False, scope=scope)
+        assert refused.value.code == "permission_denied" and refused.value.status == 403
+    with pytest.raises(GatewayError):
+        await req.authenticate(publishable_ok=False)  # an endpoint naming no scope: unscoped keys only
+    record = dataclasses.replace(record, scopes=None)
+    assert await req.authenticate(publishable_ok=False) is record

@@ -13,7 +13,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
@@ -59,7 +59,18 @@ def dashboard(request):
         "month_requests": sum(p["requests"] for p in projects),
         "month": usage_selectors.month_start(),
         "balance": billing_selectors.balance_for_organization(organization_id=org.id),
+        "nodes_url": _nodes_url(org) if request.access.can("nodes.view") else None,
     })
+
+
+def _nodes_url(org) -> str | None:
+    """The organization's nodes page (its URL name belongs to the node views)."""
+    for name, args in (("console:org_nodes", [org.public_id]), ("console:nodes", [])):
+        try:
+            return reverse(name, args=args) + ("" if args else f"?org={org.public_id}")
+        except NoReverseMatch:
+            continue
+    return None
 
 
 @require_POST

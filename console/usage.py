@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
@@ -39,7 +40,10 @@ def month_start(now: dt.datetime | None = None) -> dt.datetime:
 def project_month_totals(organization: Organization, *, since: dt.datetime | None = None) -> dict[int, dict]:
     """{project id: {"requests", "cost"}} this month for the organization's projects, one query."""
     rows = (
-        RequestRecord.objects.filter(organization=organization, created_at__gte=since or month_start())
+        RequestRecord.objects.filter(
+            organization=organization, created_at__gte=since or month_start(),
+            project_id__in=list(organization.projects.values_list("id", flat=True)),  # the (project, time) index
+        )
         .values("project_id")
         .annotate(requests=Count("id"), cost=Coalesce(Sum("cost"), 0))
         .order_by()
@@ -90,6 +94,10 @@ class UsageFilter:
     key: ApiKey | None = None
     model: str = ""
 
+    @cached_property
+    def project_ids(self) -> list[int]:
+        return list(self.organization.projects.values_list("id", flat=True))
+
     @property
     def since(self) -> dt.datetime:
         return dt.datetime.combine(self.start, dt.time.min, tzinfo=dt.UTC)
@@ -104,6 +112,8 @@ class UsageFilter:
         )
         if self.project is not None:
             rows = rows.filter(project=self.project)
+        else:  # by project too, so the (project, created_at) index serves it
+            rows = rows.filter(project_id__in=self.project_ids)
         if self.key is not None:
             rows = rows.filter(api_key=self.key)
         if self.model:

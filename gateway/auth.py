@@ -207,7 +207,7 @@ async def authenticate(headers) -> KeyRecord:
     if not record.active:
         raise GatewayError("invalid_api_key", "The API key has been revoked.")
     if record.expires_at is not None and time.time() >= record.expires_at:
-        raise GatewayError("invalid_api_key", "The API key has expired (it was rotated and its grace period ended).")
+        raise GatewayError("invalid_api_key", "The API key has expired.")
     return record
 
 

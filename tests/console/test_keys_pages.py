@@ -251,3 +251,16 @@ async def test_the_key_record_carries_scopes_and_an_unnamed_scope_fails_closed(a
         await req.authenticate(publishable_ok=False)  # an endpoint naming no scope: unscoped keys only
     record = dataclasses.replace(record, scopes=None)
     assert await req.authenticate(publishable_ok=False) is record
+
+
+def test_a_scoped_key_cannot_manage_keys_over_the_api(server, alice):
+    scoped = services.api_key_create(project=alice.project, kind="secret", scopes=["chat"])[1]
+    response = httpx.post(f"{server.url}/v1/keys", headers={"Authorization": f"Bearer {scoped}"},
+                          json={"kind": "secret"})
+    assert response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
+    assert httpx.get(f"{server.url}/v1/keys", headers={"Authorization": f"Bearer {scoped}"}).status_code == 403
+    # An unscoped key creates a scoped one there too; bad scopes are named.
+    made = httpx.post(f"{server.url}/v1/keys", headers=alice.auth(), json={"kind": "secret", "scopes": ["models"]})
+    assert made.status_code == 201 and made.json()["scopes"] == ["models"]
+    bad = httpx.post(f"{server.url}/v1/keys", headers=alice.auth(), json={"kind": "secret", "scopes": ["root"]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "scopes"

@@ -203,7 +203,12 @@ def dollars(micros: int) -> str:
 
 # --- request log -------------------------------------------------------------------------------
 
-STATUS_FILTERS = {"ok": Q(status_code__lt=400), "failed": Q(status_code__gte=400)}
+# Failed: an error status, or an error after a 200 began (a stream cut by its node).
+STATUS_FILTERS = {"ok": Q(status_code__lt=400, error_code=""), "failed": Q(status_code__gte=400) | ~Q(error_code="")}
+
+
+def failed(record: RequestRecord) -> bool:
+    return record.status_code >= 400 or bool(record.error_code)
 
 
 def request_log(project: Project, *, status: str = "", model: str = "", key: ApiKey | None = None) -> QuerySet:
@@ -217,13 +222,13 @@ def request_log(project: Project, *, status: str = "", model: str = "", key: Api
     return rows.order_by("-created_at", "-id")
 
 
-def models_used(organization: Organization, *, project: Project | None = None, since: dt.datetime | None = None) -> list[str]:
-    """Model names seen in the organization's (or project's) records, for filter pickers."""
-    rows = RequestRecord.objects.filter(organization=organization)
-    if project is not None:
-        rows = rows.filter(project=project)
-    if since is not None:
-        rows = rows.filter(created_at__gte=since)
+def models_used(organization: Organization, *, project: Project | None = None, since: dt.datetime,
+                until: dt.datetime | None = None) -> list[str]:
+    """Model names seen in the organization's (or project's) records since then, for filter pickers."""
+    ids = [project.id] if project is not None else list(organization.projects.values_list("id", flat=True))
+    rows = RequestRecord.objects.filter(organization=organization, project_id__in=ids, created_at__gte=since)
+    if until is not None:
+        rows = rows.filter(created_at__lt=until)
     return sorted(m for m in rows.exclude(model="").values_list("model", flat=True).distinct().order_by())
 
 

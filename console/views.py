@@ -27,6 +27,12 @@ _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 NEW_KEY = "new_key"  # session: the plaintext of a key just made, shown once on the keys page
 LOG_PAGE_SIZE = 50
 DEFAULT_RANGE_DAYS = 30
+MODEL_PICKER_WINDOW = dt.timedelta(days=90)  # the request log's model filter offers models seen since
+
+
+def _with(choices: list[str], chosen: str) -> list[str]:
+    """The choices, with the current one kept even if the range has none of it."""
+    return choices if not chosen or chosen in choices else sorted([*choices, chosen])
 
 
 @access.public
@@ -281,7 +287,8 @@ def usage(request):
         "usage": data,
         "projects": org.projects.order_by("created_at", "id"),
         "key_choices": [(k, usage_selectors.key_label(k)) for k in key_choices],
-        "model_choices": usage_selectors.models_used(org, project=flt.project),
+        "model_choices": _with(usage_selectors.models_used(org, project=flt.project, since=flt.since, until=flt.until),
+                               flt.model),
         "csv_query": urlencode(flt.query()),
         "can_view_requests": request.access.can("requests.view"),
     })
@@ -327,7 +334,7 @@ def request_log(request, project_id: str):
     page = Paginator(rows, LOG_PAGE_SIZE).get_page(request.GET.get("page"))
     entries = []
     for record in page.object_list:
-        failed = record.status_code >= 400
+        failed = usage_selectors.failed(record)
         entries.append({
             "record": record,
             "failed": failed,
@@ -346,7 +353,8 @@ def request_log(request, project_id: str):
         "key": key,
         "query": urlencode(query),
         "key_choices": [(k, usage_selectors.key_label(k)) for k in ApiKey.objects.filter(project=project).order_by("-created_at")],
-        "model_choices": usage_selectors.models_used(project.organization, project=project),
+        "model_choices": _with(usage_selectors.models_used(
+            project.organization, project=project, since=timezone.now() - MODEL_PICKER_WINDOW), model),
         "usage_url": reverse("console:usage") + f"?project={project.public_id}&org={project.organization.public_id}",
     })
 

@@ -128,3 +128,47 @@ async def test_a_new_key_is_created_copied_and_shown_once_in_a_browser(server, a
         await page.reload()
         assert shown not in await page.content()
         assert await page.locator("#new-key").count() == 0
+
+
+def cap_spend_at_zero(tenant) -> None:
+    from console import services
+
+    services.project_spend_cap_set(project=tenant.project, monthly_spend_cap=0)
+
+
+async def test_a_refused_request_has_a_one_click_troubleshooting_bundle(server, alice, sim_node):
+    import asyncio
+
+    import pytest
+
+    await sync_to_async(cap_spend_at_zero)(alice)
+    client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=alice.secret_key, max_retries=0)
+    for _ in range(30):  # the cap reaches the gateway within a second
+        try:
+            await client.chat.completions.create(model=SIM_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+        except openai.APIStatusError as exc:
+            refused = exc
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the spend cap was never applied")
+    assert refused.status_code == 402 and refused.body["code"] == "spend_cap_reached"
+    request_id = refused.response.headers["x-request-id"]
+    for _ in range(100):
+        if await sync_to_async(settled)(request_id):
+            break
+        await asyncio.sleep(0.05)
+
+    async with chromium_page(permissions=["clipboard-read", "clipboard-write"]) as page:
+        await sign_in(page, server, alice)
+        await page.goto(f"{server.url}/console/projects/{alice.project.public_id}/requests/?status=failed")
+        row = page.locator(f'tr[data-request="{request_id}"]')
+        assert "402" in await row.inner_text() and "spend_cap_reached" in await row.inner_text()
+        await page.get_by_text("Troubleshooting bundle", exact=True).first.click()
+        bundle = page.locator('[data-testid="bundle"]').first
+        text = await bundle.inner_text()
+        assert f"request_id: {request_id}" in text and "error_code: spend_cap_reached" in text
+        assert f"project: {alice.project.public_id}" in text and "sk_live" not in text
+        await page.get_by_role("button", name="Copy bundle").first.click()
+        assert (await page.evaluate("() => navigator.clipboard.readText()")).strip() == text.strip()
+        await screenshot(page, "troubleshooting-bundle")

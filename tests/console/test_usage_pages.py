@@ -168,9 +168,14 @@ def test_a_failed_request_has_a_troubleshooting_bundle_without_secrets(client, a
     failed = record(alice, key=key, status=502, error_code="upstream_unavailable", session_id="sess-1",
                     node_id="node_abc", model="sim-small", at=moment)
     ok = record(alice, key=key, status=200, at=moment)
+    # A stream its node cut after the 200 began: failed too.
+    cut = record(alice, key=key, status=200, error_code="upstream_unavailable", at=moment - dt.timedelta(seconds=1))
     login(client, alice)
-    html = client.get(f"/console/projects/{alice.project.public_id}/requests/").content.decode()
-    assert html.count('data-testid="bundle"') == 1
+    url = f"/console/projects/{alice.project.public_id}/requests/"
+    html = client.get(url).content.decode()
+    assert html.count('data-testid="bundle"') == 2 and f"request_id: {cut.request_id}" in html
+    assert client.get(url, {"status": "failed"}).content.decode().count("<tr data-request=") == 2
+    assert client.get(url, {"status": "ok"}).content.decode().count("<tr data-request=") == 1
     bundle = html.split('data-testid="bundle">')[1].split("</pre>")[0]
     assert bundle.splitlines() == [
         "Troubleshooting bundle",

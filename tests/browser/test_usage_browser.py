@@ -10,6 +10,7 @@ from allauth.account.models import EmailAddress
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from billing.topups import format_amount
 from gateway.models import RequestRecord
 from tests.browser.conftest import chromium_page, screenshot
 from tests.conftest import SIM_MODEL, sim_cost
@@ -110,6 +111,20 @@ async def test_usage_chart_and_table_move_after_a_real_api_call(server, alice, s
         await page.wait_for_load_state()
         assert "Settings saved" in await page.inner_text("main")
         await screenshot(page, "project-settings")
+
+        await page.goto(f"{server.url}/console/")
+        assert await page.locator('[data-testid="month-cost"]').inner_text() == format_amount(cost)
+        await screenshot(page, "dashboard")
+
+        # On a phone the pages fit the width (wide tables scroll inside their card).
+        await page.set_viewport_size({"width": 390, "height": 844})
+        for path, name in [("/console/usage/", "usage-phone"),
+                           (f"/console/projects/{alice.project.public_id}/keys/", "keys-phone"),
+                           (f"/console/projects/{alice.project.public_id}/requests/", None)]:
+            await page.goto(server.url + path)
+            assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth"), path
+            if name:
+                await screenshot(page, name)
 
 
 async def test_a_new_key_is_created_copied_and_shown_once_in_a_browser(server, alice):

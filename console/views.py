@@ -10,6 +10,7 @@ import re
 from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -48,8 +49,20 @@ def healthz(request):
 # --- dashboard and projects -----------------------------------------------------------------
 
 
-@access.requires("project.view")
+@login_required
 def dashboard(request):
+    """The current organization's dashboard; someone in no organization (removed from their
+    last one) gets a page that says so rather than a 404."""
+    if not access.memberships(request.user).exists():
+        return render(request, "console/no_organization.html")
+    return _dashboard(request)
+
+
+dashboard.permission = "project.view"
+
+
+@access.requires("project.view")
+def _dashboard(request):
     org = request.access.organization
     totals = usage_selectors.project_month_totals(org)
     projects = [
@@ -298,6 +311,11 @@ CSV_HEADER = ["date", "project", "model", "key", "key_name", "requests", "input_
               "cost_micros", "cost_usd"]
 
 
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet will not run as a formula (key names are the user's own text)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 @access.requires("usage.view")
 def usage_csv(request):
     flt, _ = _usage_filter(request)
@@ -310,8 +328,8 @@ def usage_csv(request):
     for row in usage_selectors.csv_rows(flt):
         key = row["key"]
         writer.writerow([
-            row["day"].isoformat(), row["project__public_id"], row["model"], key.public_id if key else "",
-            row["label"], row["requests"], row["input_tokens"], row["output_tokens"], row["cost"],
+            row["day"].isoformat(), row["project__public_id"], _cell(row["model"]), key.public_id if key else "",
+            _cell(row["label"]), row["requests"], row["input_tokens"], row["output_tokens"], row["cost"],
             usage_selectors.dollars(row["cost"]),
         ])
     return response

@@ -150,3 +150,14 @@ def test_allowed_origins_reach_the_gateway_within_a_second(client, server, alice
             break
         time.sleep(0.05)
     assert after.json()["error"]["code"] == "model_not_found"  # past the origin check
+
+
+def test_someone_in_no_organization_gets_a_page_saying_so(client, alice, bob):
+    from console.models import Membership
+
+    Membership.objects.filter(user=bob.user).delete()
+    login(client, bob)
+    response = client.get("/console/")
+    assert response.status_code == 200 and "not a member of any organization" in response.content.decode()
+    assert client.get(f"/console/?org={alice.organization.public_id}").status_code == 200
+    assert alice.project.public_id not in client.get(f"/console/?org={alice.organization.public_id}").content.decode()

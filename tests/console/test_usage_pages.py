@@ -192,3 +192,14 @@ def test_a_failed_request_has_a_troubleshooting_bundle_without_secrets(client, a
     ]
     assert ok.request_id not in bundle and "sk_live" not in bundle and key.public_id not in bundle
     assert 'data-copy="bundle-' in html and "<summary>Troubleshooting bundle</summary>" in html
+
+
+def test_csv_cells_never_start_a_spreadsheet_formula(client, alice):
+    key = ApiKey.objects.get(project=alice.project, kind="secret")
+    key.name = '=HYPERLINK("http://evil.example","x")'
+    key.save(update_fields=["name"])
+    record(alice, key=key, model="@SUM(A1)", cost=1)
+    login(client, alice)
+    rows = list(csv.DictReader(io.StringIO(client.get("/console/usage.csv").content.decode())))
+    assert rows[0]["key_name"].startswith("'=HYPERLINK") and rows[0]["model"] == "'@SUM(A1)"
+    assert rows[0]["cost_micros"] == "1" and rows[0]["cost_usd"] == "0.000001"

@@ -99,8 +99,8 @@ def account_invoices(*, account: BillingAccount, limit: int = LIMIT) -> Invoices
     found = Invoices(invoices=rows[:limit])
     try:
         cache.set(_key(customer), found, CACHE_SECONDS)
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as exc:  # noqa: BLE001
+        log.warning("invoices of %s: not cached: %s", customer, exc)
     return found
 
 

@@ -9,7 +9,7 @@ configured), so the page cannot be used to load the database or the broker.
 from __future__ import annotations
 
 import datetime as dt
-import os
+import logging
 import time
 from typing import Any
 
@@ -19,6 +19,8 @@ from django.db import connection
 from django.utils import timezone
 
 from config import redisconn
+
+log = logging.getLogger(__name__)
 
 STATUS_CACHE_SECONDS = 5
 INCIDENT_WINDOW = dt.timedelta(days=7)
@@ -33,7 +35,7 @@ def _ms(start: float) -> float:
 
 def check_gateway() -> dict[str, Any]:
     return {"name": "gateway", "status": OK, "detail": "serving (this process)",
-            "uptime_seconds": int(time.time() - _STARTED), "pid": os.getpid()}
+            "uptime_seconds": int(time.time() - _STARTED)}
 
 
 def check_database() -> dict[str, Any]:
@@ -149,8 +151,8 @@ def cached_snapshot() -> dict[str, Any]:
         found = snapshot()
         try:
             cache.set(_cache_key(), found, STATUS_CACHE_SECONDS)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001 - this process's copy still spares the database
+            log.warning("status snapshot not cached: %s", exc)
     _local = (time.monotonic() + STATUS_CACHE_SECONDS, found)
     return found
 

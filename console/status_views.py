@@ -22,7 +22,7 @@ LABELS = {
 
 
 def _when(epoch: int | None) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc) if epoch is not None else None
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC) if epoch is not None else None
 
 
 def _headers(response):

@@ -11,8 +11,8 @@ from config import bus, crypto
 from config.ids import new_id
 from console import keys
 
-from .models import PROVIDER_ADAPTERS, Modality, Node, NodeHealthEvent, NodeModel, NodeToken
 from . import clusters, registry
+from .models import PROVIDER_ADAPTERS, Modality, Node, NodeHealthEvent, NodeModel, NodeToken
 from .registry import NODES_TOPIC
 
 _GPU_COUNT = re.compile(r"^\s*(\d+)\s*[x×]", re.IGNORECASE)

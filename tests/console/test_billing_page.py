@@ -29,8 +29,9 @@ def rows(page: str) -> list[tuple[int, int, int]]:
 
 
 def test_reservations_in_flight_with_request_ids_amounts_and_age(client, alice, price):  # noqa: F811
-    from billing import ledger
     from django.utils import timezone
+
+    from billing import ledger
 
     first = run_async(reserve(alice, price, 1_500, request_id="req_inflight_one"))
     run_async(reserve(alice, price, 2_500, request_id="req_inflight_two"))

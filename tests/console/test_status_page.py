@@ -161,3 +161,40 @@ def test_a_database_failure_shows_as_down_not_as_an_error(monkeypatch):
     monkeypatch.setattr(status, "connection", Broken())
     check = status.check_database()
     assert check["status"] == "down" and "RuntimeError" in check["detail"]
+
+
+def test_workers_behind_a_broker_answer_the_ping(transactional_db):
+    """With a real broker: no worker → down; a worker process started → it answers (the page of a
+    separate server process, whose snapshot is cached for a few seconds, so it is polled)."""
+    import sys
+    import time
+
+    import httpx
+
+    from tests.conftest import Process, server_env, start_server
+
+    broker = "redis://127.0.0.1:6379/11"  # a database of its own: a ping reaches every worker on it
+    server = start_server(CELERY_BROKER_URL=broker)
+    worker = None
+    try:
+        def workers() -> dict:
+            snap = httpx.get(f"{server.url}/status.json", timeout=10).json()
+            return next(c for c in snap["components"] if c["name"] == "workers")
+
+        check = workers()
+        assert check["status"] == "down" and check["workers"] == 0, check
+        worker = Process(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--loglevel", "INFO",
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"status-{time.time_ns()}@%h"],
+            env=server_env(CELERY_BROKER_URL=broker),
+            ready="ready.",
+        )
+        deadline = time.monotonic() + 30
+        while (check := workers())["status"] != "ok":
+            assert time.monotonic() < deadline, check
+            time.sleep(0.5)
+        assert check["workers"] >= 1 and check["latency_ms"] < 1000
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.process.stop()

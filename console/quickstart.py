@@ -43,7 +43,7 @@ response = client.chat.completions.create(
     messages=[{{"role": "user", "content": "{PROMPT}"}}],
 )
 print(response.choices[0].message.content)"""
-    javascript = f"""// Node 18+ or a browser (with a publishable key there); no package needed
+    javascript = f"""// Node 18+ (save as quickstart.mjs) or a browser (with a publishable key there); no package needed
 const response = await fetch("{api}/chat/completions", {{
   method: "POST",
   headers: {{ "Authorization": "Bearer {key}", "Content-Type": "application/json" }},

@@ -4,7 +4,9 @@ from the page a live server rendered, run as it is shown (key substituted) again
 from __future__ import annotations
 
 import html
+import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -83,24 +85,42 @@ def _signed_in(server, tenant) -> httpx.Client:
     return browser
 
 
-def test_the_python_snippet_from_the_live_page_works(server, alice, sim_node, tmp_path):
+def test_the_snippets_from_the_live_page_work(server, alice, sim_node, tmp_path):
+    """Every snippet as the live server renders it, the key substituted, run as a user would:
+    Python (openai), Python (anthropic), JavaScript under Node, curl; each gets the same answer."""
     browser = _signed_in(server, alice)
     try:
         page = browser.get("/console/quickstart/")
     finally:
         browser.close()
     assert page.status_code == 200
-    code = snippet(page.text, "python")
-    assert f'base_url="{server.url}/v1"' in code
-    script = tmp_path / "quickstart.py"
-    script.write_text(code.replace(KEY_PLACEHOLDER, alice.secret_key))
-    before = RequestRecord.objects.filter(api_key__project=alice.project).count()
-    run = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
     # The same request made here answers the same (the simulator's answer is deterministic).
     direct = openai.OpenAI(base_url=server.api, api_key=alice.secret_key, max_retries=0).chat.completions.create(
         model=SIM_MODEL, messages=[{"role": "user", "content": "Say hello in five words."}]
     )
-    assert run.stdout.strip() == direct.choices[0].message.content.strip() != ""
+    expected = direct.choices[0].message.content.strip()
+    assert expected
+    before = RequestRecord.objects.filter(api_key__project=alice.project).count()
+
+    def run(name: str, filename: str, command: list[str]) -> str:
+        code = snippet(page.text, name)
+        assert server.url in code, name
+        script = tmp_path / filename
+        script.write_text(code.replace(KEY_PLACEHOLDER, alice.secret_key))
+        done = subprocess.run([*command, str(script)], check=False, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (name, done.stdout, done.stderr)
+        return done.stdout.strip()
+
+    assert f'base_url="{server.url}/v1"' in snippet(page.text, "python")
+    assert run("python", "quickstart.py", [sys.executable]) == expected
+    assert run("anthropic", "quickstart_anthropic.py", [sys.executable]) == expected
+    ran = 2
+    if shutil.which("node"):
+        assert run("javascript", "quickstart.mjs", [shutil.which("node")]) == expected
+        ran += 1
+    if shutil.which("curl"):
+        answer = json.loads(run("curl", "quickstart.sh", ["bash"]))
+        assert answer["choices"][0]["message"]["content"].strip() == expected
+        ran += 1
     records = RequestRecord.objects.filter(api_key__project=alice.project).order_by("id")
-    assert records.count() == before + 2 and records.first().model == SIM_MODEL
+    assert records.count() == before + ran and {r.model for r in records} == {SIM_MODEL}

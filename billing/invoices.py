@@ -2,7 +2,7 @@
 the billing page: read from Stripe, the record of them, rather than copied into our database.
 
 Stripe is asked at most once a minute per customer (the list is cached); when it cannot be
-reached the page says so and shows the rest. An account that never met Stripe has no invoices
+reached the page says so, shows the rest, and asks again after ``ERROR_SECONDS``. An account that never met Stripe has no invoices
 and causes no call.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .models import BillingAccount
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 60
+ERROR_SECONDS = 15  # Stripe unreachable: the next views do not each wait for it
 LIMIT = 24
 
 
@@ -89,16 +90,21 @@ def account_invoices(*, account: BillingAccount, limit: int = LIMIT) -> Invoices
         cached = None
     if cached is not None:
         return cached
+    seconds = CACHE_SECONDS
     try:
-        listed = stripe_client.client().v1.invoices.list(params={"customer": customer, "limit": limit})
+        # A read for a page: no retries (the page says Stripe is away rather than waiting on it).
+        listed = stripe_client.client().v1.invoices.list(
+            params={"customer": customer, "limit": limit}, options={"max_network_retries": 0}
+        )
         rows = [_invoice(raw.to_dict() if hasattr(raw, "to_dict") else raw) for raw in listed.data]
     except (stripe.StripeError, ValueError, KeyError) as exc:
         log.warning("invoices of %s: not read from Stripe: %s", customer, exc)
-        return Invoices(error="Invoices cannot be read from Stripe right now; try again in a minute.")
-    rows.sort(key=lambda i: i.created, reverse=True)  # Stripe's own order (newest first) within a second
-    found = Invoices(invoices=rows[:limit])
+        found, seconds = Invoices(error="Invoices cannot be read from Stripe right now; try again in a minute."), ERROR_SECONDS
+    else:
+        rows.sort(key=lambda i: i.created, reverse=True)  # Stripe's own order (newest first) within a second
+        found = Invoices(invoices=rows[:limit])
     try:
-        cache.set(_key(customer), found, CACHE_SECONDS)
+        cache.set(_key(customer), found, seconds)
     except Exception as exc:  # noqa: BLE001
         log.warning("invoices of %s: not cached: %s", customer, exc)
     return found

@@ -98,7 +98,7 @@ def test_no_stripe_customer_means_no_call_and_no_invoices(client, alice, setting
     assert f'/billing/plan?org={alice.organization.public_id}' in page  # plan and subscription management
 
 
-def test_stripe_down_says_so_and_the_page_still_works(client, alice, settings):
+def test_stripe_down_says_so_and_the_page_still_works(client, alice, settings, monkeypatch):
     from billing.models import BillingAccount
 
     BillingAccount.objects.filter(organization=alice.organization).update(stripe_customer_id="cus_unreachable")
@@ -108,6 +108,13 @@ def test_stripe_down_says_so_and_the_page_still_works(client, alice, settings):
     assert response.status_code == 200
     page = response.content.decode()
     assert "Invoices cannot be read from Stripe right now" in page and 'data-testid="balance"' in page
+
+    def asked(*args, **kwargs):
+        raise AssertionError("Stripe asked again")
+
+    monkeypatch.setattr(invoices.stripe_client, "client", asked)  # the failure is remembered a little while
+    assert "Invoices cannot be read from Stripe right now" in client.get(billing_url(alice)).content.decode()
+    invoices.invoices_forget(BillingAccount.objects.get(organization=alice.organization))
 
 
 def test_the_subscription_invoices_are_listed(client, server, stripe_emu, transactional_db):

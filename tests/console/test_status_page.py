@@ -121,6 +121,29 @@ def test_a_node_flipping_unhealthy_opens_an_incident_its_heartbeat_closes(client
     assert 'data-ongoing="true"' not in page and operated_node.public_id in page
 
 
+def test_silent_heartbeats_and_a_probe_that_answers_again(client, transactional_db, sim, settings):
+    """The other flips: a node that stopped sending heartbeats goes down at once (an incident
+    saying why), and one successful probe later it is up again (the incident ends)."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from nodes.models import Node, NodeHealthEvent
+    from nodes.services import node_upsert
+    from nodes.tasks import check_node_health
+
+    node = node_upsert(name="quiet", base_url=f"{sim.url}/v1", region="test-1", models=[{"model": SIM_MODEL}])
+    silent = timezone.now() - dt.timedelta(seconds=settings.NODE_HEARTBEAT_STALE_SECONDS + 1)
+    Node.objects.filter(id=node.id).update(last_heartbeat_at=silent)
+    assert check_node_health() == {node.public_id: False}
+    Node.objects.filter(id=node.id).update(last_heartbeat_at=None)  # heartbeats no longer expected
+    assert check_node_health() == {node.public_id: True}
+    reasons = list(NodeHealthEvent.objects.filter(node=node).order_by("at", "id").values_list("healthy", "reason"))
+    assert reasons == [(False, "heartbeats stopped"), (True, "probe succeeded")]
+    [incident] = client.get("/status.json").json()["incidents"]
+    assert incident["reason"] == "heartbeats stopped" and incident["ongoing"] is False and incident["ended_at"]
+
+
 def test_no_tenant_data_on_the_page_signed_in_or_out(client, alice, charlie, operated_node, settings):
     from nodes.tasks import check_node_health
 

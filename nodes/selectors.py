@@ -154,3 +154,17 @@ def health_incidents(*, since, now=None, limit: int = 20) -> list[dict[str, Any]
         incident["duration_seconds"] = int((end - incident["started_at"]).total_seconds()) if end else None
     incidents.sort(key=lambda i: (not i["ongoing"], -i["started_at"].timestamp()))
     return incidents[:limit]
+
+
+def operator_tokens(*, operator_id: int) -> QuerySet:
+    """The operator organization's node tokens (never their hashes' use: name, last 4, status)."""
+    from .models import NodeToken
+
+    return NodeToken.objects.filter(organization_id=operator_id).order_by("status", "-created_at", "-id")
+
+
+def operator_health_events(*, operator_id: int, limit: int = 20) -> QuerySet:
+    """The latest health changes of the operator's nodes, newest first."""
+    from .models import NodeHealthEvent
+
+    return NodeHealthEvent.objects.filter(node__operator_id=operator_id).select_related("node").order_by("-at", "-id")[:limit]

@@ -104,3 +104,27 @@ def test_it_lists_what_get_v1_nodes_lists(client, server, alice, sim_node, plain
         assert node["attestation"] in row and "yes" in row
         for model in node["models"]:
             assert f"<code>{model}</code>" in row
+
+
+def test_the_operator_page_shows_tokens_and_health_history(client, charlie, alice, plain_node, settings):
+    from nodes.models import Node
+    from nodes.services import node_token_create, node_token_revoke
+    from nodes.tasks import check_node_health
+
+    token, plaintext = node_token_create(organization=charlie.organization, name="rack token")
+    old, _ = node_token_create(organization=charlie.organization, name="old token")
+    node_token_revoke(token=old)
+    Node.objects.filter(id=plain_node.id).update(base_url="http://127.0.0.1:9/v1")  # probes now fail
+    for _ in range(settings.NODE_UNHEALTHY_AFTER):
+        check_node_health()
+    login(client, charlie)
+    page = client.get(reverse("console:org_nodes", args=[charlie.organization.public_id])).content.decode()
+    tokens = page.split('id="node-tokens"')[1].split("</section>")[0]
+    assert f"nt_live_…{token.last4}" in tokens and "rack token" in tokens and plaintext not in page
+    assert "old token" in tokens and "revoked" in tokens
+    history = page.split('id="health-history"')[1].split("</section>")[0]
+    assert f'data-health-event="{plain_node.public_id}"' in history and "unhealthy" in history
+    assert f"{settings.NODE_UNHEALTHY_AFTER} probes failed in a row" in history
+    # another organization's operators see none of it
+    login(client, alice)
+    assert client.get(reverse("console:org_nodes", args=[charlie.organization.public_id])).status_code == 404

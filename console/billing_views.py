@@ -20,7 +20,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from billing import disputes, refunds, topups, wallet_selectors
+from billing import disputes, invoices, ledger_selectors, refunds, topups, wallet_selectors
 from billing.models import TopupSession, Transfer, Wallet
 
 from .models import Membership, Organization, Role
@@ -66,6 +66,12 @@ def _render_page(request, organization: Organization, role: str, *, amount: str 
         "amount": amount,
         "amount_error": error,
     }
+    wallet = context["overview"].wallet
+    context.update(
+        in_flight=ledger_selectors.reservations_in_flight(wallet=wallet),
+        ledger=ledger_selectors.ledger_page(wallet=wallet, before=ledger_selectors.parse_before(request.GET.get("before"))),
+        invoices=invoices.account_invoices(account=account),
+    )
     return render(request, "console/billing.html", context, status=status)
 
 

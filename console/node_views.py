@@ -48,7 +48,9 @@ def _jobs(organization: Organization) -> dict:
 def organization_nodes(request, org_id: str):
     organization = _organization(request, org_id)
     nodes = list(node_selectors.operator_nodes(operator_id=organization.id))
-    context = {"organization": organization, "nodes": nodes, **_jobs(organization)}
+    context = {"organization": organization, "nodes": nodes, **_jobs(organization),
+               "tokens": list(node_selectors.operator_tokens(operator_id=organization.id)),
+               "health_events": list(node_selectors.operator_health_events(operator_id=organization.id))}
     return render(request, "console/nodes.html", context)
 
 

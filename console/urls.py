@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import billing_views, finance_views, node_views, views
+from . import billing_views, finance_views, network_views, node_views, status_views, views
 
 app_name = "console"
 urlpatterns = [
@@ -30,4 +30,8 @@ urlpatterns = [
     path("finance/discrepancies/<int:discrepancy_id>/close", finance_views.discrepancy_close_view,
          name="finance_discrepancy_close"),
     path("healthz", views.healthz, name="healthz"),
+    path("status/", status_views.status_page, name="status"),
+    path("status.json", status_views.status_json, name="status_json"),
+    path("console/nodes/", network_views.nodes_page, name="nodes"),
+    path("console/quickstart/", network_views.quickstart_page, name="quickstart"),
 ]

@@ -32,6 +32,8 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", f"http://127.0.0.1:{env_int('PORT', 8000, minimum=1, maximum=65535)}")
+# Set explicitly (not the loopback default): pages that print the base URL use it instead of the request's host.
+PUBLIC_BASE_URL_CONFIGURED = env_str("PUBLIC_BASE_URL") is not None
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -78,7 +78,7 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
         ).update(revoked_at=now)
         token = secrets.token_urlsafe(32)
         invitation = Invitation.objects.create(
-            organization=organization, email=email, role=role, token_hash=token_hash(token), invited_by=invited_by,
+            organization=organization, email=email, role=role, token_hash=token_hash(token), invited_by=invited_by, created_at=now,
             expires_at=now + dt.timedelta(days=settings.INVITATION_TTL_DAYS),
         )
         link = base_url.rstrip("/") + accept_path(token)

@@ -8,7 +8,8 @@ organization of their own) asks for it:
 
 * permitted (console/access.py PERMISSIONS) → a GET is answered, not 404 (200, a redirect, or 405 for
   a form's POST-only URL);
-* not permitted → 404 for GET and POST alike (a page never confirms that something exists); the
+* not permitted → 404 for GET and POST alike (a page never confirms that something exists; a GET
+  of a URL that takes only POST may answer 405, to everyone alike); the
   finance console keeps its documented contract: 403 for members without the finance role or
   staff, 404 for outsiders naming an organization.
 """
@@ -176,8 +177,13 @@ def test_role_matrix(route, world):
         assert status != 404 and status < 500, (route.name, status)
         return
 
+    # Signed out: sent to sign in (a GET of a POST-only URL may answer 405 first: it says nothing
+    # about any tenant); a POST never gets through.
     anonymous = Client().get(path, query)
+    assert anonymous.status_code == 405 or "/accounts/login/" in anonymous.get("Location", ""), route.name
+    anonymous = Client().post(path, {"org": query["org"]})
     assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"], route.name
+    post_only = None
 
     if permission == "finance.platform":
         staff = Client()
@@ -199,7 +205,12 @@ def test_role_matrix(route, world):
             assert got in {denied, 405} and posted in {denied, 405}, (route.name, role, got, posted)
             assert 403 in (got, posted) or denied == 404, (route.name, role, got, posted)
         else:
-            assert (got, posted) == (404, 404), (route.name, role, got, posted)
+            # 405 to a GET is the same for everyone (the URL takes only POST): no tenant is revealed.
+            if post_only is None:
+                owner = Client()
+                owner.force_login(world["people"][Role.OWNER])
+                post_only = owner.get(path, query).status_code == 405
+            assert posted == 404 and (got == 404 or (got == 405 and post_only)), (route.name, role, got, posted)
 
 
 # --- the two cases the issue names --------------------------------------------------------

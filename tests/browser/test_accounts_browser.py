@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 
+from allauth.mfa.models import Authenticator
+from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
 from asgiref.sync import sync_to_async
 
 from console.models import ApiKey, Membership, Project, Role
@@ -81,6 +84,21 @@ async def test_sign_up_verify_land_in_the_console_and_see_a_new_key_once(server)
         await page.reload()
         assert secret not in await page.content()
         assert await page.locator("#new-key").count() == 0
+
+        # Two-factor: the password again, then the authenticator app's code turns TOTP on.
+        await page.goto(f"{server.url}/accounts/2fa/totp/activate/")
+        await page.get_by_label("Password").fill(PASSWORD)
+        await page.get_by_role("button", name="Confirm").click()
+        await page.wait_for_url(re.compile(r".*/accounts/2fa/totp/activate/$"))
+        totp_secret = await page.get_by_label("Authenticator secret").input_value()
+        assert await page.locator("main img[src^='data:image/svg+xml']").count() == 1  # the QR code
+        await screenshot(page, "two-factor")
+        await page.get_by_label("Authenticator code").fill(format_hotp_value(hotp_value(totp_secret, int(time.time()) // 30)))
+        await page.get_by_role("button", name="Activate").click()
+        await page.wait_for_load_state()
+        kinds = await sync_to_async(lambda: sorted(Authenticator.objects.filter(user__email=email)
+                                                   .values_list("type", flat=True)))()
+        assert kinds == ["recovery_codes", "totp"]
 
 
 async def test_an_owner_invites_a_finance_member_who_sees_billing_but_no_keys(server, alice):

@@ -226,9 +226,11 @@ ACCOUNT_RATE_LIMITS = {
     "reset_password_from_key": "20/m/ip",
     "confirm_email": "1/3m/key",
 }
-# Two-factor: TOTP with recovery codes (allauth.mfa at /accounts/2fa/). Passkeys are off: WebAuthn
-# needs a domain name as relying party (not the 127.0.0.1 the platform is run and tested on).
-MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+# Two-factor (allauth.mfa at /accounts/2fa/): TOTP with recovery codes, and passkeys (WebAuthn), which
+# also sign in without a password. WebAuthn's relying party is the host name the browser sees: it
+# must be a domain served over https, or localhost (browsers refuse an IP address such as 127.0.0.1).
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_PASSKEY_LOGIN_ENABLED = env_bool("MFA_PASSKEY_LOGIN_ENABLED", True)
 MFA_TOTP_ISSUER = env_str("MFA_TOTP_ISSUER", "Private Inference")
 LOGIN_REDIRECT_URL = "/console/"
 LOGIN_URL = "/accounts/login/"

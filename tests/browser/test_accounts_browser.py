@@ -145,3 +145,46 @@ async def test_an_owner_invites_a_finance_member_who_sees_billing_but_no_keys(se
 
         response = await page.goto(f"{server.url}/console/projects/{alice.project.public_id}/keys/")
         assert response.status == 404
+
+
+async def test_a_passkey_added_in_the_browser_signs_in_without_a_password(server, charlie):
+    """WebAuthn with Chromium's virtual authenticator (DevTools protocol). On localhost: browsers
+    refuse an IP address as relying party, and http is allowed for localhost only."""
+    from tests.browser.test_topup_browser import verified
+
+    await sync_to_async(verified)(charlie)
+    base = server.url.replace("127.0.0.1", "localhost")
+    async with chromium_page() as page:
+        cdp = await page.context.new_cdp_session(page)
+        await cdp.send("WebAuthn.enable")
+        await cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+            "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+            "hasUserVerification": True, "isUserVerified": True, "automaticPresenceSimulation": True,
+        }})
+        await page.goto(f"{base}/accounts/login/")
+        await page.get_by_label("Email").fill(charlie.user.email)
+        await page.get_by_label("Password").fill("pw-" + charlie.user.username * 2)
+        await page.get_by_role("button", name="Sign In", exact=True).click()
+        await page.wait_for_url(f"{base}/console/")
+
+        await page.goto(f"{base}/accounts/2fa/webauthn/add/")
+        if "/reauthenticate/" in page.url:
+            await page.get_by_label("Password").fill("pw-" + charlie.user.username * 2)
+            await page.get_by_role("button", name="Confirm").click()
+            await page.wait_for_url(re.compile(r".*/accounts/2fa/webauthn/add/"))
+        await page.get_by_label("Name").fill("laptop")
+        await page.get_by_label("Passwordless").check()
+        await screenshot(page, "passkey-add")
+        await page.get_by_role("button", name="Add", exact=True).click()
+        await page.wait_for_load_state()
+        await page.wait_for_function("!location.pathname.endsWith('/webauthn/add/')")
+        kinds = await sync_to_async(lambda: sorted(Authenticator.objects.filter(user=charlie.user)
+                                                   .values_list("type", flat=True)))()
+        assert "webauthn" in kinds
+
+        await page.get_by_role("button", name="Sign out").click()
+        await page.wait_for_load_state()
+        await page.goto(f"{base}/accounts/login/")
+        await page.get_by_role("button", name="Sign in with a passkey").click()
+        await page.wait_for_url(f"{base}/console/")
+        assert "charlie's org" in await page.inner_text("header")

@@ -25,6 +25,18 @@ def fresh(name: str) -> str:
     return f"{name}-{secrets.token_hex(3)}@example.com"
 
 
+async def fits_a_phone(page, name: str) -> None:
+    """The page at a phone's width (390 px): nothing wider than the screen, a screenshot."""
+    size = page.viewport_size
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await screenshot(page, name)
+    overflow = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    wide = await page.evaluate("""[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > innerWidth + 1)
+        .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
+    assert overflow <= 0, f"{page.url} is {overflow}px wider than a phone: {wide}"
+    await page.set_viewport_size(size)
+
+
 async def sign_up(page, server, email: str) -> None:
     await page.get_by_label("Email").fill(email)
     await page.get_by_label("Password", exact=True).fill(PASSWORD)
@@ -57,6 +69,7 @@ async def test_sign_up_verify_land_in_the_console_and_see_a_new_key_once(server)
     email = fresh("newcomer")
     async with chromium_page() as page:
         await page.goto(f"{server.url}/accounts/signup/")
+        await fits_a_phone(page, "signup-phone")
         await sign_up(page, server, email)
         await screenshot(page, "signup")
         await page.get_by_role("button", name="Sign Up").click()
@@ -113,6 +126,7 @@ async def test_an_owner_invites_a_finance_member_who_sees_billing_but_no_keys(se
         assert f"Invitation sent to {email}" in await page.inner_text("main")
         assert email in await page.inner_text("[data-testid=invitations]")
         await screenshot(page, "members")
+        await fits_a_phone(page, "members-phone")
         await page.get_by_role("button", name="Sign out").click()
         await page.wait_for_load_state()
 
@@ -141,6 +155,7 @@ async def test_an_owner_invites_a_finance_member_who_sees_billing_but_no_keys(se
         assert response.status == 200
         assert "alice's org" in await page.inner_text("main h1")
         await screenshot(page, "billing-as-finance")
+        await fits_a_phone(page, "billing-as-finance-phone")
         assert "/keys/" not in await page.content()
 
         response = await page.goto(f"{server.url}/console/projects/{alice.project.public_id}/keys/")

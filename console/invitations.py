@@ -18,6 +18,7 @@ import secrets
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import transaction
@@ -61,7 +62,7 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
     email = (email or "").strip().lower()
     try:
         validate_email(email)
-    except Exception:
+    except ValidationError:
         raise MemberError("Enter a valid email address.") from None
     if role not in Role.values:
         raise MemberError("Choose a role.")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import billing_views, finance_views, network_views, node_views, status_views, views
+from . import billing_views, finance_views, member_views, network_views, node_views, status_views, views
 
 app_name = "console"
 urlpatterns = [
@@ -13,6 +13,13 @@ urlpatterns = [
     path("console/projects/<str:project_id>/routing", views.project_routing, name="project_routing"),
     path("console/orgs/<str:org_id>/nodes/", node_views.organization_nodes, name="org_nodes"),
     path("console/orgs/<str:org_id>/nodes/jobs", node_views.organization_jobs, name="org_node_jobs"),
+    path("console/members/", member_views.members, name="members"),
+    path("console/members/invite", member_views.member_invite, name="member_invite"),
+    path("console/members/<int:membership_id>/role", member_views.member_role, name="member_role"),
+    path("console/members/<int:membership_id>/remove", member_views.member_remove, name="member_remove"),
+    path("console/members/invitations/<int:invitation_id>/revoke", member_views.invitation_revoke,
+         name="invitation_revoke"),
+    path("invites/<str:token>", member_views.invite, name="invite"),
     path("billing/", billing_views.billing_page, name="billing"),
     path("billing/topup", billing_views.topup_start, name="billing_topup"),
     path("billing/topup/success", billing_views.topup_success, name="billing_topup_success"),

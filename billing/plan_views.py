@@ -13,12 +13,12 @@ from urllib.parse import urlencode
 
 import stripe
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from console import access
 from console import selectors as console_selectors
 from console.models import Organization, Role
 
@@ -58,7 +58,7 @@ def _plan(request) -> Plan:
     return plan
 
 
-@login_required
+@access.requires("billing.view")
 def plan_page(request):
     org_id = request.GET.get("org")
     if org_id is None and len(_organizations(request)) > 1:
@@ -88,7 +88,7 @@ def _act(request, action, done: str):
     return HttpResponseRedirect(_page_url(request, account))
 
 
-@login_required
+@access.requires("billing.view")
 @require_POST
 def plan_subscribe(request):
     plan = _plan(request)
@@ -98,7 +98,7 @@ def plan_subscribe(request):
     ), "")
 
 
-@login_required
+@access.requires("billing.view")
 @require_POST
 def plan_change(request):
     plan = _plan(request)
@@ -109,7 +109,7 @@ def plan_change(request):
     return _act(request, change, f"Plan change to {plan.name} sent to Stripe; it applies when Stripe confirms it.")
 
 
-@login_required
+@access.requires("billing.view")
 @require_POST
 def plan_cancel(request):
     def cancel(account: BillingAccount) -> None:
@@ -118,7 +118,7 @@ def plan_cancel(request):
     return _act(request, cancel, "Cancellation sent to Stripe: the subscription ends with the paid period.")
 
 
-@login_required
+@access.requires("billing.view")
 @require_POST
 def plan_portal(request):
     return _act(request, lambda account: subscriptions.billing_portal_url(

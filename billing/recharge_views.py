@@ -4,19 +4,18 @@ The form is ``templates/console/_auto_recharge.html``, included by the billing p
 (``console/billing.html``); GET here shows that page at the form. POST saves through
 ``billing.recharge.auto_recharge_configure`` and goes back to ``next`` (the page the
 form was on). Who: owners, admins and finance members, as for the billing page
-(``console.billing_views.billing_organization``); anyone else gets 404.
+(``access.requires("billing.view")``); anyone else gets 404.
 """
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
-from console.billing_views import billing_organization
+from console import access
 from console.models import Organization
 
 from . import recharge
@@ -35,10 +34,10 @@ def _back(request: HttpRequest, organization: Organization):
     return redirect(_billing_page(organization))
 
 
-@login_required
+@access.requires("billing.view")
 @require_http_methods(["GET", "POST"])
 def auto_recharge(request: HttpRequest) -> HttpResponse:
-    organization, _ = billing_organization(request)
+    organization = request.access.organization
     if request.method == "GET":
         return redirect(_billing_page(organization))
     try:

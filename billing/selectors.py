@@ -78,3 +78,13 @@ def pending_reservation(*, request_id: str, project_id: int):
         return None
     return Reservation(transfer_id=t.id, amount=t.pending_amount, wallet_id=t.debit_wallet_id,
                        price=price_version(t.price_id)), t.api_key_id
+
+
+def priced_models(*, now=None) -> set[str]:
+    """The models with a price in effect now (the catalog lists no other), for sync readers
+    (console pages); the gateway's catalog reads ``price_versions`` instead."""
+    from django.utils import timezone
+
+    from .models import ModelPrice
+
+    return set(ModelPrice.objects.filter(effective_from__lte=now or timezone.now()).values_list("model", flat=True).distinct())

@@ -47,6 +47,8 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from console import access
+
 from .models import StripeEvent
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,7 @@ def error(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": {"type": "invalid_request_error", "code": code, "message": message}}, status=status)
 
 
+@access.public  # signed by Stripe: the signature is the check
 @csrf_exempt
 @require_POST
 def stripe_webhook(request: HttpRequest) -> JsonResponse:

@@ -4,8 +4,9 @@ Who: owners, admins and finance members of the organization see the page and
 start top-ups; refunds and lifting a suspension are money decisions, for owners
 and finance only. Anyone else gets 404, as for any tenant object.
 
-Which organization: ``org`` (query string or form field) names it; without it,
-the caller's first organization where they hold a billing role.
+Which organization: ``org`` (query string or form field) names it; without it, the one the
+caller is working in (``console.access.current``). Access: ``access.requires("billing.view")``
+and, to move money, ``"billing.money"``.
 
 The success page never credits: the webhook does. It shows what our database
 says, refreshing itself (no JavaScript) while the credit is pending.
@@ -14,37 +15,22 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from billing import disputes, refunds, topups, wallet_selectors
+from billing import disputes, invoices, ledger_selectors, refunds, topups, wallet_selectors
 from billing.models import TopupSession, Transfer, Wallet
 
-from .models import Membership, Organization, Role
+from . import access
+from .models import Organization
 
-BILLING_ROLES = frozenset({Role.OWNER, Role.ADMIN, Role.FINANCE})
-MONEY_ROLES = frozenset({Role.OWNER, Role.FINANCE})
+# The roles (console/access.py) of "billing.view" and "billing.money".
+BILLING_ROLES = access.PERMISSIONS["billing.view"]
+MONEY_ROLES = access.PERMISSIONS["billing.money"]
 PENDING = frozenset({TopupSession.Status.CREATED, TopupSession.Status.OPEN, TopupSession.Status.PROCESSING})
 REFRESH_SECONDS = 3
-
-
-def billing_organization(request, *, roles=BILLING_ROLES) -> tuple[Organization, str]:
-    """(organization, the caller's role there) for a billing page; 404 if the caller has no such role."""
-    wanted = request.POST.get("org") or request.GET.get("org")
-    memberships = (
-        Membership.objects.filter(user=request.user, role__in=roles)
-        .select_related("organization")
-        .order_by("organization__created_at", "organization_id")
-    )
-    if wanted:
-        memberships = memberships.filter(organization__public_id=wanted)
-    membership = memberships.first()
-    if membership is None:
-        raise Http404("No such organization")
-    return membership.organization, membership.role
 
 
 def _page_url(organization: Organization) -> str:
@@ -66,20 +52,26 @@ def _render_page(request, organization: Organization, role: str, *, amount: str 
         "amount": amount,
         "amount_error": error,
     }
+    wallet = context["overview"].wallet
+    context.update(
+        in_flight=ledger_selectors.reservations_in_flight(wallet=wallet),
+        ledger=ledger_selectors.ledger_page(wallet=wallet, before=ledger_selectors.parse_before(request.GET.get("before"))),
+        invoices=invoices.account_invoices(account=account),
+    )
     return render(request, "console/billing.html", context, status=status)
 
 
-@login_required
+@access.requires("billing.view")
 @require_GET
 def billing_page(request):
-    organization, role = billing_organization(request)
+    organization, role = request.access.organization, request.access.role
     return _render_page(request, organization, role)
 
 
-@login_required
+@access.requires("billing.view")
 @require_POST
 def topup_start(request):
-    organization, role = billing_organization(request)
+    organization, role = request.access.organization, request.access.role
     typed = request.POST.get("amount", "")
     try:
         amount = topups.parse_amount(typed)
@@ -98,7 +90,7 @@ def topup_start(request):
     return redirect(session.checkout_url)
 
 
-@login_required
+@access.requires("billing.view")
 @require_GET
 def topup_success(request):
     organizations = Organization.objects.filter(memberships__user=request.user, memberships__role__in=BILLING_ROLES)
@@ -116,17 +108,17 @@ def topup_success(request):
     )
 
 
-@login_required
+@access.requires("billing.view")
 @require_GET
 def topup_cancel(request):
-    organization, _ = billing_organization(request)
+    organization = request.access.organization
     return render(request, "console/billing_topup_cancel.html", {"organization": organization})
 
 
-@login_required
+@access.requires("billing.money")
 @require_POST
 def topup_refund(request, transfer_id: int):
-    organization, _ = billing_organization(request, roles=MONEY_ROLES)
+    organization = request.access.organization
     transfer = Transfer.objects.filter(
         id=transfer_id, kind=Transfer.Kind.TOPUP, credit_wallet__account__organization=organization
     ).first()
@@ -146,10 +138,10 @@ def topup_refund(request, transfer_id: int):
     return redirect(_page_url(organization))
 
 
-@login_required
+@access.requires("billing.money")
 @require_POST
 def wallet_reactivate(request):
-    organization, _ = billing_organization(request, roles=MONEY_ROLES)
+    organization = request.access.organization
     wallet = Wallet.objects.get(account__organization=organization, currency="usd", kind=Wallet.Kind.CUSTOMER)
     try:
         disputes.wallet_reactivate(wallet=wallet, user=request.user, note=request.POST.get("note", ""))

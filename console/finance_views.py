@@ -42,6 +42,18 @@ RUNS_SHOWN = 100
 DEFAULT_DAYS = 30
 
 
+def _checks_own_access(permission: str):
+    """Mark a finance view with the permission it checks itself (tests/console/test_role_matrix.py
+    reads ``view.permission``): platform views ("finance.platform") need staff with VIEW_PERM and
+    answer 403 otherwise; organization views ("billing.money": owners and finance) answer 403 to
+    other members, 404 to outsiders. Signed-out callers go to the sign-in page."""
+    def decorate(view):
+        guarded = login_required(view)
+        guarded.permission = permission
+        return guarded
+    return decorate
+
+
 def platform_finance(user) -> bool:
     return user.is_authenticated and user.is_active and user.is_staff and user.has_perm(VIEW_PERM)
 
@@ -114,7 +126,7 @@ def _report_csv(report, organization) -> HttpResponse:
     return response
 
 
-@login_required
+@_checks_own_access("billing.money")
 def finance_home(request):
     organizations = list(_finance_organizations(request.user))
     platform = platform_finance(request.user)
@@ -125,18 +137,18 @@ def finance_home(request):
                   {"organizations": organizations, "platform": platform, "runs": runs})
 
 
-@login_required
+@_checks_own_access("finance.platform")
 def platform_report(request):
     _platform(request)
     return _report_page(request, "console/finance/report.html")
 
 
-@login_required
+@_checks_own_access("billing.money")
 def organization_report(request, org_id: str):
     return _report_page(request, "console/finance/report.html", organization=_organization(request, org_id))
 
 
-@login_required
+@_checks_own_access("finance.platform")
 def runs(request):
     _platform(request)
     if request.method == "POST":
@@ -170,7 +182,7 @@ def _run(run_id: int) -> ReconciliationRun:
     return get_object_or_404(ReconciliationRun.objects.select_related("created_by", "rerun_of"), id=run_id)
 
 
-@login_required
+@_checks_own_access("finance.platform")
 def run_detail(request, run_id: int):
     _platform(request)
     run = _run(run_id)
@@ -186,7 +198,7 @@ def run_detail(request, run_id: int):
     })
 
 
-@login_required
+@_checks_own_access("finance.platform")
 def run_csv(request, run_id: int):
     _platform(request)
     run = _run(run_id)
@@ -209,7 +221,7 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-@login_required
+@_checks_own_access("finance.platform")
 @require_POST
 def run_rerun(request, run_id: int):
     _platform(request, act=True)
@@ -219,7 +231,7 @@ def run_rerun(request, run_id: int):
     return redirect("console:finance_run", run_id=run.id)
 
 
-@login_required
+@_checks_own_access("finance.platform")
 @require_POST
 def run_heal_view(request, run_id: int):
     _platform(request, act=True)
@@ -232,7 +244,7 @@ def run_heal_view(request, run_id: int):
     return redirect("console:finance_run", run_id=run.id)
 
 
-@login_required
+@_checks_own_access("finance.platform")
 @require_POST
 def discrepancy_close_view(request, discrepancy_id: int):
     _platform(request, act=True)

@@ -7,7 +7,6 @@ The jobs table refreshes itself: the page polls a fragment while a job is queued
 """
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
 
@@ -15,7 +14,7 @@ from nodes import jobs as node_jobs
 from nodes import selectors as node_selectors
 from nodes.jobs import TERMINAL
 
-from . import selectors
+from . import access, selectors
 from .models import Organization, Role
 
 NODE_VIEWERS = {Role.OWNER, Role.ADMIN, Role.DEVELOPER}
@@ -44,15 +43,17 @@ def _jobs(organization: Organization) -> dict:
     return {"jobs": rows, "active": any(r["active"] for r in rows)}
 
 
-@login_required
+@access.requires("nodes.view")
 def organization_nodes(request, org_id: str):
     organization = _organization(request, org_id)
     nodes = list(node_selectors.operator_nodes(operator_id=organization.id))
-    context = {"organization": organization, "nodes": nodes, **_jobs(organization)}
+    context = {"organization": organization, "nodes": nodes, **_jobs(organization),
+               "tokens": list(node_selectors.operator_tokens(operator_id=organization.id)),
+               "health_events": list(node_selectors.operator_health_events(operator_id=organization.id))}
     return render(request, "console/nodes.html", context)
 
 
-@login_required
+@access.requires("nodes.view")
 def organization_jobs(request, org_id: str):
     """The jobs table alone, for the page's polling."""
     organization = _organization(request, org_id)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import billing_views, finance_views, node_views, views
+from . import billing_views, finance_views, member_views, network_views, node_views, status_views, views
 
 app_name = "console"
 urlpatterns = [
@@ -19,6 +19,13 @@ urlpatterns = [
     path("console/usage.csv", views.usage_csv, name="usage_csv"),
     path("console/orgs/<str:org_id>/nodes/", node_views.organization_nodes, name="org_nodes"),
     path("console/orgs/<str:org_id>/nodes/jobs", node_views.organization_jobs, name="org_node_jobs"),
+    path("console/members/", member_views.members, name="members"),
+    path("console/members/invite", member_views.member_invite, name="member_invite"),
+    path("console/members/<int:membership_id>/role", member_views.member_role, name="member_role"),
+    path("console/members/<int:membership_id>/remove", member_views.member_remove, name="member_remove"),
+    path("console/members/invitations/<int:invitation_id>/revoke", member_views.invitation_revoke,
+         name="invitation_revoke"),
+    path("invites/<str:token>", member_views.invite, name="invite"),
     path("billing/", billing_views.billing_page, name="billing"),
     path("billing/topup", billing_views.topup_start, name="billing_topup"),
     path("billing/topup/success", billing_views.topup_success, name="billing_topup_success"),
@@ -36,4 +43,8 @@ urlpatterns = [
     path("finance/discrepancies/<int:discrepancy_id>/close", finance_views.discrepancy_close_view,
          name="finance_discrepancy_close"),
     path("healthz", views.healthz, name="healthz"),
+    path("status/", status_views.status_page, name="status"),
+    path("status.json", status_views.status_json, name="status_json"),
+    path("console/nodes/", network_views.nodes_page, name="nodes"),
+    path("console/quickstart/", network_views.quickstart_page, name="quickstart"),
 ]

@@ -40,6 +40,18 @@ async def node_heartbeat_record(
         return None
     pk, was_healthy, status = before.rows[0]
     await bus.publish_async(LOAD_TOPIC, f"{pk}:{load}")
-    if not was_healthy:
+    if not was_healthy:  # rare: the node comes back; off the loop, like the publish
+        await asyncio.to_thread(_came_back, pk, now)
         await asyncio.to_thread(bus.publish, NODES_TOPIC, node_public_id)
     return status
+
+
+def _came_back(node_id: int, now: dt.datetime) -> None:
+    from django.db import connection
+
+    from .services import node_health_changed
+
+    try:
+        node_health_changed(node_id=node_id, healthy=True, reason="heartbeat received", at=now)
+    finally:
+        connection.close()  # a pool thread: never keep a connection there

@@ -290,3 +290,23 @@ class Attestation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.public_id} ({self.result})"
+
+
+class NodeHealthEvent(models.Model):
+    """A change of a node's health, written when it flips (``nodes.services.node_health_changed``):
+    the history the public status page reads its incidents from (an incident runs from an
+    unhealthy event to the node's next healthy one)."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="health_events")
+    healthy = models.BooleanField()
+    reason = models.CharField(max_length=200, blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["at"], name="nodehealthevent_at"),
+            models.Index(fields=["node", "at"], name="nodehealthevent_node_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} {'healthy' if self.healthy else 'unhealthy'} at {self.at:%Y-%m-%d %H:%M:%S}"

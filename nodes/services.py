@@ -11,8 +11,8 @@ from config import bus, crypto
 from config.ids import new_id
 from console import keys
 
-from .models import PROVIDER_ADAPTERS, Modality, Node, NodeModel, NodeToken
 from . import clusters, registry
+from .models import PROVIDER_ADAPTERS, Modality, Node, NodeHealthEvent, NodeModel, NodeToken
 from .registry import NODES_TOPIC
 
 _GPU_COUNT = re.compile(r"^\s*(\d+)\s*[x×]", re.IGNORECASE)
@@ -173,8 +173,22 @@ def node_record_health(*, node: Node, healthy: bool, now=None) -> bool:
         now_healthy = not stale and (healthy or (locked.healthy and failures < settings.NODE_UNHEALTHY_AFTER))
         Node.objects.filter(id=node.id).update(healthy=now_healthy, consecutive_failures=failures, last_health_at=now)
         if now_healthy != locked.healthy:
+            if now_healthy:
+                reason = "probe succeeded"
+            elif stale:
+                reason = "heartbeats stopped"
+            else:
+                reason = f"{failures} probes failed in a row"
+            node_health_changed(node_id=node.id, healthy=now_healthy, reason=reason, at=now)
             transaction.on_commit(lambda: bus.publish(NODES_TOPIC, node.public_id))
     return now_healthy
+
+
+def node_health_changed(*, node_id: int, healthy: bool, reason: str, at=None) -> NodeHealthEvent:
+    """Record that a node's health flipped (the status page's incidents are built from these).
+    Called by whatever flips it: the probe (``node_record_health``) and a heartbeat that brings
+    an unhealthy node back (``nodes.heartbeat``)."""
+    return NodeHealthEvent.objects.create(node_id=node_id, healthy=healthy, reason=reason[:200], at=at or timezone.now())
 
 
 def gpus_from_hardware(hardware: str) -> int:

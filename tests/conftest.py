@@ -6,10 +6,12 @@ it, charlie is an outsider with an organization of his own.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import hashlib
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -482,6 +484,12 @@ os.environ.setdefault("STRIPE_API_BASE", f"http://127.0.0.1:{STRIPE_EMULATOR_POR
 os.environ.setdefault("STRIPE_SECRET_KEY", STRIPE_TEST_SECRET_KEY)
 os.environ.setdefault("STRIPE_PUBLISHABLE_KEY", "pk_test_emulator")
 os.environ.setdefault("STRIPE_WEBHOOK_SECRETS", STRIPE_TEST_WEBHOOK_SECRET)
+# Server processes the tests start write their mail (verification, invitations) as files here
+# (settings: EMAIL_FILE_PATH → the file-based backend); tests/browser/mailbox.py reads them.
+# In-process tests use Django's locmem outbox (mail.outbox) as usual.
+TEST_MAIL_DIR = Path(os.environ.setdefault("EMAIL_FILE_PATH", str(ROOT / "var" / f"test-mail-{os.getpid()}")))
+if TEST_MAIL_DIR.name == f"test-mail-{os.getpid()}":
+    atexit.register(shutil.rmtree, TEST_MAIL_DIR, ignore_errors=True)
 
 
 @dataclass

@@ -32,6 +32,8 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", f"http://127.0.0.1:{env_int('PORT', 8000, minimum=1, maximum=65535)}")
+# Set explicitly (not the loopback default): pages that print the base URL use it instead of the request's host.
+PUBLIC_BASE_URL_CONFIGURED = env_str("PUBLIC_BASE_URL") is not None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -42,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "allauth",
     "allauth.account",
+    "allauth.mfa",
     "rest_framework",
     "channels",
     "console",
@@ -202,22 +205,69 @@ if PRODUCTION and STRIPE_SECRET_KEY.startswith("sk_test_emulator"):
     raise ImproperlyConfigured("STRIPE_SECRET_KEY is the emulator's key: set the real one in production")
 
 # --- auth (django-allauth) ---------------------------------------------------
+# Sign up with email and password; the email must be verified before the first sign-in
+# (console/accounts.py gives a new user an organization and a default project).
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
 ]
+ACCOUNT_ADAPTER = "console.accounts.AccountAdapter"
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "mandatory"
 ACCOUNT_UNIQUE_EMAIL = True
-ACCOUNT_RATE_LIMITS = {"login_failed": "10/m/ip,5/5m/key"}
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Private Inference] "
+# Failed sign-ins: 10 a minute from one address, 5 in 5 minutes for one account (allauth answers
+# "too many failed login attempts" without checking the password); sign-up and reset mails are capped too.
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": "10/m/ip,5/5m/key",
+    "signup": "20/m/ip",
+    "reset_password": "20/m/ip,5/m/key",
+    "reset_password_from_key": "20/m/ip",
+    "confirm_email": "1/3m/key",
+}
+# Two-factor (allauth.mfa at /accounts/2fa/): TOTP with recovery codes, and passkeys (WebAuthn), which
+# also sign in without a password. WebAuthn's relying party is the host name the browser sees: it
+# must be a domain served over https, or localhost (browsers refuse an IP address such as 127.0.0.1).
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_PASSKEY_LOGIN_ENABLED = env_bool("MFA_PASSKEY_LOGIN_ENABLED", True)
+MFA_TOTP_ISSUER = env_str("MFA_TOTP_ISSUER", "Private Inference")
 LOGIN_REDIRECT_URL = "/console/"
 LOGIN_URL = "/accounts/login/"
-EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+
+# --- email -------------------------------------------------------------------------
+# Development and tests print mail to the console (EMAIL_FILE_PATH: one file per message in that
+# directory instead; the test suite's server processes use it); production sends by SMTP.
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH")
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend" if PRODUCTION
+    else "django.core.mail.backends.filebased.EmailBackend" if EMAIL_FILE_PATH
+    else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 587 if PRODUCTION else 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", PRODUCTION)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: set one")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Private Inference <no-reply@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Invitations to an organization (console/invitations.py) can be accepted for this many days.
+INVITATION_TTL_DAYS = env_int("INVITATION_TTL_DAYS", 7, minimum=1, maximum=90)
+
+# --- sessions and CSRF ---------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SECURE = PRODUCTION
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 14 * 24 * 3600, minimum=300)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["gateway.drf.ApiKeyAuthentication"],

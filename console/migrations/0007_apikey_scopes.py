@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('console', '0005_auditevent'),
+        ('console', '0006_invitation'),
     ]
 
     operations = [

@@ -185,7 +185,6 @@ def _keys_page(request, form: KeyCreateForm | None = None, *, status: int = 200)
         "can": request.access.permissions,
         "rows": rows,
         "form": form or KeyCreateForm(),
-        "rotate_form": KeyRotateForm(),
         "new_key": request.session.pop(NEW_KEY, None),
         "can_manage": request.access.can("keys.manage"),
     }, status=status)
@@ -251,9 +250,10 @@ def _date(text: str | None, default: dt.date) -> dt.date:
     if not text:
         return default
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         return default
+    return day if 2000 <= day.year <= 2999 else default  # nothing to show outside; no date overflow
 
 
 def _usage_filter(request) -> tuple[usage_selectors.UsageFilter, list[str]]:

@@ -203,3 +203,13 @@ def test_csv_cells_never_start_a_spreadsheet_formula(client, alice):
     rows = list(csv.DictReader(io.StringIO(client.get("/console/usage.csv").content.decode())))
     assert rows[0]["key_name"].startswith("'=HYPERLINK") and rows[0]["model"] == "'@SUM(A1)"
     assert rows[0]["cost_micros"] == "1" and rows[0]["cost_usd"] == "0.000001"
+
+
+def test_odd_dates_fall_back_instead_of_failing(client, alice):
+    login(client, alice)
+    for params in ({"from": "0001-01-01", "to": "0001-01-02"}, {"from": "9999-12-31"}, {"to": "yesterday"},
+                   {"from": "2026-01-01", "to": "2020-01-01"}):
+        response = client.get("/console/usage/", params)
+        assert response.status_code == 200, params
+    html = client.get("/console/usage/", {"from": "2024-01-01", "to": "2026-06-30"}).content.decode()
+    assert "The range is limited to 366 days." in html and 'value="2025-06-30"' in html

@@ -239,7 +239,10 @@ def troubleshooting_bundle(record: RequestRecord, project: Project) -> str:
     """What support needs to find a failed request, as text to paste: ids, model, node, the
     time window, status and error code. No key, no body, nothing secret."""
     at = record.created_at.astimezone(dt.UTC)
-    iso = lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+
+    def iso(moment: dt.datetime) -> str:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
     lines = [
         "Troubleshooting bundle",
         f"request_id: {record.request_id}",

@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from billing import selectors as billing_selectors
+
 from . import access, keys, services
 from . import usage as usage_selectors
 from .forms import KeyCreateForm, KeyRotateForm, ProjectSettingsForm

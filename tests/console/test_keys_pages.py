@@ -76,7 +76,7 @@ def test_create_validates_scopes_and_expiry(client, alice):
 
 
 def test_an_expired_key_is_refused_by_the_gateway(server, alice):
-    key, plaintext = services.api_key_create(project=alice.project, kind="secret",
+    _, plaintext = services.api_key_create(project=alice.project, kind="secret",
                                              expires_at=timezone.now() + dt.timedelta(seconds=1))
     assert chat(server, plaintext).json()["error"]["code"] == "model_not_found"
     time.sleep(1.1)

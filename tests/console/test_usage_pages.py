@@ -40,7 +40,7 @@ def get(client, alice, **params):
 
 
 def test_aggregates_per_day_model_and_key_in_the_database(client, alice, charlie, django_assert_max_num_queries):
-    secret, pk, other = seed(alice, charlie)
+    secret, pk, _ = seed(alice, charlie)
     flt = usage.UsageFilter(alice.organization, DAY, DAY + dt.timedelta(days=2))
     with django_assert_max_num_queries(6):  # project ids, totals, per day, per model, per key, key names
         data = usage.usage(flt)
@@ -89,7 +89,7 @@ def test_other_tenants_ids_are_404_and_never_counted(client, alice, charlie):
 
 
 def test_csv_export_has_the_same_filtered_data_in_exact_micro_units(client, alice, charlie):
-    secret, pk, other = seed(alice, charlie)
+    secret, _, _ = seed(alice, charlie)
     login(client, alice)
     response = client.get("/console/usage.csv", {"org": alice.organization.public_id, "from": DAY.isoformat(),
                                                  "to": (DAY + dt.timedelta(days=2)).isoformat(), "model": "m-a"})
@@ -134,7 +134,7 @@ def test_every_role_sees_usage_but_finance_not_the_request_log(client, alice):
 
 
 def test_request_log_lists_metadata_filters_and_pages(client, alice, charlie):
-    secret, pk, other = seed(alice, charlie)
+    secret, pk, _ = seed(alice, charlie)
     now = timezone.now()
     for i in range(55):
         record(alice, key=secret, model="m-page", cost=1, at=now - dt.timedelta(seconds=i))

@@ -40,6 +40,13 @@ def parse_origins(text: str) -> list[str]:
     return sorted(seen)
 
 
+def _describe(form: forms.Form) -> None:
+    """Tie each input to its help text for screen readers (console/_field.html renders ``<id>-help``)."""
+    for name, field in form.fields.items():
+        if field.help_text:
+            field.widget.attrs.setdefault("aria-describedby", f"{form.auto_id % name}-help")
+
+
 def _dollars(micros: int | None) -> str:
     if micros is None:
         return ""
@@ -84,6 +91,7 @@ class ProjectSettingsForm(forms.Form):
             if plan.tpm_limit:
                 self.fields["tpm_limit"].help_text = f"Blank: the default. Your plan ({plan.name}) allows up to {plan.tpm_limit}."
                 self.fields["tpm_limit"].widget.attrs["max"] = plan.tpm_limit
+        _describe(self)
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()
@@ -134,6 +142,10 @@ class KeyCreateForm(forms.Form):
     expires_on = forms.DateField(
         required=False, widget=forms.DateInput(attrs={"type": "date"}), label="Expires on (UTC, optional)",
     )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _describe(self)
 
     def clean_expires_on(self) -> dt.date | None:
         day = self.cleaned_data.get("expires_on")

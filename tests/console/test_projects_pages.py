@@ -161,3 +161,16 @@ def test_someone_in_no_organization_gets_a_page_saying_so(client, alice, bob):
     assert response.status_code == 200 and "not a member of any organization" in response.content.decode()
     assert client.get(f"/console/?org={alice.organization.public_id}").status_code == 200
     assert alice.project.public_id not in client.get(f"/console/?org={alice.organization.public_id}").content.decode()
+
+
+def test_every_settings_input_has_a_label_and_its_help_is_described(client, alice):
+    import re
+
+    login(client, alice)
+    html = client.get(f"/console/projects/{alice.project.public_id}/").content.decode()
+    ids = re.findall(r'<(?:input|select|textarea)[^>]* id="([^"]+)"', html)
+    assert len(ids) >= 8
+    for element_id in ids:
+        assert f'for="{element_id}"' in html, element_id
+    for described in re.findall(r'aria-describedby="([^"]+)"', html):
+        assert f'id="{described}"' in html, described

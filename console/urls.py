@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import billing_views, finance_views, node_views, views
+from . import billing_views, chat_views, finance_views, node_views, views
 
 app_name = "console"
 urlpatterns = [
@@ -13,6 +13,14 @@ urlpatterns = [
     path("console/projects/<str:project_id>/routing", views.project_routing, name="project_routing"),
     path("console/orgs/<str:org_id>/nodes/", node_views.organization_nodes, name="org_nodes"),
     path("console/orgs/<str:org_id>/nodes/jobs", node_views.organization_jobs, name="org_node_jobs"),
+    path("console/chat/", chat_views.chat_home, name="chat"),
+    path("console/chat/new", chat_views.chat_new, name="chat_new"),
+    path("console/chat/<str:conversation_id>/", chat_views.chat_conversation, name="chat_conversation"),
+    path("console/chat/<str:conversation_id>/turns", chat_views.chat_turn, name="chat_turn"),
+    path("console/chat/<str:conversation_id>/turns/<str:turn_id>", chat_views.chat_turn_status, name="chat_turn_status"),
+    path("console/chat/<str:conversation_id>/turns/<str:turn_id>/stop", chat_views.chat_turn_stop, name="chat_turn_stop"),
+    path("console/chat/<str:conversation_id>/rename", chat_views.chat_rename, name="chat_rename"),
+    path("console/chat/<str:conversation_id>/delete", chat_views.chat_delete, name="chat_delete"),
     path("billing/", billing_views.billing_page, name="billing"),
     path("billing/topup", billing_views.topup_start, name="billing_topup"),
     path("billing/topup/success", billing_views.topup_success, name="billing_topup_success"),

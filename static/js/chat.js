@@ -207,6 +207,7 @@
   async function send() {
     if (current || !textarea.value.trim()) return;
     var data = new FormData(form);
+    var isNew = !root.dataset.conversation;
     var url = root.dataset.turnUrl || form.action;
     setBusy(true);
     var turn = await startTurn(url, data, form);
@@ -215,6 +216,8 @@
     textarea.value = "";
     addMessage("user", turn.user_message ? turn.user_message.text : data.get("message"));
     await stream(turn, addMessage("assistant", ""));
+    // A new chat's first answer is in: show the conversation's own page (title, rename, regenerate).
+    if (isNew) location.replace(turn.conversation_url);
   }
 
   if (form) {

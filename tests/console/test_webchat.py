@@ -399,3 +399,11 @@ def test_posts_need_the_csrf_token(server, alice, sim_node):
     response = client.post("/console/chat/new", data={"model": SIM_MODEL, "message": "hi"})
     assert response.status_code == 403
     assert not Conversation.objects.exists()
+
+
+def test_a_relay_ttl_above_sixty_seconds_stops_start_up():
+    from tests.test_settings import load_settings
+
+    result = load_settings(WEBCHAT_RELAY_TTL_SECONDS="61")
+    assert result.returncode != 0 and "WEBCHAT_RELAY_TTL_SECONDS=61 is above the maximum 60" in result.stderr
+    assert load_settings(WEBCHAT_RELAY_TTL_SECONDS="30").returncode == 0

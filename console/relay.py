@@ -155,6 +155,11 @@ def _request_id_set(credential_id: int, request_id: str) -> None:
 
 
 @database_sync_to_async
+def _key_lookup(conversation_id: int) -> str:
+    return webchat.webchat_key(Conversation.objects.select_related("project").get(id=conversation_id).project).lookup
+
+
+@database_sync_to_async
 def _turn_inputs(conversation_id: int) -> tuple[str, list[dict]]:
     conversation = Conversation.objects.select_related("project").get(id=conversation_id)
     return webchat.webchat_key(conversation.project).lookup, webchat.history(conversation)
@@ -553,8 +558,7 @@ class RelayConsumer(AsyncHttpConsumer):
             request_id = await _request_id_of(found.credential_id)
         if not request_id:
             raise Refused("not_found", "This turn's stream has not started; try again shortly.")
-        lookup, _ = await _turn_inputs(found.conversation_id)
-        key = await relay_key(lookup, spend_cap=found.spend_cap)
+        key = await relay_key(await _key_lookup(found.conversation_id), spend_cap=found.spend_cap)
         ended = asyncio.Event()
         status = 0
 

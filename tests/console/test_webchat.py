@@ -265,6 +265,26 @@ def test_a_dropped_stream_resumes_from_the_last_event_without_a_second_charge(se
     assert sim.stats()["requests"] == 1
 
 
+def test_a_stream_resumes_on_another_server_process(server, second_server_proc, alice, sim_node, sim):
+    sim.configure(tokens_per_s=60)
+    client = signed_in(server, alice.user)
+    turn = new_turn(client)
+    first = read_some(client, turn, 4)
+
+    elsewhere = signed_in(second_server_proc, alice.user)  # the same user, another process
+    response, rest = read_stream(elsewhere, turn, headers=relay_headers(turn, **{"Last-Event-ID": "evt_4"}))
+    assert response.status_code == 200
+    ids = [e["id"] for e in rest if e["id"] is not None]
+    assert ids[0] == 5 and ids == list(range(5, 5 + len(ids)))
+    reply_event = json.loads(rest[-1]["data"])
+    assert rest[-1]["event"] == "turn" and reply_event["status"] == "ok"
+
+    reply = wait_for_reply(turn["turn_id"])
+    assert webchat.chat_store.message_text(reply) == answer_text(first + rest)
+    assert reply_event["cost"] == reply.cost == RequestRecord.objects.get(request_id=reply.request_id).cost
+    assert sim.stats()["requests"] == 1
+
+
 def test_a_turn_is_stored_when_the_browser_disconnects(server, alice, sim_node, sim):
     sim.configure(tokens_per_s=80)
     client = signed_in(server, alice.user)
@@ -399,6 +419,18 @@ def test_posts_need_the_csrf_token(server, alice, sim_node):
     response = client.post("/console/chat/new", data={"model": SIM_MODEL, "message": "hi"})
     assert response.status_code == 403
     assert not Conversation.objects.exists()
+
+
+def test_the_demo_user_can_chat_with_the_local_model(transactional_db, capsys, settings):
+    from django.core.management import call_command
+
+    from console.models import Organization
+
+    settings.LOCAL_NODE_ENABLED = True
+    call_command("bootstrap_demo", "--json")
+    organization = Organization.objects.get(public_id=json.loads(capsys.readouterr().out)["organization"])
+    assert webchat.chat_models(organization) == [settings.LOCAL_NODE_MODEL]  # not the embedding model
+    assert webchat.chat_project(organization).allow_non_confidential  # the local node has no attestation
 
 
 def test_a_relay_ttl_above_sixty_seconds_stops_start_up():

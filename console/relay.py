@@ -34,7 +34,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.pricing import TOKENS_PER_PRICE_UNIT
-from config import bus
+from config import asyncdb, bus
 from config.ids import new_id
 from gateway import auth, background, streams, tokens
 from gateway.auth import KeyRecord
@@ -171,7 +171,7 @@ async def relay_key(lookup: str, *, spend_cap: int) -> KeyRecord:
     the user stops): no resume window to wait out."""
     try:
         record = await auth.cache.get(lookup)
-    except Exception:
+    except asyncdb.DatabaseUnavailable:
         record = None
     if record is None or not record.active:
         raise Refused("service_unavailable", "The project's chat billing key is unavailable; try again shortly.")
@@ -338,7 +338,7 @@ class TurnRun:
             try:
                 error = orjson.loads(b"".join(self.chunks))["error"]
                 text = f"{error['message']} ({error['code']})"
-            except Exception:
+            except (orjson.JSONDecodeError, KeyError, TypeError):
                 text = "The answer could not be started."
         elif self.error is not None:
             stopped = self.stop.is_set() or self.error.get("code") == "stream_cancelled"

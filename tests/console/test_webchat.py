@@ -16,6 +16,7 @@ from django.utils import timezone
 from billing.models import Transfer, Wallet
 from console import webchat
 from console.models import ApiKey, Conversation, Message, RelayCredential
+from gateway import tokens
 from gateway.models import RequestRecord
 from tests.conftest import SIM_MODEL, cache_settle
 
@@ -323,12 +324,10 @@ def test_the_turn_spend_cap_bounds_max_tokens_and_refuses_a_turn_that_cannot_fit
     client = signed_in(server, alice.user)
     turn = new_turn(client, "hi")
     conversation = Conversation.objects.get(public_id=turn["conversation_id"])
-    from gateway import tokens
-
     prompt = tokens.chat_prompt_bound({"messages": webchat.history(conversation)})
     # sim-small: 1 micro-unit per input token, 2 per output token → room for exactly 7 output tokens.
     RelayCredential.objects.filter(turn_id=turn["turn_id"]).update(spend_cap=prompt + 2 * 7 + 1)
-    response, events = read_stream(client, turn)
+    response, _ = read_stream(client, turn)
     assert response.status_code == 200
     reply = wait_for_reply(turn["turn_id"])
     assert reply.output_tokens == 7 and sim.stats()["last"][0]["completion_tokens"] == 7
@@ -397,7 +396,7 @@ def test_rename_delete_and_regenerate(server, alice, sim_node):
 
     regenerated = client.post(turn["conversation_url"] + "turns", data={"regenerate": "1"},
                               headers={"Accept": "application/json"}).json()
-    response, events = read_stream(client, regenerated)
+    _, events = read_stream(client, regenerated)
     assert events[-1]["event"] == "turn"
     conversation = Conversation.objects.get(public_id=turn["conversation_id"])
     visible = webchat.visible_messages(conversation)

@@ -95,6 +95,8 @@ class ApiKey(models.Model):
 
     @property
     def redacted(self) -> str:
+        if self.kind == self.Kind.WEBCHAT:
+            return "Web Chat (system key, no plaintext)"
         prefix = "sk_live_" if self.kind == self.Kind.SECRET else "pk_live_"
         return f"{prefix}…{self.last4}"
 

@@ -34,12 +34,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.pricing import TOKENS_PER_PRICE_UNIT
-from config import asyncdb, bus
+from config import asyncdb, bus, redisconn
 from config.ids import new_id
 from gateway import auth, background, streams, tokens
+from gateway.app import app as gateway_app
 from gateway.auth import KeyRecord
 from gateway.catalog import catalog
 from gateway.errors import GatewayError
+from gateway.models import RequestRecord
 
 from . import chat_store, webchat
 from .models import Conversation, Message, RelayCredential
@@ -64,6 +66,7 @@ SSE_HEADERS = [
 ]
 RECORD_WAIT_SECONDS = 10.0  # how long a finished turn waits for the gateway's settlement row
 REQUEST_ID_WAIT_SECONDS = 5.0  # how long a resume waits for a just-started stream's request id
+STOP_POLL_SECONDS = 1.0  # how often a turn reads its stop flag while pub/sub is down
 
 
 class Refused(Exception):
@@ -150,6 +153,11 @@ def _request_id_of(credential_id: int) -> str:
 
 
 @database_sync_to_async
+def _stop_requested(credential_id: int) -> bool:
+    return RelayCredential.objects.filter(id=credential_id, stop_requested=True).exists()
+
+
+@database_sync_to_async
 def _request_id_set(credential_id: int, request_id: str) -> None:
     RelayCredential.objects.filter(id=credential_id).update(request_id=request_id)
 
@@ -217,12 +225,6 @@ def gateway_scope(method: str, path: str, key: KeyRecord, headers: list[tuple[by
     }
 
 
-def _gateway_app():
-    from gateway.app import app
-
-    return app
-
-
 class TurnRun:
     """One turn's gateway call in this process, followed to its end whoever watches."""
 
@@ -233,7 +235,6 @@ class TurnRun:
         self.session_id = session_id
         self.loop = asyncio.get_running_loop()
         self.status: int | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
         self.request_id = ""
         self.chunks: list[bytes] = []
         self.done = False
@@ -277,8 +278,7 @@ class TurnRun:
         async def send(message):
             if message["type"] == "http.response.start":
                 self.status = message["status"]
-                self.headers = list(message.get("headers") or [])
-                self.request_id = dict(self.headers).get(b"x-request-id", b"").decode()
+                self.request_id = dict(message.get("headers") or ()).get(b"x-request-id", b"").decode()
                 if self.request_id:  # a resume elsewhere needs it before the first event
                     await _request_id_set(self.claim.credential_id, self.request_id)
                 self.started.set()
@@ -292,11 +292,13 @@ class TurnRun:
 
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode()),
                    (b"x-session-id", self.session_id.encode())]
+        watcher = asyncio.get_running_loop().create_task(self._watch_stop())
         try:
-            await _gateway_app()(gateway_scope("POST", "/v1/chat/completions", self.key, headers), receive, send)
+            await gateway_app(gateway_scope("POST", "/v1/chat/completions", self.key, headers), receive, send)
         except Exception:
             log.exception("web chat turn %s: the gateway call failed", self.claim.turn_id)
         finally:
+            watcher.cancel()
             self.done = True
             self.started.set()
             self._notify()
@@ -308,8 +310,16 @@ class TurnRun:
             _runs.pop(self.claim.turn_id, None)
             self.finished.set()
 
+    async def _watch_stop(self) -> None:
+        """A stop reaches this process over config.bus; while its Redis subscription is down
+        (several processes, pub/sub lost), read the credential's stop flag instead."""
+        while not self.stop.is_set():
+            await asyncio.sleep(STOP_POLL_SECONDS)
+            if redisconn.enabled() and not bus.subscribed() and await _stop_requested(self.claim.credential_id):
+                self.stop.set()
+
     def _parse(self, chunk: bytes) -> None:
-        """Follow the answer's text, usage and end in the gateway's SSE bytes."""
+        """Follow the answer's text, and how it ended, in the gateway's SSE bytes."""
         self._pending += chunk
         *events, self._pending = self._pending.split(b"\n\n")
         for event in events:
@@ -366,8 +376,6 @@ class TurnRun:
 
 @database_sync_to_async
 def _request_record(project_id: int, request_id: str) -> tuple[int, int, int] | None:
-    from gateway.models import RequestRecord
-
     return (
         RequestRecord.objects.filter(project_id=project_id, request_id=request_id)
         .values_list("input_tokens", "output_tokens", "cost")
@@ -581,7 +589,7 @@ class RelayConsumer(AsyncHttpConsumer):
 
         headers = [(b"last-event-id", f"evt_{after}".encode())]
         try:
-            await _gateway_app()(gateway_scope("GET", f"/v1/streams/{request_id}", key, headers), receive, send)
+            await gateway_app(gateway_scope("GET", f"/v1/streams/{request_id}", key, headers), receive, send)
         finally:
             ended.set()
         if status != 200:

@@ -99,6 +99,19 @@
     announce(reply.status === "ok" ? "Answer complete." : "Answer " + reply.status + ".");
   }
 
+  function showError(text) {
+    var box = document.getElementById("chat-error");
+    if (!box) {
+      box = document.createElement("p");
+      box.id = "chat-error";
+      box.className = "flash error";
+      box.setAttribute("role", "alert");
+      form.parentNode.insertBefore(box, form);
+    }
+    box.textContent = text;
+    box.hidden = !text;
+  }
+
   function sleep(ms) { return new Promise(function (resolve) { setTimeout(resolve, ms); }); }
 
   async function pollReply(statusUrl, limit) {
@@ -192,10 +205,10 @@
     var response = await post(url, data, f);
     var payload = await response.json().catch(function () { return {}; });
     if (!response.ok) {
-      announce((payload.error && payload.error.message) || "The message could not be sent.");
-      window.alert((payload.error && payload.error.message) || "The message could not be sent.");
+      showError((payload.error && payload.error.message) || "The message could not be sent.");
       return null;
     }
+    showError("");
     if (payload.conversation_url && !root.dataset.conversation) {
       root.dataset.conversation = payload.conversation_id;
       root.dataset.turnUrl = payload.conversation_url + "turns";

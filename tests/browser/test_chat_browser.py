@@ -7,6 +7,7 @@ import re
 import pytest
 from asgiref.sync import sync_to_async
 
+from console.chat_store import message_text
 from console.models import Message
 from tests.browser.conftest import chromium_page, screenshot
 from tests.browser.test_topup_browser import sign_in
@@ -69,3 +70,30 @@ async def test_a_user_chats_and_sees_the_streamed_answer_and_its_cost(server, al
         await page.set_viewport_size({"width": 380, "height": 800})
         assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         await screenshot(page, "chat-phone")
+
+
+def stopped_reply() -> tuple[Message, str]:
+    reply = Message.objects.select_related("conversation").get(role="assistant")
+    return reply, message_text(reply)
+
+
+async def test_stop_ends_the_answer_and_shows_what_it_cost(server, alice, sim_node, sim):
+    sim.configure(tokens_per_s=5)  # 256 tokens would take most of a minute
+    async with chromium_page() as page:
+        await sign_in(page, server, alice)
+        await page.goto(f"{server.url}/console/chat/")
+        await page.get_by_label("Message", exact=True).fill("Tell me a long story.")
+        await page.get_by_role("button", name="Send").click()
+        answer = page.locator(".msg-assistant .body").last
+        await page.wait_for_function(
+            "(document.querySelector('.msg-assistant .body') || {textContent: ''}).textContent.split(' ').length > 3"
+        )
+        await page.get_by_role("button", name="Stop").click()
+        await page.locator(".msg-assistant .badge").wait_for(timeout=15_000)
+        assert await page.locator(".msg-assistant .badge").inner_text() == "stopped"
+        shown = await answer.inner_text()
+        await screenshot(page, "chat-stopped")
+
+    reply, text = await sync_to_async(stopped_reply)()
+    assert reply.status == "stopped" and 0 < reply.output_tokens < 100 and reply.cost > 0
+    assert shown.strip() == text.strip()

@@ -13,7 +13,9 @@ drops does not stop it, and the reply is stored when it ends (idempotently, by
 turn id) and the credential revoked. A reconnect with the same credential and
 a Last-Event-ID follows the gateway's stream log from that event, on any
 process (``GET /v1/streams/<request_id>`` in-process): no new generation, no
-second charge. Stopping is a POST (console.views_chat.turn_stop) that reaches
+second charge. The credential's TTL (≤ 60 s) bounds every connection it opens,
+resumes included: past it the browser is refused and shows the stored reply once
+the turn ends (console.chat_views.chat_turn_status). Stopping is a POST (console.chat_views.chat_turn_stop) that reaches
 the process running the turn over ``config.bus``; the run then leaves the
 gateway stream, which cancels the node and bills what was generated.
 """

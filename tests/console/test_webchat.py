@@ -225,6 +225,10 @@ def test_cross_conversation_other_user_and_anonymous_use_are_refused(server, ali
     assert anonymous.status_code == 401 and error_of(anonymous)["code"] == "credential_invalid"
     forged = client.get(turn["stream_url"], headers={"Authorization": "Relay wcr_not-a-real-one"})
     assert forged.status_code == 401
+    bad_resume = client.get(turn["stream_url"], headers=relay_headers(turn, **{"Last-Event-ID": "evt_x; DROP"}))
+    assert bad_resume.status_code == 400 and error_of(bad_resume)["code"] == "invalid_request"
+    assert client.post(turn["stream_url"], headers=relay_headers(turn)).status_code == 405
+    assert client.get("/chat/relay/nothing-here").status_code == 404
     # None of that used the credential: its owner still can.
     assert RelayCredential.objects.get(turn_id=turn["turn_id"]).state == "minted"
     response, events = read_stream(client, turn)

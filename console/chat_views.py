@@ -8,7 +8,10 @@ the conversation page refreshes until the answer is stored.
 """
 from __future__ import annotations
 
+import datetime as dt
+
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.contrib import messages as flash
 from django.db.models import Q
 from django.http import Http404, JsonResponse
@@ -44,9 +47,12 @@ def _page(request, conversation: Conversation | None, *, status: int = 200):
     if conversation is not None:
         for message in webchat.visible_messages(conversation):
             shown.append({**webchat.message_json(message), "created_at": message.created_at})
-        pending = (  # a turn still running (or about to): its answer is not stored yet
+        now = timezone.now()
+        running_since = now - dt.timedelta(seconds=settings.GATEWAY_MAX_REQUEST_SECONDS)
+        pending = (  # a turn still running (or about to), its answer not stored yet; not one whose process died
             RelayCredential.objects.filter(conversation=conversation)
-            .filter(Q(state=RelayCredential.State.STREAMING) | Q(state=RelayCredential.State.MINTED, expires_at__gt=timezone.now()))
+            .filter(Q(state=RelayCredential.State.STREAMING, used_at__gt=running_since)
+                    | Q(state=RelayCredential.State.MINTED, expires_at__gt=now))
             .order_by("-created_at")
             .values_list("turn_id", flat=True)
             .first()

@@ -1,6 +1,8 @@
 """The ASGI entry point: one process serves the API, the console and websockets.
 
 * ``/v1/*`` (but the key-management API) → the gateway's lean ASGI app;
+* ``/chat/relay/*`` → Web Chat's answer streams (console.relay), a Channels consumer with the
+  session user in its scope;
 * everything else over HTTP → Django (console, admin, allauth, webhooks);
 * websockets → Channels;
 * lifespan → start/stop the gateway's background machinery.
@@ -24,12 +26,19 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from gateway import lifecycle  # noqa: E402
 from gateway.app import app as gateway_app  # noqa: E402
+from django.urls import re_path  # noqa: E402
+from console.relay import RelayConsumer, RelayNotFound  # noqa: E402
 
 # Served by Django + DRF although under /v1: not hot, and they need the ORM.
 MANAGEMENT_PREFIXES = ("/v1/keys", "/v1/balance")
+RELAY_PREFIX = "/chat/relay/"
 
 http_app = django_app if settings.PRODUCTION else ASGIStaticFilesHandler(django_app)
 websocket_app = AllowedHostsOriginValidator(CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([])))))
+relay_app = CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([
+    re_path(r"^chat/relay/(?P<conversation_id>conv_[A-Za-z0-9]{1,40})/$", RelayConsumer.as_asgi()),
+    re_path(r"", RelayNotFound.as_asgi()),
+]))))
 
 
 async def application(scope, receive, send):
@@ -38,6 +47,8 @@ async def application(scope, receive, send):
         path = scope["path"]
         if path.startswith("/v1/") and not path.startswith(MANAGEMENT_PREFIXES):
             return await gateway_app(scope, receive, send)
+        if path.startswith(RELAY_PREFIX):
+            return await relay_app(scope, receive, send)
         return await http_app(scope, receive, send)
     if kind == "websocket":
         return await websocket_app(scope, receive, send)

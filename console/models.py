@@ -65,6 +65,11 @@ class ApiKey(models.Model):
     class Kind(models.TextChoices):
         SECRET = "secret"
         PUBLISHABLE = "publishable"
+        # The project's Web Chat billing key (console.webchat): created by the system, it has
+        # no plaintext at all (its lookup cannot come out of keys.parse and its hash matches
+        # nothing), so it never authenticates over HTTP; the relay hands its record to the
+        # gateway in-process.
+        WEBCHAT = "webchat"
 
     class Status(models.TextChoices):
         ACTIVE = "active"
@@ -93,6 +98,8 @@ class ApiKey(models.Model):
 
     @property
     def redacted(self) -> str:
+        if self.kind == self.Kind.WEBCHAT:
+            return "Web Chat (system key, no plaintext)"
         prefix = "sk_live_" if self.kind == self.Kind.SECRET else "pk_live_"
         return f"{prefix}…{self.last4}"
 
@@ -147,3 +154,87 @@ class Invitation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email} as {self.role} ({self.organization_id})"
+
+
+class Conversation(models.Model):
+    """A Web Chat conversation: one user's, in one project (which pays for it)."""
+
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "conv"), editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="conversations")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    # Written and read only through console.chat_store (the privacy issue swaps in encryption there).
+    title = models.TextField(blank=True)
+    model = models.CharField(max_length=200)
+    deleted = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "deleted", "-updated_at"], name="conv_user_recent")]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        STOPPED = "stopped"
+        FAILED = "failed"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    # Written and read only through console.chat_store.
+    content = models.TextField(blank=True)
+    request_id = models.CharField(max_length=128, blank=True)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = models.BigIntegerField(default=0)  # micro-units, as settled by the gateway
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OK)
+    # The turn an assistant reply answers: unique, so storing the reply twice is a no-op.
+    turn_id = models.CharField(max_length=40, null=True, blank=True, unique=True)
+    # A regenerated answer replaces the last one: the old reply is kept, hidden.
+    superseded = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["conversation", "created_at"], name="message_conv_time")]
+
+
+class RelayCredential(models.Model):
+    """A short-lived credential for one Web Chat turn's stream (console.relay).
+
+    Only its SHA-256 is stored. Bound to the user, conversation, model and a spend
+    cap; ``minted`` until its first use claims it (``streaming``, a conditional
+    UPDATE: a replayed first use is refused), ``revoked`` when the turn ends.
+    """
+
+    class State(models.TextChoices):
+        MINTED = "minted"
+        STREAMING = "streaming"
+        REVOKED = "revoked"
+
+    public_id = models.CharField(max_length=40, unique=True, default=partial(new_id, "rly"), editable=False)
+    token_hash = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="credentials")
+    turn_id = models.CharField(max_length=40, unique=True)
+    model = models.CharField(max_length=200)
+    spend_cap = models.BigIntegerField()  # micro-units this turn may reserve
+    state = models.CharField(max_length=16, choices=State.choices, default=State.MINTED)
+    request_id = models.CharField(max_length=128, blank=True)  # the gateway stream's, once it started
+    stop_requested = models.BooleanField(default=False)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(spend_cap__gte=0), name="relay_spend_cap_nonnegative"),
+        ]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import billing_views, finance_views, member_views, network_views, node_views, status_views, views
+from . import billing_views, chat_views, finance_views, member_views, network_views, node_views, status_views, views
 
 app_name = "console"
 urlpatterns = [
@@ -26,6 +26,14 @@ urlpatterns = [
     path("console/members/invitations/<int:invitation_id>/revoke", member_views.invitation_revoke,
          name="invitation_revoke"),
     path("invites/<str:token>", member_views.invite, name="invite"),
+    path("console/chat/", chat_views.chat_home, name="chat"),
+    path("console/chat/new", chat_views.chat_new, name="chat_new"),
+    path("console/chat/<str:conversation_id>/", chat_views.chat_conversation, name="chat_conversation"),
+    path("console/chat/<str:conversation_id>/turns", chat_views.chat_turn, name="chat_turn"),
+    path("console/chat/<str:conversation_id>/turns/<str:turn_id>", chat_views.chat_turn_status, name="chat_turn_status"),
+    path("console/chat/<str:conversation_id>/turns/<str:turn_id>/stop", chat_views.chat_turn_stop, name="chat_turn_stop"),
+    path("console/chat/<str:conversation_id>/rename", chat_views.chat_rename, name="chat_rename"),
+    path("console/chat/<str:conversation_id>/delete", chat_views.chat_delete, name="chat_delete"),
     path("billing/", billing_views.billing_page, name="billing"),
     path("billing/topup", billing_views.topup_start, name="billing_topup"),
     path("billing/topup/success", billing_views.topup_success, name="billing_topup_success"),

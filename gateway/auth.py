@@ -53,6 +53,9 @@ class KeyRecord:
     plan_rpm_limit: int | None = None
     plan_tpm_limit: int | None = None
     plan_models: frozenset[str] | None = None
+    # The most one request may reserve, micro-units (None: no per-request cap). Set only on
+    # records built in-process (a Web Chat turn's relay: console.relay), never from the table.
+    request_spend_cap: int | None = None
     scopes: frozenset[str] | None = None  # what the key may call (console.keys.SCOPES); None: everything
 
     @property
@@ -202,7 +205,8 @@ async def authenticate(headers) -> KeyRecord:
         record = await cache.get(parsed.lookup)
     except asyncdb.DatabaseUnavailable:
         raise GatewayError("service_unavailable", "The key store is unreachable; try again shortly.") from None
-    if record is None or not keys.matches(raw, record.hash):
+    if record is None or record.kind not in keys.PREFIXES or not keys.matches(raw, record.hash):
+        # (a system key, such as a project's Web Chat key, never authenticates over HTTP)
         raise GatewayError("invalid_api_key", "The API key is not valid.")
     if not record.active:
         raise GatewayError("invalid_api_key", "The API key has been revoked.")

@@ -45,6 +45,13 @@ class ApiRequest:
         """The caller's key, refused (permission_denied) unless it may call an endpoint of ``scope``
         (console.keys.SCOPES). None: any key of the project (e.g. reading back its own job). An
         endpoint that names no scope fails closed: only keys without scopes may call it."""
+        relay = self.request.scope.get("relay_key")
+        if relay is not None:
+            # An in-process call from the Web Chat relay (console.relay), which checked its
+            # credential and built this record; only code in this process can put it in the
+            # scope (a network request's scope comes from the server).
+            self.key = relay
+            return relay
         key = await auth.authenticate(self.headers)
         if scope is not None and key.scopes is not None and scope not in key.scopes:
             raise GatewayError("permission_denied", f"This API key's scopes do not include '{scope}'.")

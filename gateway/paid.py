@@ -74,6 +74,14 @@ class PaidRequest:
         running ``before`` in the same round trip. Returns a stored response if this is a replay."""
         if amount is None:
             amount = reservation_micros(self.price, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens)
+        cap = self.key.request_spend_cap
+        if cap is not None and amount > cap:
+            await self.fail("spend_cap_reached")
+            raise GatewayError(
+                "spend_cap_reached",
+                f"This request would reserve up to {amount} micro-units ({self.key.currency.upper()}), above its "
+                f"spend cap of {cap}. Shorten the conversation or {self.ask_less}.",
+            )
         extra = list(before)
         for _ in range(2):  # a second pass only if an expired claim was just removed
             now = timezone.now()

@@ -299,6 +299,15 @@ IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600, minimum=
 CACHE_UNSUBSCRIBED_TTL_SECONDS = 1.0
 CACHE_SUBSCRIBED_TTL_SECONDS = 60.0
 
+# --- web chat ----------------------------------------------------------------
+# A turn's relay credential must be used within this many seconds (the bound: ≤ 60).
+WEBCHAT_RELAY_TTL_SECONDS = env_int("WEBCHAT_RELAY_TTL_SECONDS", 60, minimum=1, maximum=60)
+# The most one chat turn may reserve, micro-units (0.20 USD); max_tokens is bounded to fit.
+WEBCHAT_TURN_SPEND_CAP = env_int("WEBCHAT_TURN_SPEND_CAP", 200_000, minimum=1)
+# The longest answer a turn asks for (the model's own limit and the spend cap may lower it).
+WEBCHAT_MAX_OUTPUT_TOKENS = env_int("WEBCHAT_MAX_OUTPUT_TOKENS", 1024, minimum=1)
+WEBCHAT_MAX_MESSAGE_CHARS = env_int("WEBCHAT_MAX_MESSAGE_CHARS", 20_000, minimum=1)
+
 # --- nodes -------------------------------------------------------------------
 LOCAL_NODE_ENABLED = env_bool("LOCAL_NODE_ENABLED", not PRODUCTION)
 LOCAL_NODE_PORT = env_int("LOCAL_NODE_PORT", 8091, minimum=1, maximum=65535)

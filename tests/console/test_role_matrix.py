@@ -28,8 +28,8 @@ from django.utils import timezone
 
 from billing.models import Discrepancy, ReconciliationRun, Transfer
 from billing.services import wallet_credit
-from console import access, invitations, services
-from console.models import ApiKey, Invitation, Membership, Role
+from console import access, invitations, services, webchat
+from console.models import ApiKey, Conversation, Invitation, Membership, RelayCredential, Role
 from tests.billing import stripe_payloads as sp
 from tests.conftest import make_tenant
 
@@ -126,6 +126,25 @@ def _token(world):
     return world["token"]
 
 
+def _conversation(world):
+    """The owner's own conversation: Web Chat pages are personal, so every other member gets 404."""
+    if "conversation" not in world:
+        world["conversation"] = Conversation.objects.create(
+            project=world["tenant"].project, user=world["people"][Role.OWNER], model="sim-small", title="matrix"
+        )
+    return world["conversation"].public_id
+
+
+def _turn(world):
+    _conversation(world)
+    credential = RelayCredential.objects.create(
+        token_hash=webchat.hash_token("matrix-relay"), user=world["people"][Role.OWNER],
+        conversation=world["conversation"], turn_id="turn_matrix", model="sim-small", spend_cap=0,
+        expires_at=timezone.now() + dt.timedelta(seconds=60),
+    )
+    return credential.turn_id
+
+
 # kwarg name → its value for the fixture tenant. An unknown kwarg fails the test: add it here.
 KWARGS = {
     "project_id": lambda w: w["tenant"].project.public_id,
@@ -138,7 +157,12 @@ KWARGS = {
                                                       user=w["people"][Role.DEVELOPER]).id,
     "invitation_id": lambda w: (_token(w), Invitation.objects.get(email="new@acme.example").id)[1],
     "token": _token,
+    "conversation_id": _conversation,
+    "turn_id": _turn,
 }
+
+# kwargs naming a personal object (the owner's): only its user is answered, every other role gets 404.
+PERSONAL = {"conversation_id"}
 
 # Query strings some pages need to find their object (else they answer 404 to everyone).
 QUERY = {
@@ -156,8 +180,10 @@ def fill(route: Route, world) -> str:
     return "/" + re.sub(r"<(?:(\w+):)?(\w+)>", value, route.route)
 
 
-def allowed(permission, role) -> bool:
+def allowed(permission, role, route: Route | None = None) -> bool:
     if role == OUTSIDER:
+        return False
+    if route is not None and PERSONAL & set(route.kwargs) and role != Role.OWNER:
         return False
     return permission is None or access.allowed(role, permission)
 
@@ -181,8 +207,14 @@ def test_role_matrix(route, world):
     # about any tenant); a POST never gets through.
     anonymous = Client().get(path, query)
     assert anonymous.status_code == 405 or "/accounts/login/" in anonymous.get("Location", ""), route.name
+    # A URL that takes only GET answers any POST with 405, to everyone alike (no tenant is revealed).
+    owner = Client()
+    owner.force_login(world["people"][Role.OWNER])
+    get_only = owner.post(path, {"org": query["org"]}).status_code == 405
     anonymous = Client().post(path, {"org": query["org"]})
-    assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"], route.name
+    assert (anonymous.status_code == 405 and get_only) or (
+        anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"]
+    ), route.name
     post_only = None
 
     if permission == "finance.platform":
@@ -194,7 +226,7 @@ def test_role_matrix(route, world):
         client = Client()
         client.force_login(user)
         got = client.get(path, query).status_code
-        if permission != "finance.platform" and allowed(permission, role):
+        if permission != "finance.platform" and allowed(permission, role, route):
             assert got in ANSWERED, (route.name, role, got)
             continue
         posted = client.post(path, {"org": query["org"]}).status_code
@@ -210,7 +242,8 @@ def test_role_matrix(route, world):
                 owner = Client()
                 owner.force_login(world["people"][Role.OWNER])
                 post_only = owner.get(path, query).status_code == 405
-            assert posted == 404 and (got == 404 or (got == 405 and post_only)), (route.name, role, got, posted)
+            assert (posted == 404 or (posted == 405 and get_only)) and (got == 404 or (got == 405 and post_only)), (
+                route.name, role, got, posted)
 
 
 # --- the two cases the issue names --------------------------------------------------------

@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('console', '0006_invitation'),
+        ('console', '0007_webchat'),
     ]
 
     operations = [

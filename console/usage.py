@@ -18,8 +18,8 @@ from gateway.models import RequestRecord
 from .models import ApiKey, Organization, Project
 
 # Keys the keys page manages; a Web Chat key (another kind) is shown in usage only, labelled so.
-MANAGED_KINDS = ("secret", "publishable")
-WEBCHAT_KIND = "webchat"
+MANAGED_KINDS = (ApiKey.Kind.SECRET, ApiKey.Kind.PUBLISHABLE)
+WEBCHAT_KIND = ApiKey.Kind.WEBCHAT
 WEBCHAT_LABEL = "Web Chat"
 MAX_RANGE_DAYS = 366
 

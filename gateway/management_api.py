@@ -65,7 +65,7 @@ class KeyLimits(serializers.Serializer):
 
 
 class KeyCreate(KeyLimits):
-    kind = serializers.ChoiceField(choices=ApiKey.Kind.values)
+    kind = serializers.ChoiceField(choices=[ApiKey.Kind.SECRET, ApiKey.Kind.PUBLISHABLE])  # Web Chat's is the system's
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=list(keys.SCOPES)), required=False, default=list)
 

@@ -264,3 +264,5 @@ def test_a_scoped_key_cannot_manage_keys_over_the_api(server, alice):
     assert made.status_code == 201 and made.json()["scopes"] == ["models"]
     bad = httpx.post(f"{server.url}/v1/keys", headers=alice.auth(), json={"kind": "secret", "scopes": ["root"]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "scopes"
+    system = httpx.post(f"{server.url}/v1/keys", headers=alice.auth(), json={"kind": "webchat"})
+    assert system.status_code == 400 and system.json()["error"]["param"] == "kind"  # the system's own key

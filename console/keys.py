@@ -24,6 +24,16 @@ SECRET = "secret"
 PUBLISHABLE = "publishable"
 NODE_TOKEN = "node_token"
 PREFIXES = {SECRET: "sk_live_", PUBLISHABLE: "pk_live_"}
+# What a key may call (ApiKey.scopes; an empty list: everything). The gateway names one
+# scope per endpoint (gateway.context.ApiRequest.authenticate).
+CHAT, EMBEDDINGS, IMAGES, AGENTS, MODELS = "chat", "embeddings", "images", "agents", "models"
+SCOPES: dict[str, str] = {
+    CHAT: "Chat, completions, responses, messages",
+    EMBEDDINGS: "Embeddings",
+    IMAGES: "Image generation",
+    AGENTS: "Agent runs",
+    MODELS: "Read models and nodes",
+}
 NODE_TOKEN_PREFIX = "nt_live_"
 _KIND_BY_PREFIX = {v: k for k, v in PREFIXES.items()}
 RANDOM_CHARS = 32

@@ -90,6 +90,8 @@ class ApiKey(models.Model):
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveBigIntegerField(null=True, blank=True)
     monthly_spend_cap = models.PositiveBigIntegerField(null=True, blank=True)
+    # What the key may call: names from console.keys.SCOPES; [] means everything.
+    scopes = models.JSONField(default=list, blank=True)
     rotated_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -128,9 +128,17 @@ def api_key_create(
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
     monthly_spend_cap: int | None = None,
+    scopes: list[str] | None = None,
+    expires_at: dt.datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key, optionally with its own limits and cap; the plaintext is
-    returned once and never stored."""
+    """Create a key, optionally with its own limits and cap, scopes (console.keys.SCOPES;
+    none: everything) and an expiry; the plaintext is returned once and never stored."""
+    scopes = sorted(set(scopes or ()))
+    unknown = [s for s in scopes if s not in keys.SCOPES]
+    if unknown:
+        raise ValueError(f"unknown scopes: {', '.join(unknown)}")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValueError("expires_at must be in the future")
     _check_limit("rpm_limit", rpm_limit, minimum=1)
     _check_limit("tpm_limit", tpm_limit, minimum=1)
     _check_limit("monthly_spend_cap", monthly_spend_cap, minimum=0)
@@ -138,6 +146,7 @@ def api_key_create(
     key = ApiKey.objects.create(
         project=project, kind=kind, name=name, lookup=new.lookup, hash=new.hash, last4=new.last4, created_by=created_by,
         rpm_limit=rpm_limit, tpm_limit=tpm_limit, monthly_spend_cap=monthly_spend_cap,
+        scopes=scopes, expires_at=expires_at,
     )
     if monthly_spend_cap is not None:
         billing_services.spend_cap_set(project=project, key=key, cap=monthly_spend_cap)
@@ -153,14 +162,21 @@ def api_key_rotate(*, key: ApiKey, grace: dt.timedelta, created_by=None) -> tupl
         raise ValueError("only an active key can be rotated")
     if not dt.timedelta(0) <= grace <= MAX_GRACE:
         raise ValueError(f"grace must be between 0 and {MAX_GRACE.days} days")
-    # The replacement keeps the key's limits and cap (its spend counts afresh: it is a new key).
+    if ApiKey.objects.filter(rotated_from=key).exists():
+        raise ValueError("this key was already rotated; rotate its replacement")
+    now = timezone.now()
+    if key.expires_at is not None and key.expires_at <= now:
+        raise ValueError("this key has expired")
+    # The replacement keeps the key's limits, cap, scopes and expiry (its spend counts afresh:
+    # it is a new key), so rotating never widens what a key may do or for how long.
     new_key, plaintext = api_key_create(
         project=key.project, kind=key.kind, name=key.name, created_by=created_by,
         rpm_limit=key.rpm_limit, tpm_limit=key.tpm_limit, monthly_spend_cap=key.monthly_spend_cap,
+        scopes=key.scopes, expires_at=key.expires_at,
     )
     new_key.rotated_from = key
     new_key.save(update_fields=["rotated_from"])
-    expires_at = timezone.now() + grace
+    expires_at = now + grace
     if key.expires_at is None or expires_at < key.expires_at:
         key.expires_at = expires_at
         key.save(update_fields=["expires_at"])
@@ -212,3 +228,31 @@ def audit_record(
         project_id=project_id, action=action, outcome=outcome, actor=actor[:100], subject=subject[:100],
         request_id=request_id[:40], data=_bounded(data or {}),
     )
+
+
+@transaction.atomic
+def project_settings_save(
+    *,
+    project: Project,
+    name: str,
+    allowed_origins: list[str],
+    idempotency_required: bool,
+    stream_resume_seconds: int,
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+    monthly_spend_cap: int | None,
+) -> Project:
+    """Save the console's project settings form: every value as given (None clears a limit or
+    the cap). Validated against the plan by the caller (console.forms); the gateway sees the
+    change within a second (the invalidations ``project_update`` publishes)."""
+    _check_limit("rpm_limit", rpm_limit, minimum=1)
+    _check_limit("tpm_limit", tpm_limit, minimum=1)
+    project_update(
+        project=project, name=name, allowed_origins=allowed_origins, idempotency_required=idempotency_required,
+        stream_resume_seconds=stream_resume_seconds,
+    )
+    project.rpm_limit, project.tpm_limit = rpm_limit, tpm_limit
+    project.save(update_fields=["rpm_limit", "tpm_limit"])
+    if monthly_spend_cap != project.monthly_spend_cap:
+        project_spend_cap_set(project=project, monthly_spend_cap=monthly_spend_cap)
+    return project

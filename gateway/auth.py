@@ -56,6 +56,7 @@ class KeyRecord:
     # The most one request may reserve, micro-units (None: no per-request cap). Set only on
     # records built in-process (a Web Chat turn's relay: console.relay), never from the table.
     request_spend_cap: int | None = None
+    scopes: frozenset[str] | None = None  # what the key may call (console.keys.SCOPES); None: everything
 
     @property
     def publishable(self) -> bool:
@@ -71,7 +72,7 @@ SELECT k.id, k.public_id, k.kind, k.hash, k.status, k.expires_at,
        cw.id, uw.id, cw.currency, p.stream_resume_seconds,
        k.rpm_limit, k.tpm_limit, p.monthly_spend_cap, k.monthly_spend_cap,
        p.allow_non_confidential, p.region_preference,
-       pl.name, pl.rpm_limit, pl.tpm_limit, pl.allowed_models
+       pl.name, pl.rpm_limit, pl.tpm_limit, pl.allowed_models, k.scopes
 FROM console_apikey k
 JOIN console_project p ON p.id = k.project_id
 JOIN billing_billingaccount a ON a.organization_id = p.organization_id
@@ -92,6 +93,7 @@ def _record(row: tuple) -> KeyRecord:
     expires_at = asyncdb.as_datetime(row[5])
     origins = _json_list(row[9])
     plan_models = _json_list(row[26])  # [] (or no plan): every model
+    scopes = _json_list(row[27])  # []: every scope
     return KeyRecord(
         key_id=row[0],
         key_public_id=row[1],
@@ -120,6 +122,7 @@ def _record(row: tuple) -> KeyRecord:
         plan_rpm_limit=row[24],
         plan_tpm_limit=row[25],
         plan_models=frozenset(plan_models) if plan_models else None,
+        scopes=frozenset(scopes) if scopes else None,
     )
 
 
@@ -208,7 +211,7 @@ async def authenticate(headers) -> KeyRecord:
     if not record.active:
         raise GatewayError("invalid_api_key", "The API key has been revoked.")
     if record.expires_at is not None and time.time() >= record.expires_at:
-        raise GatewayError("invalid_api_key", "The API key has expired (it was rotated and its grace period ended).")
+        raise GatewayError("invalid_api_key", "The API key has expired.")
     return record
 
 

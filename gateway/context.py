@@ -15,6 +15,8 @@ from .errors import GatewayError, envelope_bytes
 from .idempotency import StoredResponse
 from .sse import frames_after
 
+# Never one of a key's scopes: an endpoint that does not name its scope is for unscoped keys only.
+UNNAMED_SCOPE = "*"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _EXPOSED = "x-request-id, x-client-request-id, x-session-id, x-node-id, x-node-attestation, idempotent-replayed, retry-after, " + ", ".join(
     f"x-ratelimit-{a}-{b}" for a in ("limit", "remaining", "reset") for b in ("requests", "tokens")
@@ -39,7 +41,10 @@ class ApiRequest:
     def headers(self):
         return self.request.headers
 
-    async def authenticate(self, *, publishable_ok: bool) -> KeyRecord:
+    async def authenticate(self, *, publishable_ok: bool, scope: str | None = UNNAMED_SCOPE) -> KeyRecord:
+        """The caller's key, refused (permission_denied) unless it may call an endpoint of ``scope``
+        (console.keys.SCOPES). None: any key of the project (e.g. reading back its own job). An
+        endpoint that names no scope fails closed: only keys without scopes may call it."""
         relay = self.request.scope.get("relay_key")
         if relay is not None:
             # An in-process call from the Web Chat relay (console.relay), which checked its
@@ -48,6 +53,8 @@ class ApiRequest:
             self.key = relay
             return relay
         key = await auth.authenticate(self.headers)
+        if scope is not None and key.scopes is not None and scope not in key.scopes:
+            raise GatewayError("permission_denied", f"This API key's scopes do not include '{scope}'.")
         if key.publishable:
             if not publishable_ok:
                 raise GatewayError(

@@ -50,7 +50,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if key.status != ApiKey.Status.ACTIVE:
             raise _Failed("invalid_api_key", "The API key has been revoked.")
         if key.expires_at is not None and key.expires_at <= timezone.now():
-            raise _Failed("invalid_api_key", "The API key has expired (it was rotated and its grace period ended).")
+            raise _Failed("invalid_api_key", "The API key has expired.")
         return (None, key)
 
     def authenticate_header(self, request):
@@ -63,6 +63,8 @@ class SecretKeyOnly(BasePermission):
             raise _Failed("unauthenticated", "No API key provided. Send 'Authorization: Bearer sk_live_…'.")
         if request.auth.kind != ApiKey.Kind.SECRET:
             raise _Failed("permission_denied", "This endpoint needs a secret key; publishable keys cannot manage keys.")
+        if request.auth.scopes:  # a scoped key must not mint itself an unscoped one
+            raise _Failed("permission_denied", "This endpoint needs a key without scopes; this key's scopes exclude it.")
         return True
 
 

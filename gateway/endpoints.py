@@ -32,7 +32,7 @@ async def create_response(req: ApiRequest):
 
 async def get_response(req: ApiRequest):
     # Stored answers are read server-side: a browser key (public by design) may not list them back.
-    key = await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False, scope="chat")
     response_id = req.request.path_params["response_id"]
     body = await responses.load(response_id, project_id=key.project_id)
     if body is None:  # another project's response is indistinguishable from a missing one
@@ -45,7 +45,7 @@ async def create_message(req: ApiRequest):
 
 
 async def count_message_tokens(req: ApiRequest):
-    key = await req.authenticate(publishable_ok=True)
+    key = await req.authenticate(publishable_ok=True, scope="chat")
     model, count = messages.count_tokens(schemas.parse_json(await req.body()))
     await catalog.get_for(key, model)
     return json_response(req, orjson.dumps({"input_tokens": count}))

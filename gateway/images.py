@@ -89,7 +89,7 @@ def images_response(req: ApiRequest, job: Job) -> Response:
 
 
 async def create_image(req: ApiRequest):
-    key = await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False, scope="images")
     data = validate(ImageRequest, parse_json(await req.body()))
     entry = await catalog.get_for(key, data.model)
     price = entry.price_at(timezone.now())
@@ -127,7 +127,7 @@ async def create_image(req: ApiRequest):
 
 async def get_image(req: ApiRequest):
     """GET /v1/images/{job_id}/{index}: one image of the project's finished job, as PNG."""
-    key = await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False, scope="images")
     job_id, index = req.request.path_params["job_id"], req.request.path_params["index"]
     job = await paidjobs.job_load(public_id=job_id, project_id=key.project_id, kind=Job.Kind.IMAGE)
     missing = GatewayError("not_found", f"No image {index} of job '{job_id}' in this project.")

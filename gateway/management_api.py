@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import selectors as billing_selectors
-from console import selectors, services
+from console import keys, selectors, services
 from console.models import ApiKey
 
 # Key ids are plain ASCII; anything else cannot name a key (and a NUL byte would
@@ -44,6 +44,7 @@ def key_object(key: ApiKey, plaintext: str | None = None) -> dict:
         "rpm_limit": key.rpm_limit,
         "tpm_limit": key.tpm_limit,
         "monthly_spend_cap": key.monthly_spend_cap,
+        "scopes": list(key.scopes),  # []: every endpoint
     }
     if plaintext is not None:
         obj["key"] = plaintext  # shown once
@@ -64,8 +65,9 @@ class KeyLimits(serializers.Serializer):
 
 
 class KeyCreate(KeyLimits):
-    kind = serializers.ChoiceField(choices=ApiKey.Kind.values)
+    kind = serializers.ChoiceField(choices=[ApiKey.Kind.SECRET, ApiKey.Kind.PUBLISHABLE])  # Web Chat's is the system's
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=list(keys.SCOPES)), required=False, default=list)
 
 
 class KeyRotate(serializers.Serializer):

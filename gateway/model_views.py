@@ -48,7 +48,7 @@ def _usable(entry: ModelEntry, key, now: float) -> bool:
 
 
 async def list_models(req: ApiRequest):
-    key = await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False, scope="models")
     now = timezone.now()
     epoch = now.timestamp()
     objects = [
@@ -60,7 +60,7 @@ async def list_models(req: ApiRequest):
 
 
 async def get_model(req: ApiRequest):
-    key = await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False, scope="models")
     model_id = req.request.path_params["model_id"]
     entry = await catalog.get(model_id)
     now = timezone.now()

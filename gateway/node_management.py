@@ -83,12 +83,12 @@ class Caller:
     key: KeyRecord | None = None
 
 
-async def authenticate_caller(req: ApiRequest) -> Caller:
+async def authenticate_caller(req: ApiRequest, *, scope: str | None) -> Caller:
     """A node token (an operator) or a secret API key (a project); publishable keys are refused."""
     raw = presented_key(req.headers)
     if raw is not None and keys.parse_node_token(raw) is not None:
         return Caller(operator_id=await authenticate_operator(req))
-    return Caller(key=await req.authenticate(publishable_ok=False))
+    return Caller(key=await req.authenticate(publishable_ok=False, scope=scope))
 
 
 def _ts(moment) -> int | None:
@@ -126,7 +126,7 @@ def _job_sync(caller: Caller, job_id: str, base_url: str) -> dict[str, Any]:
 
 
 async def get_job(req: ApiRequest):
-    caller = await authenticate_caller(req)
+    caller = await authenticate_caller(req, scope=None)  # the project's own job, whatever made it
     base_url = str(req.request.base_url).rstrip("/")
     obj = await sync_to_async(_job_sync, thread_sensitive=True)(caller, req.request.path_params["job_id"], base_url)
     return json_response(req, orjson.dumps(obj))
@@ -280,7 +280,7 @@ def _by_region(nodes: list[dict[str, Any]], *, counts: bool) -> list[dict[str, A
 
 
 async def _view(req: ApiRequest, *, health_only: bool) -> tuple[str, list[dict[str, Any]]]:
-    caller = await authenticate_caller(req)
+    caller = await authenticate_caller(req, scope="models")
     if caller.key is not None:
         return "project", await _project_view(caller.key, health_only=health_only)
     nodes = await sync_to_async(_operator_view_sync, thread_sensitive=True)(caller.operator_id, health_only=health_only)

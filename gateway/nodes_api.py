@@ -259,7 +259,7 @@ async def _visible_nodes(key) -> dict[str, tuple[NodeTarget, dict[str, Any]]]:
 
 
 async def list_nodes(req: ApiRequest):
-    key = await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False, scope="models")
     data = sorted((obj for _, obj in (await _visible_nodes(key)).values()), key=lambda o: o["id"])
     for obj in data:
         obj["models"].sort()
@@ -284,7 +284,7 @@ def _epoch(value: Any) -> int | None:
 async def node_attestation(req: ApiRequest):
     """The latest verified evidence of a node the caller's project may use (GET /v1/nodes lists it),
     exactly as the node sent it, so anyone can check it again; any other node is not found."""
-    key = await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False, scope="models")
     node_id = req.request.path_params["node_id"]
     target, _ = (await _visible_nodes(key)).get(node_id, (None, None))
     if target is None:

@@ -17,6 +17,8 @@ import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from console.keys import SCOPES
+
 from . import images, node_management, nodes_api, schemas
 from .agents import api as agents_api
 from .context import ApiRequest, json_response
@@ -131,6 +133,13 @@ _KEY_LIMITS = {
     "monthly_spend_cap": nullable(
         {"type": "integer", "minimum": 0, "maximum": 10**15, "description": "Micro-units a calendar month (UTC)."}
     ),
+}
+
+_KEY_SCOPES = {
+    "type": "array",
+    "items": {"enum": list(SCOPES)},
+    "description": "What the key may call (chat: chat, completions, responses, messages; models: read models "
+                   "and nodes); empty: everything. A scoped key cannot manage keys.",
 }
 
 _STATUS = {"enum": ["active", "draining", "disabled"]}
@@ -504,10 +513,11 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "revoked_at": nullable(TIMESTAMP),
             "rotated_from": nullable(STRING),
             **_KEY_LIMITS,
+            "scopes": _KEY_SCOPES,
         },
         (
             "id", "object", "kind", "name", "redacted", "status", "project", "created_at", "expires_at",
-            "revoked_at", "rotated_from", *_KEY_LIMITS,
+            "revoked_at", "rotated_from", *_KEY_LIMITS, "scopes",
         ),
         description="A key; its own limits apply on top of the project's (null: none of its own).",
     ),
@@ -526,6 +536,7 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "kind": {"enum": ["secret", "publishable"]},
             "name": {"type": "string", "maxLength": 200, "default": ""},
             **_KEY_LIMITS,
+            "scopes": _KEY_SCOPES,
         },
         ("kind",),
     ),

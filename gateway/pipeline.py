@@ -71,7 +71,7 @@ def _node_error(exc: NodeError) -> GatewayError:
 
 
 async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
-    key = await req.authenticate(publishable_ok=dialect_cls.publishable_ok)
+    key = await req.authenticate(publishable_ok=dialect_cls.publishable_ok, scope=dialect_cls.scope)
     body = await req.body()
     dialect = dialect_cls(schemas.parse_json(body), request_id=req.request_id)
     entry = await catalog.get_for(key, dialect.model)
@@ -399,5 +399,5 @@ async def resume(req: ApiRequest, request_id: str, *, project_id: int):
 
 async def stream_get(req: ApiRequest):
     """GET /v1/streams/{request_id}: replay a stream after Last-Event-ID, then follow it live."""
-    key = await req.authenticate(publishable_ok=True)
+    key = await req.authenticate(publishable_ok=True, scope=None)
     return await resume(req, req.request.path_params["request_id"], project_id=key.project_id)

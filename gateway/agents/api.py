@@ -79,7 +79,7 @@ def _checked(data: AgentRunRequest):
 
 
 async def create_run(req: ApiRequest):
-    key = await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False, scope="agents")
     data = validate(AgentRunRequest, parse_json(await req.body()))
     agent = _checked(data)
     model = agent.model_for(data.model)
@@ -135,7 +135,7 @@ def _stream_headers(req: ApiRequest) -> dict[str, str]:
 
 async def run_events(req: ApiRequest):
     """GET /v1/agents/runs/{id}/events: the run's events after Last-Event-ID, live or kept."""
-    key = await req.authenticate(publishable_ok=False)
+    key = await req.authenticate(publishable_ok=False, scope="agents")
     run_id = req.request.path_params["run_id"]
     after = streams.parse_last_event_id(req.headers)
     job = await paidjobs.job_load(public_id=run_id, project_id=key.project_id, kind=Job.Kind.AGENT_RUN)

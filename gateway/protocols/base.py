@@ -39,6 +39,7 @@ class Dialect:
     endpoint = ""
     call = "chat"  # the node call: chat | completions | embeddings
     publishable_ok = True
+    scope = "chat"  # the API key scope it needs (console.keys.SCOPES)
     output_param = "max_tokens"
     modalities: frozenset[str] = frozenset({"text"})
     stream = False

@@ -69,6 +69,7 @@ class EmbeddingRequest(schemas._Open):
 class EmbeddingDialect(Dialect):
     endpoint = "embeddings"
     call = "embeddings"
+    scope = "embeddings"
     publishable_ok = False  # embeddings are server-side work: a browser key has no business here
 
     def __init__(self, data: dict[str, Any], *, request_id: str):

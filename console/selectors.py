@@ -19,12 +19,18 @@ def project_for_user(user, public_id: str) -> Project:
     return Project.objects.select_related("organization").get(public_id=public_id, organization__memberships__user=user)
 
 
+# The kinds people manage; the Web Chat key is the system's (no plaintext, never listed or changed by clients).
+MANAGED_KINDS = (ApiKey.Kind.SECRET, ApiKey.Kind.PUBLISHABLE)
+
+
 def keys_for_project(project: Project) -> QuerySet[ApiKey]:
-    return ApiKey.objects.filter(project=project).order_by("-created_at")
+    return ApiKey.objects.filter(project=project, kind__in=MANAGED_KINDS).order_by("-created_at")
 
 
 def key_in_project(project_id: int, public_id: str) -> ApiKey:
-    return ApiKey.objects.select_related("project").get(project_id=project_id, public_id=public_id)
+    return ApiKey.objects.select_related("project").get(
+        project_id=project_id, public_id=public_id, kind__in=MANAGED_KINDS
+    )
 
 
 def audit_events_for_project(project_id: int, *, action: str | None = None) -> QuerySet[AuditEvent]:

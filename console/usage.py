@@ -18,7 +18,6 @@ from gateway.models import RequestRecord
 from .models import ApiKey, Organization, Project
 
 # Keys the keys page manages; a Web Chat key (another kind) is shown in usage only, labelled so.
-MANAGED_KINDS = (ApiKey.Kind.SECRET, ApiKey.Kind.PUBLISHABLE)
 WEBCHAT_KIND = ApiKey.Kind.WEBCHAT
 WEBCHAT_LABEL = "Web Chat"
 MAX_RANGE_DAYS = 366
@@ -49,16 +48,6 @@ def project_month_totals(organization: Organization, *, since: dt.datetime | Non
         .order_by()
     )
     return {row["project_id"]: row for row in rows}
-
-
-def managed_keys(project: Project) -> QuerySet[ApiKey]:
-    """The project's secret and publishable keys (not Web Chat's), newest first."""
-    return ApiKey.objects.filter(project=project, kind__in=MANAGED_KINDS).order_by("-created_at", "-id")
-
-
-def managed_key(project: Project, public_id: str) -> ApiKey:
-    """One of the project's managed keys; DoesNotExist for anything else (another project's, Web Chat's)."""
-    return ApiKey.objects.select_related("project").get(project=project, kind__in=MANAGED_KINDS, public_id=public_id)
 
 
 def key_stats(project: Project, *, since: dt.datetime | None = None) -> dict[int, dict]:

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 
 from billing import selectors as billing_selectors
 
-from . import access, keys, services
+from . import access, keys, selectors, services
 from . import usage as usage_selectors
 from .forms import KeyCreateForm, KeyRotateForm, ProjectSettingsForm
 from .models import ApiKey, Project
@@ -169,7 +169,7 @@ def _keys_page(request, form: KeyCreateForm | None = None, *, status: int = 200)
     stats = usage_selectors.key_stats(project)
     rows = []
     now = timezone.now()
-    for key in usage_selectors.managed_keys(project):
+    for key in selectors.keys_for_project(project):
         stat = stats.get(key.id, {})
         expired = key.expires_at is not None and key.expires_at <= now
         rows.append({
@@ -212,7 +212,7 @@ def key_create(request, project_id: str):
 
 def _key(request, key_id: str) -> ApiKey:
     try:
-        return usage_selectors.managed_key(request.project, key_id)
+        return selectors.key_in_project(request.project.id, key_id)
     except ApiKey.DoesNotExist:
         raise Http404("No such key") from None
 

@@ -3,6 +3,7 @@
 multilingual-e5-small-q4, the Stripe emulator), then the openai SDK with the
 printed key; the balance drops by exactly the settled cost; the demo user signs
 in and tops up through Checkout, and the signed webhook credits it."""
+import asyncio
 import os
 import re
 
@@ -17,8 +18,9 @@ INPUT, OUTPUT = 100_000, 200_000
 EMBEDDING_INPUT = 20_000
 
 
-@pytest.fixture
-def make_run(tmp_path):
+@pytest.fixture(scope="module")
+def make_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("make-run")
     port, node_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "REDIS_PREFIX", "APP_ENV",
                                                           "EMBEDDED_BEAT", "LOCAL_NODE_ENABLED",
@@ -82,3 +84,89 @@ def test_make_run_serves_the_sdk_and_bills_exactly(make_run):
         done = browser.post(httpx.URL(checkout.headers["location"]).join(form), data={"card": "visa"})
         assert done.status_code == 200 and "/billing/topup/success" in str(done.url)
         assert balance() - before == 12_340_000
+
+
+CHART = """() => { const c = window.usageCharts && window.usageCharts.days;
+  if (!c) return null; const n = c.data.labels.length - 1;
+  return {requests: c.data.datasets[1].data[n], spend: c.data.datasets[0].data[n]}; }"""
+
+
+@pytest.mark.model
+async def test_the_demo_user_does_everything_in_a_real_browser(make_run):
+    """Issue 6's "done when", as a person would: open `make run`'s URL, sign in as the demo user, chat
+    with a streamed answer, create a key and use it, revoke it, see the usage chart move after an
+    API call, and top up through Checkout."""
+    from tests.browser.conftest import chromium_page, screenshot
+
+    port, output = make_run
+    url = f"http://127.0.0.1:{port}"
+    email = re.search(r"email: (\S+)", output).group(1)
+    password = re.search(r"password: (\S+)", output).group(1)
+    demo_key = re.search(r"secret_key: (sk_live_\w+)", output).group(1)
+
+    def call(key: str) -> str:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+        answer = client.chat.completions.create(
+            model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
+        )
+        return answer.id
+
+    async with chromium_page() as page:
+        await page.goto(url)  # the root sends a visitor to sign in
+        await page.fill("input[name=login]", email)
+        await page.fill("input[name=password]", password)
+        await page.locator("form").filter(has=page.locator("input[name=password]")).locator("button[type=submit]").click()
+        await page.wait_for_url(re.compile(r".*/console/$"))
+        await screenshot(page, "demo-dashboard")
+
+        # Chat: the real model's answer streams in, then its cost.
+        await page.get_by_role("link", name="Chat").click()
+        await page.get_by_label("Model").select_option("smollm2-135m-instruct")
+        await page.get_by_label("Message", exact=True).fill("Write one short sentence about the sea.")
+        await page.get_by_role("button", name="Send").click()
+        await page.get_by_role("button", name="Stop").wait_for(state="visible", timeout=30_000)
+        cost = page.locator(".msg-assistant [data-testid=message-cost]").last
+        await cost.wait_for(timeout=90_000)
+        assert (await page.locator(".msg-assistant .body").last.inner_text()).strip()
+        assert "USD" in await cost.inner_text()
+        await screenshot(page, "demo-chat")
+
+        # Keys: create one (shown once), use it, revoke it: refused within a second or two.
+        await page.goto(f"{url}/console/")
+        await page.get_by_role("link", name="Keys").first.click()
+        await page.get_by_label("Name", exact=True).fill("journey key")
+        await page.get_by_role("button", name="Create key").click()
+        key = (await page.locator("#new-key").inner_text()).strip()
+        assert key.startswith("sk_live_")
+        assert await asyncio.to_thread(call, key)
+        await page.get_by_role("button", name="Revoke journey key").click()
+        await page.wait_for_load_state()
+        for _ in range(30):
+            try:
+                await asyncio.to_thread(call, key)
+            except openai.AuthenticationError:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the revoked key still works after 3 s")
+
+        # Usage: the chart's today point moves after an API call.
+        await page.goto(f"{url}/console/usage/")
+        await page.wait_for_function("() => window.usageCharts && window.usageCharts.days")
+        before = await page.evaluate(CHART)
+        await asyncio.to_thread(call, demo_key)
+        await page.reload()
+        await page.wait_for_function("() => window.usageCharts && window.usageCharts.days")
+        after = await page.evaluate(CHART)
+        assert after["requests"] == before["requests"] + 1 and after["spend"] > before["spend"]
+        await screenshot(page, "demo-usage")
+
+        # Top up $25 through Checkout (the Stripe emulator's hosted page); the webhook credits it.
+        await page.get_by_role("link", name="Billing").click()
+        await page.get_by_label("Amount in dollars").fill("25.00")
+        await page.get_by_role("button", name="Continue to payment").click()
+        await page.wait_for_url(re.compile(r".*/pay/cs_.*"))
+        await page.get_by_role("button", name="Pay").click()
+        await page.wait_for_url(re.compile(r".*/billing/topup/success.*"))
+        await page.get_by_text(re.compile("credited", re.I)).first.wait_for(timeout=30_000)
+        await screenshot(page, "demo-topup")

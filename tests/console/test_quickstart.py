@@ -41,7 +41,7 @@ def test_the_page_uses_the_request_host_and_a_usable_model(client, alice, sim_no
     assert 'base_url="http://api.example.test/v1"' in snippet(page, "python")
     assert 'fetch("http://api.example.test/v1/chat/completions"' in snippet(page, "javascript")
     assert 'Anthropic(base_url="http://api.example.test"' in snippet(page, "anthropic")  # the SDK adds /v1
-    assert f'href="{reverse("console:project", args=[alice.project.public_id])}"' in page  # create a key
+    assert f'href="{reverse("console:keys", args=[alice.project.public_id])}"' in page  # create a key
     assert "js/quickstart.js" in page
 
 

@@ -56,7 +56,9 @@ class PaidRequest:
             stream=stream,
             session_id=session_id,
             price_version=price.version,
+            bodies_kept=key.store_bodies != "never",
         )
+        self.request_body: bytes | None = None  # kept (encrypted) after settlement if the project keeps bodies
         self.key_generation = auth.cache.generation
         self.reservation: ledger.Reservation | None = None
         self.settlement: ledger.Settlement | None = None
@@ -142,6 +144,7 @@ class PaidRequest:
         self._refund_tokens(None)
         self.meta.status_code = status_code_for(code)
         self.meta.error_code = code
+        self.meta.bodies_kept = False
         self.meta.latency_ms = self._elapsed_ms()
         background.spawn(asyncdb.run(insert_statement(self.meta)), name=f"record:{self.request_id}")
 
@@ -167,6 +170,8 @@ class PaidRequest:
         meta.latency_ms = self._elapsed_ms()
         now = timezone.now()
         after = list(after)
+        # Bodies are kept for the requests that ran (keep_bodies, after this); never for a void.
+        meta.bodies_kept = meta.bodies_kept and usage is not None
         if usage is not None:
             amount, _ = ledger.settlement_amount(self.reservation, usage)
             meta.input_tokens, meta.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens
@@ -197,6 +202,17 @@ class PaidRequest:
         if self.settlement is not None and self.settlement.capped:
             log.warning("request %s: node usage exceeded the reservation; billed the reservation", self.request_id)
         return self.settlement
+
+    def keep_bodies(self, response: bytes | None) -> None:
+        """Encrypt and store the bodies in the background, if the project keeps them (gateway.vault)."""
+        if not self.meta.bodies_kept or self.request_body is None:
+            return
+        from . import vault
+
+        background.spawn(
+            vault.store_request_bodies(key=self.key, request_id=self.request_id, request=self.request_body, response=response),
+            name=f"bodies:{self.request_id}",
+        )
 
     def _may_have_counters(self) -> bool:
         """Whether a spend counter may track this request's project or key this month.

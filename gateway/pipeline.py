@@ -107,6 +107,7 @@ async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
         session_id=req.session_id,
         admitted_tokens=decision.cost,
     )
+    paid.request_body = body
     try:
         stored = await paid.reserve(max_input_tokens=prompt_bound, max_output_tokens=output_cap)
     except idempotency.InProgress as exc:
@@ -220,6 +221,7 @@ async def _complete(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry:
     await paid.finish(
         usage=usage, status_code=200, node_id=served.node.public_id, stored=stored, after=dialect.store(obj, paid.key)
     )
+    paid.keep_bodies(payload)
     return json_response(req, payload, headers=node_headers(served))
 
 
@@ -359,6 +361,7 @@ class StreamRun:
             stored=stored,
             after=self.dialect.store(self.encoder.final(), self.paid.key),
         )
+        self.paid.keep_bodies(self.log.body() + b"".join(tail))
         for event in tail:
             self.log.append(event)
 

@@ -161,8 +161,11 @@ class PaidRequest:
         ttft_ms: int | None = None,
         stored: idempotency.StoredResponse | None = None,
         after: Sequence[Stmt] = (),
+        response_body: bytes | None = None,
     ) -> ledger.Settlement | None:
-        """Settle ``usage`` (or void if None), record, and store the idempotent response."""
+        """Settle ``usage`` (or void if None), record, and store the idempotent response; then,
+        in the background, the bodies if the project keeps them (``response_body``: what the
+        client got)."""
         assert self.reservation is not None and not self.finished
         self.finished = True
         meta = self.meta
@@ -199,6 +202,7 @@ class PaidRequest:
             log.error("settlement of %s deferred: database unavailable", self.request_id)
             background.spawn(self._retry(attempt), name=f"settle:{self.request_id}")
         self._refund_tokens(usage)
+        self.keep_bodies(response_body)
         if self.settlement is not None and self.settlement.capped:
             log.warning("request %s: node usage exceeded the reservation; billed the reservation", self.request_id)
         return self.settlement

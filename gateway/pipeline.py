@@ -219,9 +219,9 @@ async def _complete(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry:
     headers = {**req.extra_headers, **node_headers(served)}
     stored = idempotency.StoredResponse(200, "application/json", headers, payload) if paid.claim else None
     await paid.finish(
-        usage=usage, status_code=200, node_id=served.node.public_id, stored=stored, after=dialect.store(obj, paid.key)
+        usage=usage, status_code=200, node_id=served.node.public_id, stored=stored, after=dialect.store(obj, paid.key),
+        response_body=payload,
     )
-    paid.keep_bodies(payload)
     return json_response(req, payload, headers=node_headers(served))
 
 
@@ -360,8 +360,8 @@ class StreamRun:
             ttft_ms=ttft_ms,
             stored=stored,
             after=self.dialect.store(self.encoder.final(), self.paid.key),
+            response_body=self.log.body() + b"".join(tail),
         )
-        self.paid.keep_bodies(self.log.body() + b"".join(tail))
         for event in tail:
             self.log.append(event)
 

@@ -155,25 +155,52 @@ def body_open(blob: BodyBlob) -> bytes:
     return envelope.decrypt(kek, blob.kek_version, bytes(blob.wrapped_key), bytes(blob.nonce), bytes(blob.ciphertext), aad)
 
 
-def request_bodies(*, project, record) -> dict[str, bytes | BodyUnavailable]:
-    """A request record's bodies for the console: {"request": bytes | BodyUnavailable, "response": …}."""
-    if not record.bodies_kept:
-        gone = BodyUnavailable("not_kept", "The project did not keep bodies when this request was made.")
-        return {BodyBlob.Kind.REQUEST: gone, BodyBlob.Kind.RESPONSE: gone}
-    blobs = {b.kind: b for b in BodyBlob.objects.filter(project_id=project.id, owner=BodyBlob.Owner.REQUEST, ref=record.request_id)}
-    out: dict[str, bytes | BodyUnavailable] = {}
-    for kind in (BodyBlob.Kind.REQUEST, BodyBlob.Kind.RESPONSE):
-        blob = blobs.get(kind)
-        if blob is None:
-            out[kind] = BodyUnavailable("expired", "Not kept any more: deleted at the end of the project's retention time.")
-            continue
-        try:
-            out[kind] = body_open(blob)
-        except BodyUnavailable as exc:
-            out[kind] = exc
-        except DecryptionError:
-            log.error("body %s of request %s failed to decrypt", kind, record.request_id)
-            out[kind] = BodyUnavailable("shredded", "This body cannot be decrypted (its key is not available).")
+SHOWN_BYTES = 64 * 1024
+
+
+def request_bodies(*, project, records) -> dict[str, dict[str, str | BodyUnavailable]]:
+    """For the console's request log: {request_id: {"request": text | BodyUnavailable, "response": …}}
+    for ``records`` of ``project`` (one query for the blobs, one unwrap per key version)."""
+    wanted = [r.request_id for r in records if r.bodies_kept]
+    blobs: dict[tuple[str, str], BodyBlob] = {
+        (b.ref, b.kind): b
+        for b in BodyBlob.objects.filter(project_id=project.id, owner=BodyBlob.Owner.REQUEST, ref__in=wanted)
+    }
+    keks: dict[int, bytes | KeyUnavailable] = {}
+    now = timezone.now()
+    out: dict[str, dict[str, str | BodyUnavailable]] = {}
+    for record in records:
+        bodies: dict[str, str | BodyUnavailable] = {}
+        for kind in (BodyBlob.Kind.REQUEST, BodyBlob.Kind.RESPONSE):
+            if not record.bodies_kept:
+                bodies[kind] = BodyUnavailable("not_kept", "Not kept: the project did not keep bodies for this request.")
+                continue
+            blob = blobs.get((record.request_id, kind))
+            if blob is None or (blob.expires_at is not None and blob.expires_at <= now):
+                bodies[kind] = BodyUnavailable("expired", "Expired: deleted at the end of the project's retention time.")
+                continue
+            kek = keks.get(blob.kek_version)
+            if kek is None:
+                try:
+                    kek = project_key(organization_id=project.organization_id, project_id=project.id, version=blob.kek_version)
+                except KeyUnavailable as exc:
+                    kek = exc
+                keks[blob.kek_version] = kek
+            if isinstance(kek, KeyUnavailable):
+                bodies[kind] = BodyUnavailable("shredded", "Shredded: the project's key was destroyed; this body can never be read.")
+                continue
+            aad = _aad(organization_id=blob.organization_id, project_id=blob.project_id, owner=blob.owner, ref=blob.ref, kind=blob.kind)
+            try:
+                plain = envelope.decrypt(kek, blob.kek_version, bytes(blob.wrapped_key), bytes(blob.nonce), bytes(blob.ciphertext), aad)
+            except DecryptionError:
+                log.error("body %s of request %s failed to decrypt", kind, record.request_id)
+                bodies[kind] = BodyUnavailable("unreadable", "This body failed to decrypt.")
+                continue
+            text = plain[:SHOWN_BYTES].decode("utf-8", errors="replace")
+            if len(plain) > SHOWN_BYTES:
+                text += f"\n… ({len(plain) - SHOWN_BYTES} more bytes not shown)"
+            bodies[kind] = text
+        out[record.request_id] = bodies
     return out
 
 

@@ -142,6 +142,7 @@ class BodyStorageForm(forms.Form):
     def __init__(self, *args, project: Project, **kwargs):
         kwargs.setdefault("initial", {"store_bodies": project.store_bodies, "body_retention_days": project.body_retention_days})
         super().__init__(*args, **kwargs)
+        _describe(self)
 
 
 class KeyCreateForm(forms.Form):

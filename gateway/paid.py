@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from django.conf import settings
 from django.utils import timezone
@@ -161,11 +161,11 @@ class PaidRequest:
         ttft_ms: int | None = None,
         stored: idempotency.StoredResponse | None = None,
         after: Sequence[Stmt] = (),
-        response_body: bytes | None = None,
+        response_body: bytes | Callable[[], bytes] | None = None,
     ) -> ledger.Settlement | None:
         """Settle ``usage`` (or void if None), record, and store the idempotent response; then,
         in the background, the bodies if the project keeps them (``response_body``: what the
-        client got)."""
+        client got, or a function returning it)."""
         assert self.reservation is not None and not self.finished
         self.finished = True
         meta = self.meta
@@ -207,12 +207,14 @@ class PaidRequest:
             log.warning("request %s: node usage exceeded the reservation; billed the reservation", self.request_id)
         return self.settlement
 
-    def keep_bodies(self, response: bytes | None) -> None:
+    def keep_bodies(self, response: bytes | Callable[[], bytes] | None) -> None:
         """Encrypt and store the bodies in the background, if the project keeps them (gateway.vault)."""
         if not self.meta.bodies_kept or self.request_body is None:
             return
         from . import vault
 
+        if callable(response):
+            response = response()
         background.spawn(
             vault.store_request_bodies(key=self.key, request_id=self.request_id, request=self.request_body, response=response),
             name=f"bodies:{self.request_id}",

@@ -360,7 +360,7 @@ class StreamRun:
             ttft_ms=ttft_ms,
             stored=stored,
             after=self.dialect.store(self.encoder.final(), self.paid.key),
-            response_body=self.log.body() + b"".join(tail),
+            response_body=lambda: self.log.body() + b"".join(tail),  # joined only if the project keeps bodies
         )
         for event in tail:
             self.log.append(event)

@@ -15,10 +15,12 @@ gateway.BodyBlob) and is the only code that writes them.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
 import time
+import weakref
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -28,6 +30,7 @@ from config.asyncdb import Stmt
 from config.envelope import DecryptionError, KeyUnavailable
 from console.services import PROJECT_TOPIC
 
+from . import background
 from .models import BodyBlob, ProjectKey
 
 log = logging.getLogger(__name__)
@@ -309,7 +312,52 @@ async def store_request_bodies(*, key, request_id: str, request: bytes, response
             "ciphertext": ciphertext, "created_at": now, "expires_at": expires_at,
         }))
     if stmts:
-        await asyncdb.run(*stmts)
+        _writer().add(stmts)
+
+
+BATCH_SECONDS = 0.02
+BATCH_MAX = 200  # statements per round trip
+
+
+class _BodyWriter:
+    """Gathers the blob inserts of concurrent requests for BATCH_SECONDS and writes them in one
+    round trip (measured: one round trip per request cost ~20% more gateway CPU per request)."""
+
+    def __init__(self) -> None:
+        self.pending: list[Stmt] = []
+        self.task = None
+
+    def add(self, stmts: list[Stmt]) -> None:
+        self.pending.extend(stmts)
+        if self.task is None or self.task.done():
+            self.task = background.spawn(self._flush(), name="bodies:flush")
+
+    async def _flush(self) -> None:
+        while self.pending:
+            await asyncio.sleep(BATCH_SECONDS)
+            batch, self.pending = self.pending[:BATCH_MAX], self.pending[BATCH_MAX:]
+            try:
+                await asyncdb.run(*batch)
+            except Exception:  # bodies are kept best-effort: the request is served and billed regardless
+                log.exception("%d encrypted body blob(s) could not be stored", len(batch))
+
+
+_writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _BodyWriter]" = weakref.WeakKeyDictionary()
+
+
+def _writer() -> _BodyWriter:
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = _BodyWriter()
+    return writer
+
+
+async def bodies_flushed() -> None:
+    """Wait until this loop's pending blob inserts are written (tests, shutdown)."""
+    writer = _writer()
+    while writer.task is not None and not writer.task.done():
+        await writer.task
 
 
 # --- retention ------------------------------------------------------------------------------

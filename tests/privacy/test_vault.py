@@ -321,3 +321,43 @@ def test_webchat_text_is_encrypted_and_bound_to_its_row():
     moved.conversation = conversation
     with pytest.raises(DecryptionError):
         chat_store.message_text(moved)
+
+
+def test_the_gateway_writer_batches_concurrent_requests_and_they_open():
+    """store_request_bodies (the gateway's async writer, raw SQL) gathers concurrent requests'
+    blobs into one round trip; each opens with the sync reader, bound to its own request."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from config import asyncdb
+    from tests.conftest import run_async
+
+    alice = make_tenant("alice")
+    key = SimpleNamespace(organization_id=alice.organization.id, project_id=alice.project.id,
+                          store_bodies="days", body_retention_days=7)
+    runs = []
+    real_run = asyncdb.run
+
+    async def counting(*stmts):
+        runs.append(len(stmts))
+        return await real_run(*stmts)
+
+    async def go():
+        asyncdb.run = counting
+        try:
+            await asyncio.gather(*(
+                vault.store_request_bodies(key=key, request_id=f"req_{i}", request=f"q{i}".encode(), response=f"a{i}".encode())
+                for i in range(10)
+            ))
+            await vault.bodies_flushed()
+        finally:
+            asyncdb.run = real_run
+
+    run_async(go())
+    blob_runs = [n for n in runs if n == 20]
+    assert blob_runs == [20], runs  # 10 requests × 2 blobs, one round trip
+    for i in range(10):
+        for kind, text in (("request", f"q{i}"), ("response", f"a{i}")):
+            blob = BodyBlob.objects.get(project=alice.project, ref=f"req_{i}", kind=kind)
+            assert vault.body_open(blob) == text.encode()
+            assert dt.timedelta(days=6) < blob.expires_at - timezone.now() <= dt.timedelta(days=7)

@@ -342,7 +342,7 @@ class _BodyWriter:
                 log.exception("%d encrypted body blob(s) could not be stored", len(batch))
 
 
-_writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _BodyWriter]" = weakref.WeakKeyDictionary()
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _BodyWriter] = weakref.WeakKeyDictionary()
 
 
 def _writer() -> _BodyWriter:
@@ -441,7 +441,8 @@ def rewrap_project(project, *, batch: int = 500) -> int:
                 blob.kek_version = version
                 blob.save(update_fields=["wrapped_key", "kek_version"])
             done += len(rows)
-    from console import chat_store  # Web Chat texts are packed envelopes in their own columns
+    # Web Chat texts are packed envelopes in their own columns
+    from console import chat_store
 
     done += chat_store.rewrap(project, version=version, kek=kek, keks=keks, batch=batch)
     return done

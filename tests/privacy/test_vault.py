@@ -106,7 +106,7 @@ def test_crypto_shred_makes_every_blob_and_chat_text_unreadable():
 
 def test_master_rotation_then_old_master_removed():
     alice, charlie = make_tenant("alice"), make_tenant("charlie")
-    old, keys = keyring(1)
+    old, _ = keyring(1)
     with override_settings(MASTER_KEYS=old):
         blobs = [store(alice, f"req_{i}", text=f"body {i}".encode()) for i in range(5)] + [store(charlie)]
     both = ",".join([f"2:{base64.b64encode(os.urandom(32)).decode()}", old])
@@ -125,9 +125,8 @@ def test_master_rotation_then_old_master_removed():
         for i, blob in enumerate(blobs[:5]):
             assert vault.body_open(BodyBlob.objects.get(id=blob.id)) == f"body {i}".encode()
     # and with only the old version, nothing opens: the key really changed
-    with override_settings(MASTER_KEYS=old):
-        with pytest.raises(KeyUnavailable):
-            vault.body_open(BodyBlob.objects.get(id=blobs[0].id))
+    with override_settings(MASTER_KEYS=old), pytest.raises(KeyUnavailable):
+        vault.body_open(BodyBlob.objects.get(id=blobs[0].id))
 
 
 def test_project_rotation_while_reading(monkeypatch):
@@ -242,7 +241,7 @@ def test_beat_schedule_runs_the_purge():
 
 
 def test_file_provider_and_bad_configuration(tmp_path):
-    text, keys = keyring(3, 1)
+    text, _ = keyring(3, 1)
     path = tmp_path / "master.keys"
     path.write_text("# master keys\n" + text.replace(",", "\n"))
     with override_settings(MASTER_KEY_PROVIDER="file", MASTER_KEY_FILE=str(path)):

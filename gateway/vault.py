@@ -107,11 +107,17 @@ def project_key(*, organization_id: int, project_id: int, version: int) -> bytes
 
 def project_key_destroy(project) -> int:
     """Crypto-shred: erase every version of the project's KEK. Its blobs (request bodies,
-    Web Chat text) can never be opened again. Returns the number of versions destroyed."""
+    Web Chat text) can never be opened again. The answers sealed under the platform's key
+    rather than the project's (stored Responses, idempotent replays: config.crypto) are
+    deleted in the same transaction. Returns the number of key versions destroyed."""
+    from .models import IdempotencyRecord, StoredResponse
+
     with transaction.atomic():
         n = ProjectKey.objects.filter(project_id=project.id, destroyed_at__isnull=True).update(
             wrapped_key=None, destroyed_at=timezone.now()
         )
+        StoredResponse.objects.filter(project_id=project.id).delete()
+        IdempotencyRecord.objects.filter(project_id=project.id, status=IdempotencyRecord.Status.COMPLETED).delete()
         transaction.on_commit(lambda: bus.publish(PROJECT_TOPIC, str(project.id)))
     _kek_cache.pop(project.id, None)
     log.warning("project %s: %d key version(s) destroyed (crypto-shred)", project.public_id, n)

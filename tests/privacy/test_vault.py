@@ -104,6 +104,29 @@ def test_crypto_shred_makes_every_blob_and_chat_text_unreadable():
     assert fresh.kek_version == 2 and vault.body_open(fresh) == b"after"
 
 
+def test_crypto_shred_command_also_deletes_platform_sealed_answers():
+    from gateway.models import IdempotencyRecord, StoredResponse
+
+    alice, charlie = make_tenant("alice"), make_tenant("charlie")
+    blob = store(alice)
+    now = timezone.now()
+    for tenant in (alice, charlie):
+        StoredResponse.objects.create(public_id=f"resp_{tenant.project.id}", project=tenant.project, request_id="r",
+                                      created_at=now, body=b"sealed")
+        IdempotencyRecord.objects.create(project=tenant.project, key="k", body_hash="h", request_id="r",
+                                         status="completed", response=b"sealed", created_at=now, expires_at=now)
+    with pytest.raises(Exception, match="--yes"):
+        call_command("crypto_shred", alice.project.public_id, stdout=io.StringIO())
+    assert vault.body_open(blob) == b"hello secret"
+    out = io.StringIO()
+    call_command("crypto_shred", alice.project.public_id, "--yes", stdout=out)
+    assert "1 key version(s) destroyed" in out.getvalue()
+    with pytest.raises(vault.BodyUnavailable):
+        vault.body_open(BodyBlob.objects.get(id=blob.id))
+    assert list(StoredResponse.objects.values_list("project_id", flat=True)) == [charlie.project.id]
+    assert list(IdempotencyRecord.objects.values_list("project_id", flat=True)) == [charlie.project.id]
+
+
 def test_master_rotation_then_old_master_removed():
     alice, charlie = make_tenant("alice"), make_tenant("charlie")
     old, _ = keyring(1)

@@ -393,7 +393,7 @@ def rewrap_master(*, batch: int = 200) -> int:
     while True:
         with transaction.atomic():
             rows = list(
-                ProjectKey.objects.select_for_update(skip_locked=True)
+                ProjectKey.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(destroyed_at__isnull=True).exclude(master_version=current)
                 .select_related("project").order_by("id")[:batch]
             )

@@ -261,3 +261,25 @@ def test_malformed_envelopes_name_the_field(server, alice, sim_node):
     publishable = httpx.post(f"{server.api}/sealed/chat/completions", json=envelope,
                              headers=alice.auth(alice.publishable_key))
     assert publishable.status_code in (401, 403)
+
+
+def test_the_console_exports_the_same_receipts_as_csv(server, client, alice, charlie, sim_node, sim):
+    import csv
+    import io
+
+    from tests.console.pages import login
+
+    sealed = SealedClient(server, alice)
+    envelope = node_envelope(sealed, sim_node)
+    answer = sealed.answer(envelope, sealed.post(envelope))
+    assert answer.status == 200
+    request_id = answer.headers["x-request-id"]
+    login(client, alice)
+    response = client.get("/console/receipts.csv", {"org": alice.organization.public_id})
+    assert response["Content-Type"].startswith("text/csv") and "attachment" in response["Content-Disposition"]
+    (row,) = list(csv.DictReader(io.StringIO(response.content.decode())))
+    (transfer,) = transfers(request_id)
+    assert (row["request_id"], row["node"], row["tier"], row["verified"]) == (request_id, sim_node.public_id, "maximum", "true")
+    assert int(row["cost_micros"]) == transfer.amount
+    assert (row["receipt_b64"], row["signature_b64"]) == (answer.receipt["receipt"], answer.receipt["signature"])
+    assert client.get("/console/receipts.csv", {"org": charlie.organization.public_id}).status_code == 404

@@ -261,8 +261,9 @@ FAIL_MODES = ("http500", "http429", "http529", "disconnect", "midstream", "hang"
 MODALITIES = ("text", "image", "audio")  # chat content parts: text, image_url, input_audio
 ATTESTATION_MODES = ("honest", "forged", "stale")  # see nodeserver/attestation.py
 # How the node signs sealed requests' usage receipts (nodeserver/sealed.py): honestly, with a key
-# that is not its attested one, or honestly signed but claiming 1000x the tokens it used.
-SEALED_MODES = ("honest", "bad_signature", "inflate_tokens")
+# that is not its attested one, honestly signed but claiming 1000x the tokens it used, or honestly
+# signed for another request (a receipt replayed from elsewhere).
+SEALED_MODES = ("honest", "bad_signature", "inflate_tokens", "other_request")
 
 
 def _number(value: Any, name: str, low: float, high: float = float("inf"), *, integer: bool = False) -> None:

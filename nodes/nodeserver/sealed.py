@@ -8,7 +8,8 @@ its attested Ed25519 key. The receipt names the node as the client addressed it
 (``recipient.node_id``: bound into the ciphertext's associated data, so nobody could change it).
 
 The simulator can misbehave for tests (``sealed_mode`` through /_sim/config): ``bad_signature``
-signs with a key that is not the attested one; ``inflate_tokens`` claims 1000x the tokens.
+signs with a key that is not the attested one; ``inflate_tokens`` claims 1000x the tokens;
+``other_request`` signs, with the right key, a receipt naming another request id.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def handler(identity):
         def receipt() -> dict[str, str]:
             factor = 1000 if mode == "inflate_tokens" else 1
             data = fmt.receipt_bytes(
-                request_id=request_id, payload_id=envelope.payload_id, key_hash=key_hash,
+                request_id="req_replayed" if mode == "other_request" else request_id, payload_id=envelope.payload_id, key_hash=key_hash,
                 request_hash=envelope.request_hash, model=envelope.model, node_id=envelope.node_id or "",
                 measurement=identity.measurement, input_tokens=gen.prompt_tokens * factor,
                 output_tokens=gen.completion_tokens * factor,

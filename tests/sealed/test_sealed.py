@@ -154,9 +154,13 @@ def test_a_tampered_header_is_refused_by_the_node_and_nothing_is_billed(server, 
     assert not UsageReceipt.objects.exists()
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_a_forged_receipt_voids_the_charge_and_quarantines_the_node(server, alice, sim_node, sim, stream):
-    sim.configure(sealed_mode="bad_signature")
+@pytest.mark.parametrize(("stream", "mode", "reason"), [
+    (False, "bad_signature", "bad_signature"),
+    (True, "bad_signature", "bad_signature"),
+    (False, "other_request", "mismatch:request_id"),
+])
+def test_a_forged_receipt_voids_the_charge_and_quarantines_the_node(server, alice, sim_node, sim, stream, mode, reason):
+    sim.configure(sealed_mode=mode)
     client = SealedClient(server, alice)
     envelope = node_envelope(client, sim_node, stream=stream)
     answer = client.answer(envelope, client.post(envelope))
@@ -164,12 +168,12 @@ def test_a_forged_receipt_voids_the_charge_and_quarantines_the_node(server, alic
         assert answer.status == 200 and answer.receipt is None
     else:
         assert answer.status == 502
-    assert answer.error["code"] == "upstream_unavailable" and "bad_signature" in answer.error["message"]
+    assert answer.error["code"] == "upstream_unavailable" and reason in answer.error["message"]
     request_id = answer.headers["x-request-id"]
     (transfer,) = transfers(request_id)
     assert transfer.status == "voided" and alice.wallet.balance == 1_000_000
     stored = UsageReceipt.objects.get(request_id=request_id)
-    assert not stored.verified and stored.reason == "bad_signature" and stored.cost == 0
+    assert not stored.verified and stored.reason == reason and stored.cost == 0
     node = Node.objects.get(id=sim_node.id)
     assert (node.status, node.attestation, node.encryption_key) == ("disabled", "unverified", "")
     assert Attestation.objects.filter(node=node, result="failed", reason="bad_receipt").exists()

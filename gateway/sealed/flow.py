@@ -324,14 +324,18 @@ class SealedRun:
                                    (None, DONE)])
             for item in tail:
                 self.log.append(item)
+        except Exception:  # a bug, not a node failure: release the hold now and end the stream
+            log.exception("sealed request %s: relay failed", paid.request_id)
+            if not paid.finished:
+                await self._fail("Internal error; nothing was charged.", ttft_ms, code="internal_error")
         finally:
             self.log.close()
 
-    async def _fail(self, message: str, ttft_ms: int) -> None:
+    async def _fail(self, message: str, ttft_ms: int, code: str = "upstream_unavailable") -> None:
         paid = self.sealed.paid
-        await paid.finish(usage=None, status_code=502, error_code="upstream_unavailable",
+        await paid.finish(usage=None, status_code=502 if code == "upstream_unavailable" else 500, error_code=code,
                           node_id=self.sealed.node_public_id, ttft_ms=ttft_ms)
-        self.emit("error", orjson.dumps(envelope("upstream_unavailable", message, paid.request_id)))
+        self.emit("error", orjson.dumps(envelope(code, message, paid.request_id)))
         self.emit(None, DONE)
 
 

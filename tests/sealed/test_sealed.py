@@ -18,6 +18,7 @@ from gateway.sealed import format as fmt
 from gateway.sealed.keys import gateway_keys
 from nodes.models import Attestation, Node
 from tests.conftest import SIM_MODEL, cache_settle, sim_cost
+from tests.dbenv import HAVE_REDIS
 from tests.sealed.client import SealedClient, parse_sse
 
 MESSAGES = [{"role": "user", "content": "echo: the sealed answer"}]
@@ -199,7 +200,11 @@ def test_inflated_tokens_are_capped_at_the_reservation(server, alice, sim_node, 
     assert stored.verified and stored.output_tokens == fields["output_tokens"] and stored.cost == transfer.amount
 
 
-def test_a_dropped_stream_resumes_after_last_event_id(server, alice, sim_node, sim):
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["same-process", "other-process"])
+def test_a_dropped_stream_resumes_after_last_event_id(server, request, alice, sim_node, sim, elsewhere):
+    if elsewhere and not HAVE_REDIS:
+        pytest.skip("resuming in another process needs Redis")
+    resume_on = request.getfixturevalue("second_server_proc") if elsewhere else server
     sim.configure(tokens_per_s=40)
     client = SealedClient(server, alice)
     envelope = node_envelope(client, sim_node, stream=True, max_tokens=24,
@@ -214,7 +219,7 @@ def test_a_dropped_stream_resumes_after_last_event_id(server, alice, sim_node, s
                 break
     first = parse_sse(seen)[:4]
     assert first[0][1] == "sealed.start"
-    rest = httpx.get(f"{server.api}/streams/{request_id}", headers={**alice.auth(), "Last-Event-ID": first[-1][0]},
+    rest = httpx.get(f"{resume_on.api}/streams/{request_id}", headers={**alice.auth(), "Last-Event-ID": first[-1][0]},
                      timeout=30)
     events = first + parse_sse(rest.content)
     assert [e[0] for e in events] == [f"evt_{n}" for n in range(1, len(events) + 1)]
@@ -287,3 +292,14 @@ def test_the_console_exports_the_same_receipts_as_csv(server, client, alice, cha
     assert int(row["cost_micros"]) == transfer.amount
     assert (row["receipt_b64"], row["signature_b64"]) == (answer.receipt["receipt"], answer.receipt["signature"])
     assert client.get("/console/receipts.csv", {"org": charlie.organization.public_id}).status_code == 404
+
+
+def test_an_idempotent_stream_retry_replays_the_same_events(server, alice, sim_node, sim):
+    client = SealedClient(server, alice)
+    envelope = node_envelope(client, sim_node, stream=True)
+    first = client.post(envelope, {"Idempotency-Key": "sealed-stream-1"})
+    assert first.status_code == 200 and b"sealed.receipt" in first.content
+    again = client.post(envelope, {"Idempotency-Key": "sealed-stream-1", "Last-Event-ID": "evt_2"})
+    assert again.headers["idempotent-replayed"] == "true"
+    assert parse_sse(again.content) == parse_sse(first.content)[2:]
+    assert sim.stats()["requests"] == 1 and Transfer.objects.filter(kind="usage").count() == 1

@@ -19,6 +19,15 @@ PUBLISHED_ROOTS_PATH = "/pki/attestation_roots"
 _END = object()
 
 
+def _unverified(tier: str, failures: list[tuple[str, Exception]]) -> SecurityError:
+    reasons = {getattr(exc, "reason", "unverified_node") for _, exc in failures}
+    return SecurityError(
+        f"No node's attestation verified for a {tier}-tier request; nothing was sent. "
+        + "; ".join(f"{node}: {exc}" for node, exc in failures),
+        reason=reasons.pop() if len(reasons) == 1 else "unverified_node",
+    )
+
+
 def _body(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
@@ -370,9 +379,8 @@ class Client(_Options):
             try:
                 return recipient_from_attestation(node, self.nodes.attestation(node.id), self.security, tier, roots)
             except (SecurityError, NotFoundError) as exc:
-                failures.append(f"{node.id}: {exc}")
-        raise SecurityError(f"No node's attestation verified for a {tier}-tier request; nothing was sent. "
-                            + "; ".join(failures), reason="unverified_node")
+                failures.append((node.id, exc))
+        raise _unverified(tier, failures)
 
     def _sealed(self, body: dict[str, Any], tier: str, headers: dict[str, str]):
         for attempt in range(2):
@@ -572,9 +580,8 @@ class AsyncClient(_Options):
             try:
                 return recipient_from_attestation(node, await self.nodes.attestation(node.id), self.security, tier, roots)
             except (SecurityError, NotFoundError) as exc:
-                failures.append(f"{node.id}: {exc}")
-        raise SecurityError(f"No node's attestation verified for a {tier}-tier request; nothing was sent. "
-                            + "; ".join(failures), reason="unverified_node")
+                failures.append((node.id, exc))
+        raise _unverified(tier, failures)
 
     async def _sealed(self, body: dict[str, Any], tier: str, headers: dict[str, str]):
         for attempt in range(2):

@@ -138,8 +138,8 @@ def error_class(status: int | None, type_: str | None = None) -> type[APIError]:
         return ServerError
     if type_ in _BY_TYPE:
         return _BY_TYPE[type_]
-    if type_ in ("api_error", "server_error", "overloaded_error"):
-        return ServerError
+    if type_ in ("api_error", "server_error", "overloaded_error") and status is None:
+        return ServerError  # an error event inside a stream
     return APIError
 
 

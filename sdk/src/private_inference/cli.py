@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 from ._client import Client
-from ._errors import APIError, PIError, SecurityError
+from ._errors import AuthenticationError, PermissionDeniedError, PIError, SecurityError
 from ._types import Obj
 from .config import config_path, load_config, save_config
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         if isinstance(exc, SecurityError):
             return 3
-        return 2 if isinstance(exc, APIError) and exc.status_code in (401, 403) else 1
+        return 2 if isinstance(exc, (AuthenticationError, PermissionDeniedError)) else 1
 
 
 if __name__ == "__main__":

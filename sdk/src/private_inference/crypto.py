@@ -160,8 +160,12 @@ def seal_request(
     recipient_key: str,
     node_id: str | None,
     client_public_key: str,
+    payload_id: str | None = None,
+    ephemeral: x25519.X25519PrivateKey | None = None,
+    nonce: bytes | None = None,
 ) -> SealedRequest:
-    """The envelope for a chat request ``body`` (``model`` and ``max_tokens`` required; ``stream`` optional)."""
+    """The envelope for a chat request ``body`` (``model`` and ``max_tokens`` required; ``stream`` optional).
+    ``payload_id``, ``ephemeral`` and ``nonce`` are fresh random values unless given (test vectors only)."""
     if tier not in TIERS:
         raise ValueError(f"tier must be one of {', '.join(TIERS)}")
     if tier != "standard" and not node_id:
@@ -173,10 +177,10 @@ def seal_request(
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError("max_tokens (a positive integer) is required for sealed requests: the reservation comes from it")
     recipient_public = x25519_public(recipient_key, "recipient key")
-    ephemeral = x25519.X25519PrivateKey.generate()
+    ephemeral = ephemeral or x25519.X25519PrivateKey.generate()
     ephemeral_raw = raw_public(ephemeral.public_key())
     key = _hkdf(ephemeral.exchange(recipient_public), ephemeral_raw + raw_public(recipient_public), REQUEST_INFO)
-    payload_id = b64u(os.urandom(16))
+    payload_id = payload_id or b64u(os.urandom(16))
     envelope: dict[str, Any] = {
         "version": VERSION,
         "tier": tier,
@@ -186,7 +190,7 @@ def seal_request(
         "client_public_key": client_public_key,
         "ephemeral_public_key": b64(ephemeral_raw),
     }
-    nonce = os.urandom(12)
+    nonce = nonce or os.urandom(12)
     ciphertext = AESGCM(key).encrypt(nonce, canonical(body), associated_data(envelope))
     envelope["nonce"] = b64(nonce)
     envelope["ciphertext"] = b64(ciphertext)

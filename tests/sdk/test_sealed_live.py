@@ -58,7 +58,7 @@ def test_maximum_tier_reaches_the_attested_node_and_the_bill_is_the_signed_recei
 
 def test_maximum_tier_streamed_with_resume_after_a_cut(server, alice, sim_node, sim, sealed_endpoint, proxy):
     sim.configure(tokens_per_s=40)
-    proxy.plan("cut:4")
+    proxy.plan("forward", "forward", "cut:4")  # the node list, its attestation, then the sealed stream
     with Client(api_key=alice.secret_key, base_url=proxy.url, retry_policy=FAST,
                 trust_roots=settings.ATTESTATION_TRUST_ROOTS) as client:
         stream = client.chat.completions.create(model=SIM_MODEL, max_tokens=64, stream=True, security_tier="maximum",
@@ -66,6 +66,7 @@ def test_maximum_tier_streamed_with_resume_after_a_cut(server, alice, sim_node, 
         text = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
     assert text == " ".join(WORDS)
     resumed = [s for s in proxy.seen if s.method == "GET" and s.path.startswith("/v1/streams/")]
+    assert [s.action for s in proxy.seen][:3] == ["forward", "forward", "cut:4"]
     assert resumed and resumed[0].headers["last-event-id"] == "evt_4"
     receipt = stream.sealed.receipt
     assert receipt["output_tokens"] == len(WORDS)
@@ -88,4 +89,24 @@ def test_a_client_that_does_not_trust_the_nodes_root_sends_nothing(server, alice
         with pytest.raises(SecurityError) as refused:
             client.chat.completions.create(model=SIM_MODEL, messages=ASK, max_tokens=32, security_tier="maximum")
     assert refused.value.reason == "untrusted_chain"
-    assert sim.stats()["requests"] == 0 and not Transfer.objects.exists()
+    assert sim.stats()["requests"] == 0 and not Transfer.objects.filter(kind="usage").exists()
+
+
+def test_cli_chat_with_tier_maximum(server, alice, sim_node, sim, sealed_endpoint, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PI_CONFIG_DIR": str(tmp_path), "PI_API_KEY": alice.secret_key, "PI_BASE_URL": server.url}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "pi"), "chat", "-M", SIM_MODEL, "--tier", "maximum", "--json",
+         "--trust-root", settings.ATTESTATION_TRUST_ROOTS[0], "-m", "echo: sealed from the shell"],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["content"] == "sealed from the shell"
+    assert answer["sealed"]["tier"] == "maximum" and answer["sealed"]["node_id"] == sim_node.public_id
+    receipt = answer["sealed"]["receipt"]
+    [transfer] = settled()
+    assert transfer.amount == sim_cost(receipt["input_tokens"], receipt["output_tokens"])

@@ -1,6 +1,6 @@
 import pytest
-
 from private_inference import AsyncClient, Client, RetryPolicy
+
 from tests.sdk.proxy import FaultProxy
 
 # Quick backoff in tests (the policy itself is unit-tested); Retry-After still rules when sent.

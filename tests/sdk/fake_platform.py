@@ -9,9 +9,9 @@ import time
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from private_inference import crypto
 
 from nodes.attestation import ca, report
-from private_inference import crypto
 from tests.conftest import SIM_MEASUREMENT, attestation_pki
 
 

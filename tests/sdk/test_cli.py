@@ -22,7 +22,7 @@ def pi(tmp_path):
     env["PI_CONFIG_DIR"] = str(tmp_path / "pi-config")
 
     def run(*args, input=None, check=True, extra_env=None):
-        result = subprocess.run([PI, *args], input=input, capture_output=True, text=True, timeout=60,
+        result = subprocess.run([PI, *args], check=False, input=input, capture_output=True, text=True, timeout=60,
                                 env={**env, **(extra_env or {})})
         if check and result.returncode != 0:
             raise AssertionError(f"pi {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -47,7 +47,7 @@ def test_login_env_export_chat_and_keys(pi, server, alice, sim_node, sim):
     script = ('eval "$1"; exec "$2" -c "import openai; c = openai.OpenAI(max_retries=0); '
               "print(c.chat.completions.create(model='sim-small', max_tokens=9, "
               "messages=[{'role': 'user', 'content': 'echo: via openai'}]).choices[0].message.content)\"")
-    shell = subprocess.run(["bash", "-c", script, "bash", "\n".join(exported), sys.executable], capture_output=True,
+    shell = subprocess.run(["bash", "-c", script, "bash", "\n".join(exported), sys.executable], check=False, capture_output=True,
                            text=True, timeout=60, env=pi.env)
     assert shell.stdout.strip() == "via openai", shell.stderr
 

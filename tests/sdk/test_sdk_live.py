@@ -2,9 +2,6 @@
 import time
 
 import pytest
-
-from billing.invariants import check_ledger
-from billing.models import Transfer
 from private_inference import (
     AuthenticationError,
     Client,
@@ -13,6 +10,9 @@ from private_inference import (
     NotFoundError,
     PermissionDeniedError,
 )
+
+from billing.invariants import check_ledger
+from billing.models import Transfer
 from tests.conftest import SIM_MODEL, make_tenant, sim_cost
 
 HELLO = [{"role": "user", "content": "echo: one two three"}]
@@ -112,9 +112,9 @@ def test_errors_are_typed_with_the_servers_request_id(client, server, sim_node, 
     with pytest.raises(AuthenticationError):
         Client(api_key="sk_live_wrong", base_url=server.url, max_retries=0).models.list()
     broke = make_tenant("broke", credit=0)
-    with Client(api_key=broke.secret_key, base_url=server.url, max_retries=0) as poor:
-        with pytest.raises(InsufficientBalanceError) as poor_error:
-            poor.chat.completions.create(model=SIM_MODEL, messages=HELLO, max_tokens=5)
+    with (Client(api_key=broke.secret_key, base_url=server.url, max_retries=0) as poor,
+          pytest.raises(InsufficientBalanceError) as poor_error):
+        poor.chat.completions.create(model=SIM_MODEL, messages=HELLO, max_tokens=5)
     assert poor_error.value.status_code == 402 and poor_error.value.type == "billing_error"
 
 

@@ -5,10 +5,16 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from private_inference import (
+    APIConnectionError,
+    AsyncClient,
+    Client,
+    RateLimitError,
+    ServerError,
+)
 
 from billing.invariants import check_ledger
 from billing.models import Transfer
-from private_inference import APIConnectionError, AsyncClient, Client, RateLimitError, ServerError
 from tests.conftest import SIM_MODEL, sim_cost
 from tests.sdk.conftest import FAST
 from tests.sdk.test_sdk_live import HELLO, settled

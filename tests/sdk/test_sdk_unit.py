@@ -7,8 +7,14 @@ import stat
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
-
-from private_inference import AuthenticationError, Client, ClientKeyPair, InvalidRequestError, SecurityError, crypto
+from private_inference import (
+    AuthenticationError,
+    Client,
+    ClientKeyPair,
+    InvalidRequestError,
+    SecurityError,
+    crypto,
+)
 from private_inference._errors import (
     APIError,
     InsufficientBalanceError,

@@ -5,9 +5,9 @@ an unverified node for maximum, a bad receipt signature, a receipt for another m
 tokens, altered or reordered ciphertext, no receipt) is a SecurityError."""
 import httpx
 import pytest
+from private_inference import Client, SecurityError
 
 from nodes.attestation import ca
-from private_inference import Client, SecurityError
 from tests.sdk.fake_platform import FakePlatform
 
 CANARY = "canary-7f3a9c1e"

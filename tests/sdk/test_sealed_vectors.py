@@ -4,7 +4,6 @@ Two independent implementations agreeing on the same bytes."""
 import base64
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
-
 from private_inference import ClientKeyPair, crypto
 
 RECIPIENT = x25519.X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._client import AsyncClient, AsyncStream, Client, Stream  # noqa: E402
-from ._errors import (  # noqa: E402
+from ._client import AsyncClient, AsyncStream, Client, Stream
+from ._errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -19,9 +19,9 @@ from ._errors import (  # noqa: E402
     SecurityError,
     ServerError,
 )
-from ._retry import RetryPolicy  # noqa: E402
-from ._types import Obj  # noqa: E402
-from .crypto import ClientKeyPair  # noqa: E402
+from ._retry import RetryPolicy
+from ._types import Obj
+from .crypto import ClientKeyPair
 
 __all__ = [
     "APIConnectionError", "APIError", "APITimeoutError", "AsyncClient", "AsyncStream", "AuthenticationError", "Client",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -12,7 +12,13 @@ from ._retry import RetryPolicy
 from ._transport import AsyncTransport, SSEEvent, SyncTransport
 from ._types import Obj, wrap
 from .crypto import ClientKeyPair
-from .sealed import SealedCall, SecurityOptions, candidates, gateway_recipient, recipient_from_attestation
+from .sealed import (
+    SealedCall,
+    SecurityOptions,
+    candidates,
+    gateway_recipient,
+    recipient_from_attestation,
+)
 
 SEALED_PATH = "/v1/sealed/chat/completions"
 PUBLISHED_ROOTS_PATH = "/pki/attestation_roots"
@@ -92,7 +98,7 @@ class Stream:
     def close(self) -> None:
         self._events.close()
 
-    def __enter__(self) -> Stream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -132,7 +138,7 @@ class AsyncStream:
     async def close(self) -> None:
         await self._events.aclose()
 
-    async def __aenter__(self) -> AsyncStream:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -349,7 +355,7 @@ class Client(_Options):
     def close(self) -> None:
         self._transport.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -389,7 +395,7 @@ class Client(_Options):
                 if body.get("stream"):
                     holder: dict[str, Stream] = {}
                     events = self._transport.events("POST", SEALED_PATH, json_body=call.envelope, headers=dict(headers),
-                                                    on_response=lambda r: holder["s"]._on_response(r))
+                                                    on_response=lambda r, h=holder: h["s"]._on_response(r))
                     return _stream(events, holder, sealed=call)
                 response = self._transport.send("POST", SEALED_PATH, json_body=call.envelope, headers=dict(headers), paid=True)
                 return call.open_response(response.json(), response.headers.get("x-request-id"))
@@ -552,7 +558,7 @@ class AsyncClient(_Options):
     async def close(self) -> None:
         await self._transport.close()
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc) -> None:

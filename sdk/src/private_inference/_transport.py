@@ -15,7 +15,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from . import __version__
-from ._errors import APIConnectionError, APIError, APITimeoutError, AuthenticationError, InvalidRequestError, from_body
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    InvalidRequestError,
+    from_body,
+)
 from ._retry import RetryPolicy, method_retryable, parse_retry_after, status_retryable
 from ._types import wrap
 
@@ -45,8 +52,7 @@ def resolve_base_url(base_url: str | None, *, allow_http: bool) -> str:
 
         url = load_config().get("base_url") or DEFAULT_BASE_URL
     url = url.rstrip("/")
-    if url.endswith("/v1"):  # an OpenAI-style base URL: the SDK adds /v1 itself
-        url = url[:-3]
+    url = url.removesuffix("/v1")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequestError(f"base_url must be an http(s) URL, got {url!r}")
@@ -129,7 +135,7 @@ class _SSEParser:
         if line.startswith(":"):
             return None  # a comment: heartbeat
         name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
+        value = value.removeprefix(" ")
         if name == "data":
             self.lines.append(value)
         elif name == "event":

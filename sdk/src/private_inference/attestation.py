@@ -177,7 +177,7 @@ def verify_evidence(
 
     ``expected_keys`` ({"signing", "encryption"}, b64): the keys the platform lists for the node,
     which must be the report's. ``max_age``: seconds the report may be old."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     if not isinstance(evidence, dict) or evidence.get("format") != FORMAT:
         raise _fail("unsupported_format", f"evidence format must be {FORMAT}")
     data, signature = _unb64(evidence.get("report"), "report"), _unb64(evidence.get("signature"), "signature")
@@ -220,7 +220,7 @@ def verify_evidence(
         raise _fail("stale", "the report is dated in the future")
     if allowed_measurements is not None and measurement not in {m.lower() for m in allowed_measurements}:
         raise _fail("measurement_not_allowed", f"measurement {measurement} is not among the allowed ones")
-    if expected_keys:
-        if expected_keys.get("signing") not in (None, signing) or expected_keys.get("encryption") not in (None, encryption):
-            raise _fail("key_mismatch", "the keys the platform lists for the node are not the ones its report binds")
+    if expected_keys and (expected_keys.get("signing") not in (None, signing)
+                          or expected_keys.get("encryption") not in (None, encryption)):
+        raise _fail("key_mismatch", "the keys the platform lists for the node are not the ones its report binds")
     return VerifiedReport(measurement, signing, encryption, issued_at, nonce, _name(root))

@@ -9,8 +9,7 @@ import os
 import shlex
 import sys
 import threading
-import time
-from typing import Any
+from typing import Any, Self
 
 from . import __version__
 from ._client import Client
@@ -44,7 +43,7 @@ class Spinner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> Spinner:
+    def __enter__(self) -> Self:
         if self.enabled:
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()

@@ -13,7 +13,14 @@ from typing import Any
 from ._errors import SecurityError
 from ._types import Obj, wrap
 from .attestation import VerifiedReport, load_trust_roots, verify_evidence
-from .crypto import TIERS, ClientKeyPair, ResponseOpener, SealedRequest, seal_request, verify_receipt
+from .crypto import (
+    TIERS,
+    ClientKeyPair,
+    ResponseOpener,
+    SealedRequest,
+    seal_request,
+    verify_receipt,
+)
 
 DEFAULT_MAX_AGE = 24 * 3600  # maximum tier: an attestation report at most this old
 
@@ -77,7 +84,7 @@ def recipient_from_attestation(
     node: dict[str, Any], attestation: dict[str, Any], options: SecurityOptions, tier: str, roots
 ) -> Recipient:
     """Verify ``attestation`` (GET /v1/nodes/{id}/attestation) ourselves; the recipient it vouches for."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if tier == "maximum":
         expires = attestation.get("expires_at")
         if isinstance(expires, (int, float)) and expires <= now.timestamp():

@@ -110,3 +110,15 @@ def test_env_key_http_refusal_and_errors(pi, server, alice, sim_node, tmp_path):
     assert pi.config.exists()
     pi("logout")
     assert not pi.config.exists()
+
+
+def test_keypair_create_and_show(pi, tmp_path):
+    path = tmp_path / "keys" / "client.pem"
+    created = json.loads(pi("keypair", "create", str(path), "--json", extra_env={"PI_KEY_PASSWORD": "s3cret"}).stdout)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and b"ENCRYPTED PRIVATE KEY" in path.read_bytes()
+    shown = json.loads(pi("keypair", "show", str(path), "--json", extra_env={"PI_KEY_PASSWORD": "s3cret"}).stdout)
+    assert shown["public_key"] == created["public_key"]
+    wrong = pi("keypair", "show", str(path), extra_env={"PI_KEY_PASSWORD": "nope"}, check=False)
+    assert wrong.returncode == 3 and "Cannot load the key pair" in wrong.stderr
+    again = pi("keypair", "create", str(path), extra_env={"PI_KEY_PASSWORD": "x"}, check=False)
+    assert again.returncode == 1 and "exists" in again.stderr

@@ -98,9 +98,12 @@ def test_cli_chat_with_tier_maximum(server, alice, sim_node, sim, sealed_endpoin
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "PI_CONFIG_DIR": str(tmp_path), "PI_API_KEY": alice.secret_key, "PI_BASE_URL": server.url}
+    env = {**os.environ, "PI_CONFIG_DIR": str(tmp_path), "PI_API_KEY": alice.secret_key, "PI_BASE_URL": server.url,
+           "PI_KEY_PASSWORD": "pw"}
+    pi = str(Path(sys.executable).parent / "pi")
+    subprocess.run([pi, "keypair", "create", str(tmp_path / "me.pem")], check=True, env=env, capture_output=True)
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "pi"), "chat", "-M", SIM_MODEL, "--tier", "maximum", "--json",
+        [pi, "chat", "-M", SIM_MODEL, "--tier", "maximum", "--json", "--keypair", str(tmp_path / "me.pem"),
          "--trust-root", settings.ATTESTATION_TRUST_ROOTS[0], "-m", "echo: sealed from the shell"],
         check=False, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr

@@ -466,6 +466,9 @@ class AsyncResponses(_AsyncStreaming):
 class AsyncMessages(_AsyncStreaming):
     path = "/v1/messages"
 
+    async def count_tokens(self, **params: Any) -> Obj:
+        return await self._t.request("POST", "/v1/messages/count_tokens", json_body=_body(params))
+
 
 class AsyncCompletions(_AsyncStreaming):
     path = "/v1/completions"
@@ -493,6 +496,16 @@ class AsyncNodes(_AsyncResource):
     async def attestation(self, node_id: str) -> Obj:
         return await self._t.request("GET", f"/v1/nodes/{node_id}/attestation")
 
+    async def verify(self, node_id: str, *, tier: str = "maximum") -> Obj:
+        node = next((n for n in (await self.list()).data if n.id == node_id), None)
+        if node is None:
+            raise NotFoundError(f"No such node: {node_id}.", status_code=404, code="not_found")
+        recipient = recipient_from_attestation(node, await self.attestation(node_id), self._client.security, tier,
+                                               await self._client._roots())
+        return wrap({"node_id": node_id, "verified": True, "measurement": recipient.measurement,
+                     "signing_key": recipient.signing_key, "encryption_key": recipient.encryption_key,
+                     "root": recipient.report.root_subject, "issued_at": recipient.report.issued_at})
+
 
 class AsyncKeys(_AsyncResource):
     async def list(self) -> Obj:
@@ -504,13 +517,24 @@ class AsyncKeys(_AsyncResource):
     async def create(self, *, kind: str = "secret", name: str = "", scopes: list[str] | None = None, **limits: Any) -> Obj:
         return await self._t.request("POST", "/v1/keys", json_body=_body({"kind": kind, "name": name, "scopes": scopes, **limits}))
 
+    async def update(self, key_id: str, **limits: Any) -> Obj:
+        return await self._t.request("PATCH", f"/v1/keys/{key_id}", json_body=limits)
+
     async def revoke(self, key_id: str) -> Obj:
         return await self._t.request("DELETE", f"/v1/keys/{key_id}")
+
+    async def rotate(self, key_id: str, *, grace_seconds: int = 3600) -> Obj:
+        return await self._t.request("POST", f"/v1/keys/{key_id}/rotate", json_body={"grace_seconds": grace_seconds})
 
 
 class AsyncBalance(_AsyncResource):
     async def retrieve(self) -> Obj:
         return await self._t.request("GET", "/v1/balance")
+
+
+class AsyncReceipts(_AsyncResource):
+    async def list(self, *, request_id: str | None = None) -> Obj:
+        return await self._t.request("GET", "/v1/receipts", params=_body({"request_id": request_id}))
 
 
 class AsyncClient(_Options):
@@ -547,6 +571,7 @@ class AsyncClient(_Options):
         self.nodes = AsyncNodes(self)
         self.keys = AsyncKeys(self)
         self.balance = AsyncBalance(self)
+        self.receipts = AsyncReceipts(self)
 
     @property
     def base_url(self) -> str:

@@ -16,6 +16,7 @@ from ._client import Client
 from ._errors import AuthenticationError, PermissionDeniedError, PIError, SecurityError
 from ._types import Obj
 from .config import config_path, load_config, save_config
+from .crypto import ClientKeyPair
 
 
 def _print_json(value: Any) -> None:
@@ -67,10 +68,26 @@ class Spinner:
         self.stop()
 
 
+def _password(args: argparse.Namespace, *, confirm: bool = False) -> str | None:
+    """The key file's password: $PI_KEY_PASSWORD, else asked on the terminal."""
+    if os.environ.get("PI_KEY_PASSWORD") is not None:
+        return os.environ["PI_KEY_PASSWORD"]
+    if not sys.stdin.isatty():
+        raise SecurityError("A password for the key file is needed: set PI_KEY_PASSWORD.", reason="bad_key_file")
+    password = getpass.getpass("Key file password: ")
+    if confirm and getpass.getpass("Again: ") != password:
+        raise SecurityError("The passwords differ.", reason="bad_key_file")
+    return password
+
+
 def _client(args: argparse.Namespace) -> Client:
     config = load_config()
     trust = args.trust_root or config.get("trust_roots") or None
+    keypair = None
+    if getattr(args, "keypair", None):
+        keypair = ClientKeyPair.load(args.keypair, _password(args))
     return Client(
+        keypair=keypair,
         api_key=args.api_key or None,
         base_url=args.base_url or None,
         allow_http=args.allow_http or bool(config.get("allow_http")),
@@ -198,6 +215,23 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keypair(args: argparse.Namespace) -> int:
+    if args.keypair_command == "create":
+        if os.path.exists(args.path) and not args.force:
+            print(f"error: {args.path} exists (--force to replace it)", file=sys.stderr)
+            return 1
+        pair = ClientKeyPair.generate()
+        path = pair.save(args.path, _password(args, confirm=True))
+    else:
+        pair = ClientKeyPair.load(args.path, _password(args))
+        path = args.path
+    if args.json:
+        _print_json({"path": str(path), "public_key": pair.public_b64})
+    else:
+        print(f"{path}: X25519 public key {pair.public_b64}")
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     client = _client(args)
     messages: list[dict[str, str]] = []
@@ -313,12 +347,23 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--verify", metavar="NODE_ID", help="verify a node's attestation here, against the trust roots")
     nodes.set_defaults(func=cmd_nodes)
 
+    keypair = sub.add_parser("keypair", parents=[common], help="the X25519 key pair sealed answers are encrypted to")
+    keypair_sub = keypair.add_subparsers(dest="keypair_command", required=True)
+    kp_create = keypair_sub.add_parser("create", parents=[common], help="a new key pair in a password-protected PEM file (0600)")
+    kp_create.add_argument("path")
+    kp_create.add_argument("--force", action="store_true")
+    kp_create.set_defaults(func=cmd_keypair)
+    kp_show = keypair_sub.add_parser("show", parents=[common], help="the public key of a key file")
+    kp_show.add_argument("path")
+    kp_show.set_defaults(func=cmd_keypair)
+
     chat = sub.add_parser("chat", parents=[common], help="chat, streaming (interactive, or lines on stdin)")
     chat.add_argument("--model", "-M", required=True)
     chat.add_argument("--tier", choices=["standard", "high", "maximum"], help="seal the chat end to end")
     chat.add_argument("--system")
     chat.add_argument("--max-tokens", type=int)
     chat.add_argument("--message", "-m", action="append", help="send this (repeatable) instead of reading stdin")
+    chat.add_argument("--keypair", metavar="PEM", help="answer sealed chats to this key pair (password: $PI_KEY_PASSWORD or asked)")
     chat.add_argument("--verbose", "-v", action="store_true")
     chat.set_defaults(func=cmd_chat)
     return parser

@@ -113,3 +113,17 @@ def test_cli_chat_with_tier_maximum(server, alice, sim_node, sim, sealed_endpoin
     receipt = answer["sealed"]["receipt"]
     [transfer] = settled()
     assert transfer.amount == sim_cost(receipt["input_tokens"], receipt["output_tokens"])
+
+
+def test_sealed_answer_lost_after_the_charge_is_retried_under_the_same_key_and_charged_once(
+        server, alice, sim_node, sim, sealed_endpoint, proxy):
+    proxy.plan("forward", "forward", "drop")  # the node list, its attestation, then the answer is lost
+    with Client(api_key=alice.secret_key, base_url=proxy.url, retry_policy=FAST,
+                trust_roots=settings.ATTESTATION_TRUST_ROOTS) as client:
+        reply = client.chat.completions.create(model=SIM_MODEL, messages=ASK, max_tokens=32, security_tier="maximum")
+    assert reply.choices[0].message.content == "the sealed answer"
+    first, second = proxy.requests("/v1/sealed/")
+    assert first.action == "drop" and first.headers["idempotency-key"] == second.headers["idempotency-key"]
+    [transfer] = settled()
+    assert transfer.amount == sim_cost(reply.sealed.receipt["input_tokens"], reply.sealed.receipt["output_tokens"])
+    assert sim.stats()["completed"] == 1

@@ -25,6 +25,15 @@ PUBLISHED_ROOTS_PATH = "/pki/attestation_roots"
 _END = object()
 
 
+def _billed_request_id(response: httpx.Response) -> str | None:
+    """The request id a sealed answer's receipt must name: this response's, unless it is an idempotent
+    replay of an earlier request (then the receipt names that one, which the server does not repeat;
+    the receipt stays bound to this call by its payload id and the hash of our ciphertext)."""
+    if response.headers.get("idempotent-replayed") == "true":
+        return None
+    return response.headers.get("x-request-id")
+
+
 def _unverified(tier: str, failures: list[tuple[str, Exception]]) -> SecurityError:
     reasons = {getattr(exc, "reason", "unverified_node") for _, exc in failures}
     return SecurityError(
@@ -68,6 +77,7 @@ class Stream:
     def __init__(self, events: Iterator[SSEEvent], sealed: SealedCall | None = None):
         self.request_id: str | None = None
         self.headers: dict[str, str] = {}
+        self._billed_id: str | None = None
         self._sealed = sealed
         self._events = events
         self._first = next(self._events, _END)  # sends the request: errors raise here
@@ -75,6 +85,7 @@ class Stream:
     def _on_response(self, response: httpx.Response) -> None:
         self.request_id = response.headers.get("x-request-id")
         self.headers = {k.lower(): v for k, v in response.headers.items()}
+        self._billed_id = _billed_request_id(response)
 
     @property
     def sealed(self) -> Obj | None:
@@ -88,11 +99,11 @@ class Stream:
                 yield item
             event = next(self._events, _END)
         if self._sealed:
-            self._sealed.finish(self.request_id)
+            self._sealed.finish(self._billed_id)
 
     def _item(self, event: SSEEvent) -> Obj | None:
         if self._sealed:
-            return self._sealed.feed(event.event, event.data, self.request_id)
+            return self._sealed.feed(event.event, event.data, self._billed_id)
         return _event_obj(event)
 
     def close(self) -> None:
@@ -109,6 +120,7 @@ class AsyncStream:
     def __init__(self, events: AsyncIterator[SSEEvent], sealed: SealedCall | None = None):
         self.request_id: str | None = None
         self.headers: dict[str, str] = {}
+        self._billed_id: str | None = None
         self._sealed = sealed
         self._events = events
         self._first: Any = _END
@@ -120,6 +132,7 @@ class AsyncStream:
     def _on_response(self, response: httpx.Response) -> None:
         self.request_id = response.headers.get("x-request-id")
         self.headers = {k.lower(): v for k, v in response.headers.items()}
+        self._billed_id = _billed_request_id(response)
 
     @property
     def sealed(self) -> Obj | None:
@@ -128,12 +141,12 @@ class AsyncStream:
     async def __aiter__(self) -> AsyncIterator[Obj]:
         event = self._first
         while event is not _END:
-            item = self._sealed.feed(event.event, event.data, self.request_id) if self._sealed else _event_obj(event)
+            item = self._sealed.feed(event.event, event.data, self._billed_id) if self._sealed else _event_obj(event)
             if item is not None:
                 yield item
             event = await anext(self._events, _END)
         if self._sealed:
-            self._sealed.finish(self.request_id)
+            self._sealed.finish(self._billed_id)
 
     async def close(self) -> None:
         await self._events.aclose()
@@ -398,7 +411,7 @@ class Client(_Options):
                                                     on_response=lambda r, h=holder: h["s"]._on_response(r))
                     return _stream(events, holder, sealed=call)
                 response = self._transport.send("POST", SEALED_PATH, json_body=call.envelope, headers=dict(headers), paid=True)
-                return call.open_response(response.json(), response.headers.get("x-request-id"))
+                return call.open_response(response.json(), _billed_request_id(response))
             except ConflictError as exc:  # node_key_mismatch: the node re-attested; look again once
                 if exc.code != "node_key_mismatch" or attempt:
                     raise
@@ -623,7 +636,7 @@ class AsyncClient(_Options):
                     return await _astream(self._transport, SEALED_PATH, call.envelope, dict(headers), sealed=call)
                 response = await self._transport.send("POST", SEALED_PATH, json_body=call.envelope, headers=dict(headers),
                                                       paid=True)
-                return call.open_response(response.json(), response.headers.get("x-request-id"))
+                return call.open_response(response.json(), _billed_request_id(response))
             except ConflictError as exc:
                 if exc.code != "node_key_mismatch" or attempt:
                     raise

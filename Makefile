@@ -37,10 +37,12 @@ bench: install model
 
 install: $(BIN)/.installed
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+$(BIN)/.installed: pyproject.toml constraints.txt sdk/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install --upgrade pip $(QUIET)
 	@$(PIP) install -c constraints.txt -e '.[dev,local-node]' $(QUIET)
+	@# The Python SDK and `pi` CLI (sdk/, a package of its own: httpx and cryptography only).
+	@$(PIP) install -c constraints.txt -e ./sdk $(QUIET)
 	@touch $@
 
 # The optional heavy embedding model for the local node (LOCAL_NODE_EMBEDDINGS=minilm):

@@ -9,9 +9,19 @@ from django.db.models import Count, Sum
 from django.utils import timezone
 
 from .models import Entry, Transfer, Wallet
-from .wallet_selectors import LedgerLine
 
 LEDGER_PAGE_SIZE = 25
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLine:
+    entry_id: int
+    created_at: object
+    kind: str
+    description: str
+    reference: str
+    amount: int  # signed, as it moved this wallet
+    balance_after: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Reads for the console's billing page: one wallet's money, its recent ledger, its top-ups."""
+"""Reads for the console's billing page: one wallet's money and its top-ups (the ledger itself, a page
+at a time with running balances: billing.ledger_selectors)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,23 +10,11 @@ from django.db.models import Count, Q, Sum
 from .models import (
     BillingAccount,
     Dispute,
-    Entry,
     TopupRefund,
     TopupSession,
     Transfer,
     Wallet,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerLine:
-    entry_id: int
-    created_at: object
-    kind: str
-    description: str
-    reference: str
-    amount: int  # signed, as it moved this wallet
-    balance_after: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +33,6 @@ class WalletOverview:
     wallet: Wallet
     owed: int  # what the customer owes after refunds/disputes the wallet could not cover
     in_flight: int  # pending reservations (requests and jobs running now)
-    ledger: list[LedgerLine]
     topups: list[TopupLine]
     sessions: list[TopupSession]
     disputes: list[Dispute] = field(default_factory=list)
@@ -54,8 +42,8 @@ class WalletOverview:
         return max(0, -self.wallet.balance)
 
 
-def wallet_overview(*, account: BillingAccount, currency: str = "usd", ledger_limit: int = 50) -> WalletOverview:
-    """One consistent snapshot: the running balances add up to the balance shown."""
+def wallet_overview(*, account: BillingAccount, currency: str = "usd") -> WalletOverview:
+    """One consistent snapshot of the wallet, its holds, top-ups and disputes."""
     fresh = not connection.in_atomic_block
     with transaction.atomic():
         if connection.vendor == "postgresql" and fresh:
@@ -67,18 +55,6 @@ def wallet_overview(*, account: BillingAccount, currency: str = "usd", ledger_li
         in_flight = Transfer.objects.filter(debit_wallet=wallet, status=Transfer.Status.PENDING).aggregate(
             n=Count("id")
         )["n"]
-        entries = list(
-            Entry.objects.filter(wallet=wallet)
-            .select_related("transfer")
-            .order_by("-id")[:ledger_limit]
-        )
-        running = wallet.balance
-        ledger = []
-        for entry in entries:
-            t = entry.transfer
-            ledger.append(LedgerLine(entry.id, entry.created_at, t.kind, t.description or t.model, t.reference or "",
-                                     entry.amount, running))
-            running -= entry.amount
         credits = list(
             Transfer.objects.filter(credit_wallet=wallet, kind=Transfer.Kind.TOPUP, status=Transfer.Status.POSTED)
             .order_by("-id")[:20]
@@ -104,7 +80,6 @@ def wallet_overview(*, account: BillingAccount, currency: str = "usd", ledger_li
         wallet=wallet,
         owed=max(0, -(receivable.balance if receivable else 0)),
         in_flight=in_flight,
-        ledger=ledger,
         topups=topups,
         sessions=sessions,
         disputes=disputes,

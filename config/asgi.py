@@ -32,6 +32,7 @@ from console.relay import RelayConsumer, RelayNotFound  # noqa: E402
 # Served by Django + DRF although under /v1: not hot, and they need the ORM.
 MANAGEMENT_PREFIXES = ("/v1/keys", "/v1/balance")
 RELAY_PREFIX = "/chat/relay/"
+PKI_PATH = "/pki/public_key"  # the gateway's sealed-request keys (gateway/SEALED.md)
 
 http_app = django_app if settings.PRODUCTION else ASGIStaticFilesHandler(django_app)
 websocket_app = AllowedHostsOriginValidator(CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([])))))
@@ -45,7 +46,7 @@ async def application(scope, receive, send):
     kind = scope["type"]
     if kind == "http":
         path = scope["path"]
-        if path.startswith("/v1/") and not path.startswith(MANAGEMENT_PREFIXES):
+        if (path.startswith("/v1/") and not path.startswith(MANAGEMENT_PREFIXES)) or path == PKI_PATH:
             return await gateway_app(scope, receive, send)
         if path.startswith(RELAY_PREFIX):
             return await relay_app(scope, receive, send)

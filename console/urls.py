@@ -1,6 +1,8 @@
 from django.urls import path
 
-from . import billing_views, chat_views, finance_views, member_views, network_views, node_views, status_views, views
+from . import (
+    billing_views, chat_views, finance_views, member_views, network_views, node_views, receipt_views, status_views, views,
+)
 
 app_name = "console"
 urlpatterns = [
@@ -18,6 +20,7 @@ urlpatterns = [
     path("console/projects/<str:project_id>/requests/", views.request_log, name="requests"),
     path("console/usage/", views.usage, name="usage"),
     path("console/usage.csv", views.usage_csv, name="usage_csv"),
+    path("console/receipts.csv", receipt_views.receipts_csv, name="receipts_csv"),
     path("console/orgs/<str:org_id>/nodes/", node_views.organization_nodes, name="org_nodes"),
     path("console/orgs/<str:org_id>/nodes/jobs", node_views.organization_jobs, name="org_node_jobs"),
     path("console/members/", member_views.members, name="members"),

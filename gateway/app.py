@@ -27,6 +27,9 @@ from .node_management import get_job, health, load_model, pull_model, topology, 
 from .nodes_api import list_nodes, node_attestation, node_heartbeat, register_node
 from .openapi import openapi_json
 from .protocols import messages
+from .sealed import trace
+from .sealed.flow import sealed_chat_completions
+from .sealed.views import list_receipts, public_key
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,9 @@ routes = [
     Route("/v1/agents/runs", endpoint(agents_api.create_run), methods=["POST"]),
     Route("/v1/agents/runs/{run_id}/events", endpoint(agents_api.run_events), methods=["GET"]),
     Route("/v1/openapi.json", endpoint(openapi_json), methods=["GET"]),
+    Route("/v1/sealed/chat/completions", endpoint(sealed_chat_completions), methods=["POST"]),
+    Route("/v1/receipts", endpoint(list_receipts), methods=["GET"]),
+    Route("/pki/public_key", endpoint(public_key), methods=["GET"]),
 ]
 
 _router = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
@@ -113,3 +119,6 @@ async def app(scope, receive, send) -> None:
     if scope["method"] == "OPTIONS":
         return await preflight(Request(scope, receive))(scope, receive, send)
     await _router(scope, receive, send)
+
+
+app = trace.wrap_asgi(app)  # the test-only trace of every byte (GATEWAY_TRACE_FILE); unchanged when off

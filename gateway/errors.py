@@ -27,6 +27,7 @@ CODES: dict[str, tuple[int, str]] = {
     "model_not_found": (404, "not_found_error"),
     "method_not_allowed": (405, "invalid_request_error"),
     "idempotency_in_progress": (409, "conflict_error"),
+    "node_key_mismatch": (409, "conflict_error"),
     "body_too_large": (413, "invalid_request_error"),
     "unsupported_media_type": (415, "invalid_request_error"),
     "idempotency_key_reused": (422, "invalid_request_error"),

@@ -119,3 +119,25 @@ class BodyBlob(models.Model):
             models.Index(fields=["expires_at"], name="bodyblob_expiry"),
             models.Index(fields=["project", "kek_version"], name="bodyblob_project_kek"),
         ]
+
+
+class UsageReceipt(models.Model):
+    """A sealed request's usage receipt, as signed (gateway/SEALED.md): the exact receipt bytes and
+    signature, so a customer can check every charge against the node's attested key."""
+
+    request_id = models.CharField(max_length=128, unique=True)
+    project = models.ForeignKey("console.Project", on_delete=models.CASCADE, related_name="+")
+    node_id = models.CharField(max_length=40)  # the node's public id, or "gateway" (standard tier)
+    tier = models.CharField(max_length=16)
+    signing_key = models.CharField(max_length=64, blank=True)  # the key it was checked with (b64 raw Ed25519)
+    receipt = models.BinaryField()
+    signature = models.BinaryField()
+    verified = models.BooleanField()
+    reason = models.CharField(max_length=64, blank=True)  # why it was refused (bad_signature, mismatch:model, …)
+    input_tokens = models.BigIntegerField(default=0)  # as the receipt says
+    output_tokens = models.BigIntegerField(default=0)
+    cost = models.BigIntegerField(default=0)  # micro-units settled (0 when voided)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "-created_at"], name="receipt_project_time")]

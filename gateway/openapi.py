@@ -561,9 +561,101 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "load": {"type": "number", "minimum": 0, "maximum": 1, "description": "As last reported by the node."},
             "models": {"type": "array", "items": STRING},
             "public_keys": nullable(ref("NodePublicKeys")),
+            "encryption_key": nullable({"type": "string", "description": "The attested X25519 key (base64 raw) to "
+                                        "seal requests to (gateway/SEALED.md); null without a verified attestation."}),
+            "signing_key": nullable({"type": "string", "description": "The attested Ed25519 key (base64 raw) the "
+                                     "node signs usage receipts with; null without a verified attestation."}),
         },
-        ("id", "region", "attestation", "gpus", "load", "models", "public_keys"),
+        ("id", "region", "attestation", "gpus", "load", "models", "public_keys", "encryption_key", "signing_key"),
         additionalProperties=False,
+    ),
+    "GatewayPublicKey": obj(
+        {
+            "key_id": {"type": "string", "pattern": "^gwkey_"},
+            "encryption_key": {"type": "string", "description": "X25519 (base64 raw): standard-tier envelopes are "
+                               "sealed to it."},
+            "signing_key": {"type": "string", "description": "Ed25519 (base64 raw): checks standard-tier receipts."},
+        },
+        ("key_id", "encryption_key", "signing_key"),
+        additionalProperties=False,
+    ),
+    "SealedChatRequest": obj(
+        {
+            "version": {"const": 1},
+            "tier": {"enum": ["standard", "high", "maximum"]},
+            "payload_id": {"type": "string", "description": "URL-safe base64 (no padding) of 16 random bytes."},
+            "recipient": obj(
+                {"node_id": nullable({"type": "string"}), "encryption_key": {"type": "string"}},
+                ("node_id", "encryption_key"),
+                additionalProperties=False,
+                description="The node (null and the gateway's key for `standard`) and the X25519 key sealed to.",
+            ),
+            "header": obj(
+                {"model": {"type": "string", "minLength": 1}, "max_tokens": {"type": "integer", "minimum": 1},
+                 "stream": {"type": "boolean", "default": False}},
+                ("model", "max_tokens"),
+                additionalProperties=False,
+                description="The only clear fields: the gateway routes and reserves from them.",
+            ),
+            "client_public_key": {"type": "string", "description": "X25519 (base64 raw): the answer is sealed to it."},
+            "ephemeral_public_key": {"type": "string"},
+            "nonce": {"type": "string", "description": "Base64 of 12 bytes."},
+            "ciphertext": {"type": "string", "description": "AES-256-GCM ciphertext and tag, base64."},
+        },
+        ("version", "tier", "payload_id", "recipient", "header", "client_public_key", "ephemeral_public_key", "nonce",
+         "ciphertext"),
+        additionalProperties=False,
+        description="A hybrid-encrypted chat request; the format is gateway/SEALED.md.",
+    ),
+    "SignedReceipt": obj(
+        {"receipt": {"type": "string", "description": "Base64 of the exact signed receipt bytes (canonical JSON)."},
+         "signature": {"type": "string", "description": "Base64 Ed25519 signature over those bytes."}},
+        ("receipt", "signature"),
+    ),
+    "SealedResponse": obj(
+        {
+            "object": {"const": "sealed.response"},
+            "ephemeral_public_key": STRING,
+            "seq": {"const": 0},
+            "nonce": STRING,
+            "ciphertext": {"type": "string", "description": "The chat completion, sealed to `client_public_key`."},
+            "receipt": ref("SignedReceipt"),
+        },
+        ("object", "ephemeral_public_key", "seq", "nonce", "ciphertext", "receipt"),
+    ),
+    "SealedEvent": obj(
+        {
+            "ephemeral_public_key": STRING,
+            "seq": {"type": "integer", "minimum": 0},
+            "nonce": STRING,
+            "ciphertext": STRING,
+            "receipt": ref("SignedReceipt"),
+        },
+        description="`sealed.start` (ephemeral_public_key), `sealed.chunk` (seq, nonce, ciphertext: one sealed "
+        "chat.completion.chunk), `sealed.receipt` (receipt, sent after settlement), or `error`; then `[DONE]`.",
+    ),
+    "UsageReceipt": obj(
+        {
+            "object": {"const": "usage_receipt"},
+            "request_id": STRING,
+            "node_id": {"type": "string", "description": "The node's id, or `gateway` for the standard tier."},
+            "tier": {"enum": ["standard", "high", "maximum"]},
+            "signing_key": {"type": "string", "description": "The attested Ed25519 key it was checked with."},
+            "receipt": {"type": "string", "description": "Base64 of the exact signed bytes."},
+            "signature": STRING,
+            "verified": {"type": "boolean", "description": "False: refused (see reason); the charge was voided."},
+            "reason": STRING,
+            "input_tokens": COUNT,
+            "output_tokens": COUNT,
+            "cost": {"type": "integer", "minimum": 0, "description": "Micro-units settled from it (0 if voided)."},
+            "currency": STRING,
+            "created_at": TIMESTAMP,
+        },
+        ("object", "request_id", "node_id", "tier", "signing_key", "receipt", "signature", "verified", "reason",
+         "input_tokens", "output_tokens", "cost", "currency", "created_at"),
+    ),
+    "UsageReceiptList": obj(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": ref("UsageReceipt")}}, ("object", "data")
     ),
     "NodePublicKeys": obj(
         {
@@ -1248,6 +1340,48 @@ def _paths() -> dict[str, Schema]:
                 "responses": {"200": _ok(ref("PublicNodeList"), "The nodes."), **_errors((401, 403, 500, 503))},
             }
         },
+        "/v1/sealed/chat/completions": {
+            "post": {
+                "operationId": "createSealedChatCompletion",
+                "tags": ["Sealed"],
+                "summary": "A sealed chat completion: end-to-end encrypted to an attested node (or the gateway's key)",
+                "description": "The envelope and the answer follow gateway/SEALED.md. `high`/`maximum`: the gateway "
+                "reads only `header`; `maximum` needs the node's attestation verified and current (503 otherwise, "
+                "never another node); a key the node no longer attests is 409 `node_key_mismatch`. Billed from the "
+                "node's signed usage receipt; a receipt that fails verification voids the charge (502).",
+                "parameters": _PAID_PARAMS,
+                "requestBody": _json_body(ref("SealedChatRequest")),
+                "responses": {
+                    "200": _paid_ok(ref("SealedResponse"), "The sealed answer and its receipt.", stream=ref("SealedEvent")),
+                    **_errors(PAID),
+                },
+            }
+        },
+        "/v1/receipts": {
+            "get": {
+                "operationId": "listReceipts",
+                "tags": ["Sealed"],
+                "summary": "The project's sealed requests' signed usage receipts, newest first (secret keys only)",
+                "parameters": [
+                    {"name": "request_id", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "Only this request's receipt."},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                    _param("RequestId"),
+                ],
+                "responses": {"200": _ok(ref("UsageReceiptList"), "The receipts."), **_errors((400, 401, 403, 500, 503))},
+            }
+        },
+        "/pki/public_key": {
+            "get": {
+                "operationId": "getGatewayPublicKey",
+                "tags": ["Sealed"],
+                "summary": "The gateway's X25519 and Ed25519 public keys (no key needed)",
+                "security": [],
+                "parameters": [_param("RequestId")],
+                "responses": {"200": _ok(ref("GatewayPublicKey"), "The keys."), **_errors((500,))},
+            }
+        },
         "/v1/nodes/{node_id}/attestation": {
             "get": {
                 "operationId": "getNodeAttestation",
@@ -1369,7 +1503,7 @@ def build() -> dict[str, Any]:
             "request_id, param?}}`; paid requests may carry an Idempotency-Key.",
         },
         "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
-        "tags": [{"name": n} for n in ("OpenAI", "Anthropic", "Streams", "Jobs", "Management", "Nodes", "Meta")],
+        "tags": [{"name": n} for n in ("OpenAI", "Anthropic", "Streams", "Jobs", "Management", "Nodes", "Sealed", "Meta")],
         "paths": _paths(),
         "components": {
             "securitySchemes": {

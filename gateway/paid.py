@@ -174,7 +174,8 @@ class PaidRequest:
         now = timezone.now()
         after = list(after)
         # Bodies are kept for the requests that ran (keep_bodies, after this); never for a void.
-        meta.bodies_kept = meta.bodies_kept and usage is not None
+        # (and only when the caller handed them over: a sealed request's never are)
+        meta.bodies_kept = meta.bodies_kept and usage is not None and self.request_body is not None
         if usage is not None:
             amount, _ = ledger.settlement_amount(self.reservation, usage)
             meta.input_tokens, meta.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens

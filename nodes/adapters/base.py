@@ -82,6 +82,17 @@ class NodeAdapter:
         raise self._unsupported("pulling models")
         yield {}  # an async generator, like the overrides, so callers always iterate it
 
+    async def sealed_chat(self, envelope: dict[str, Any], *, request_id: str, key_hash: str) -> dict[str, Any]:
+        """Forward a sealed request (gateway/SEALED.md) unchanged; the node's ``sealed.response`` object."""
+        raise self._unsupported("sealed requests")
+
+    def sealed_chat_stream(
+        self, envelope: dict[str, Any], *, request_id: str, key_hash: str
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The node's sealed SSE events as ``(name, data)``: ``sealed.start``, ``sealed.chunk``…,
+        ``sealed.receipt``; ends at ``[DONE]``, raises NodeError if the node fails or stops before it."""
+        raise self._unsupported("sealed requests")
+
     async def attest(self, nonce: str) -> dict[str, Any]:
         """The node's attestation evidence bound to ``nonce`` (nodes/attestation/), as the node sent it."""
         raise self._unsupported("attestation")

@@ -83,10 +83,10 @@ class OpenAICompatibleAdapter(NodeAdapter):
     async def images(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post_json("/images/generations", body)
 
-    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post_json(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
         try:
             async with http.session().post(
-                self._url(path), data=orjson.dumps(body), headers=self._json, timeout=_timeout()
+                self._url(path), data=orjson.dumps(body), headers=headers or self._json, timeout=_timeout()
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
@@ -118,6 +118,45 @@ class OpenAICompatibleAdapter(NodeAdapter):
         finally:
             # An unfinished stream is closed, not returned to the pool, so the
             # node sees the disconnect and stops generating.
+            if done:
+                resp.release()
+            else:
+                resp.close()
+
+    def _sealed_headers(self, base: dict[str, str], request_id: str, key_hash: str) -> dict[str, str]:
+        return {**base, "x-request-id": request_id, "x-key-hash": key_hash}
+
+    async def sealed_chat(self, envelope: dict[str, Any], *, request_id: str, key_hash: str) -> dict[str, Any]:
+        return await self._post_json(
+            "/sealed/chat/completions", envelope, headers=self._sealed_headers(self._json, request_id, key_hash)
+        )
+
+    async def sealed_chat_stream(
+        self, envelope: dict[str, Any], *, request_id: str, key_hash: str
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        headers = self._sealed_headers(self._sse, request_id, key_hash)
+        try:
+            resp = await http.session().post(
+                self._url("/sealed/chat/completions"), data=orjson.dumps(envelope), headers=headers, timeout=_timeout()
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise NodeError(f"node unreachable: {exc.__class__.__name__}", permanent=False) from exc
+        done = False
+        try:
+            if resp.status >= 400:
+                raise self._error(resp.status, await resp.read())
+            async for name, payload in http.sse_events(resp):
+                if payload == b"[DONE]":
+                    done = True
+                    return
+                data = orjson.loads(payload)
+                if not isinstance(data, dict):
+                    raise NodeError("node sent a sealed event that is not an object", permanent=False)
+                yield name, data
+            raise NodeError("node closed the stream before it finished", permanent=False)
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+            raise NodeError(f"node stream broke: {exc.__class__.__name__}", permanent=False) from exc
+        finally:
             if done:
                 resp.release()
             else:

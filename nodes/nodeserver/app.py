@@ -3,7 +3,8 @@
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``, ``POST /v1/embeddings``, ``POST /v1/images/generations``
 (real PNGs from ``png.py``; engines without images answer 400), ``GET /stats``, ``POST /v1/attestation``
-when the node has an attestation identity (``attestation.py``), plus the
+when the node has an attestation identity (``attestation.py``) and then also ``POST
+/v1/sealed/chat/completions`` (sealed requests, ``sealed.py``), plus the
 engine's own control endpoints (the simulator's ``/_sim/*``), with the
 "ollama" dialect Ollama's native ``/api`` routes (``ollama.py``), with the
 "anthropic" dialect Anthropic's Messages API in place of the OpenAI routes (``anthropic.py``),
@@ -637,6 +638,10 @@ def build_app(
         from .attestation import handler
 
         app.router.add_post("/v1/attestation", handler(identity))
+        if dialect != "anthropic":
+            from . import sealed
+
+            app.router.add_post("/v1/sealed/chat/completions", sealed.handler(identity))
     controls = engine.controls()
     if dialect == "ollama":
         ollama.add_routes(app, engine)

@@ -260,6 +260,10 @@ class Engine:
 FAIL_MODES = ("http500", "http429", "http529", "disconnect", "midstream", "hang")
 MODALITIES = ("text", "image", "audio")  # chat content parts: text, image_url, input_audio
 ATTESTATION_MODES = ("honest", "forged", "stale")  # see nodeserver/attestation.py
+# How the node signs sealed requests' usage receipts (nodeserver/sealed.py): honestly, with a key
+# that is not its attested one, honestly signed but claiming 1000x the tokens it used, or honestly
+# signed for another request (a receipt replayed from elsewhere).
+SEALED_MODES = ("honest", "bad_signature", "inflate_tokens", "other_request")
 
 
 def _number(value: Any, name: str, low: float, high: float = float("inf"), *, integer: bool = False) -> None:
@@ -285,6 +289,7 @@ class SimConfig:
     pull_hold: bool = False
     image_limit: int = 0  # at most this many images per request (0 = as many as asked), like a small GPU
     attestation_mode: str = "honest"  # how it answers POST /v1/attestation, if it attests
+    sealed_mode: str = "honest"  # how it signs sealed requests' receipts (SEALED_MODES)
 
     def __post_init__(self) -> None:
         if not isinstance(self.pull_hold, bool):
@@ -305,6 +310,8 @@ class SimConfig:
             raise ValueError(f"fail_mode must be one of {', '.join(FAIL_MODES)}, got {self.fail_mode!r}")
         if self.attestation_mode not in ATTESTATION_MODES:
             raise ValueError(f"attestation_mode must be one of {', '.join(ATTESTATION_MODES)}, got {self.attestation_mode!r}")
+        if self.sealed_mode not in SEALED_MODES:
+            raise ValueError(f"sealed_mode must be one of {', '.join(SEALED_MODES)}, got {self.sealed_mode!r}")
 
     def updated(self, changes: Mapping[str, Any]) -> SimConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -45,3 +45,25 @@ async def screenshot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def verified(tenant) -> None:
+    """Mark the tenant's email verified (sign-in requires it: ACCOUNT_EMAIL_VERIFICATION is mandatory)."""
+    from allauth.account.models import EmailAddress
+
+    EmailAddress.objects.update_or_create(
+        user=tenant.user, email=tenant.user.email, defaults={"verified": True, "primary": True}
+    )
+
+
+async def sign_in(page, server, tenant) -> None:
+    """Sign in through the real form as a fixture tenant (tests.conftest.make_tenant's password)."""
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(verified)(tenant)
+    await page.goto(f"{server.url}/accounts/login/")
+    await page.fill("input[name=login]", tenant.user.email)
+    await page.fill("input[name=password]", "pw-" + tenant.user.username * 2)
+    await page.locator("form").filter(has=page.locator("input[name=password]")).locator("button[type=submit]").click()
+    await page.wait_for_load_state()
+    assert "/accounts/login/" not in page.url, (await page.content())[:2000]

@@ -12,9 +12,8 @@ from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
 from asgiref.sync import sync_to_async
 
 from console.models import ApiKey, Membership, Project, Role
-from tests.browser.conftest import chromium_page, screenshot
+from tests.browser.conftest import chromium_page, screenshot, sign_in
 from tests.browser.mailbox import link_in_mail
-from tests.browser.test_topup_browser import sign_in
 
 PASSWORD = "a long enough passphrase 42"
 
@@ -165,7 +164,7 @@ async def test_an_owner_invites_a_finance_member_who_sees_billing_but_no_keys(se
 async def test_a_passkey_added_in_the_browser_signs_in_without_a_password(server, charlie):
     """WebAuthn with Chromium's virtual authenticator (DevTools protocol). On localhost: browsers
     refuse an IP address as relying party, and http is allowed for localhost only."""
-    from tests.browser.test_topup_browser import verified
+    from tests.browser.conftest import verified
 
     await sync_to_async(verified)(charlie)
     base = server.url.replace("127.0.0.1", "localhost")

@@ -9,8 +9,7 @@ from asgiref.sync import sync_to_async
 
 from console.chat_store import message_text
 from console.models import Message
-from tests.browser.conftest import chromium_page, screenshot
-from tests.browser.test_topup_browser import sign_in
+from tests.browser.conftest import chromium_page, screenshot, sign_in
 from tests.conftest import SIM_MODEL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

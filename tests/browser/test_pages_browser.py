@@ -7,8 +7,7 @@ from asgiref.sync import sync_to_async
 from console import status
 from tests.billing.test_ledger import price  # noqa: F401 (fixture)
 from tests.billing.test_spend_caps import reserve
-from tests.browser.conftest import chromium_page, screenshot
-from tests.browser.test_topup_browser import sign_in
+from tests.browser.conftest import chromium_page, screenshot, sign_in
 from tests.conftest import SIM_MODEL
 
 PHONE = {"width": 390, "height": 844}

@@ -5,28 +5,11 @@ from __future__ import annotations
 
 import re
 
-from allauth.account.models import EmailAddress
 from asgiref.sync import sync_to_async
 
 from billing.models import Transfer, Wallet
 from tests.billing.checkout_flow import emulator  # noqa: F401  (fixture)
-from tests.browser.conftest import chromium_page, screenshot
-
-
-def verified(tenant) -> None:
-    EmailAddress.objects.update_or_create(
-        user=tenant.user, email=tenant.user.email, defaults={"verified": True, "primary": True}
-    )
-
-
-async def sign_in(page, server, tenant) -> None:
-    await sync_to_async(verified)(tenant)
-    await page.goto(f"{server.url}/accounts/login/")
-    await page.fill("input[name=login]", tenant.user.email)
-    await page.fill("input[name=password]", "pw-" + tenant.user.username * 2)
-    await page.locator("form").filter(has=page.locator("input[name=password]")).locator("button[type=submit]").click()
-    await page.wait_for_load_state()
-    assert "/accounts/login/" not in page.url, (await page.content())[:2000]
+from tests.browser.conftest import chromium_page, screenshot, sign_in
 
 
 def balance(tenant) -> int:

@@ -6,31 +6,13 @@ from __future__ import annotations
 import datetime as dt
 
 import openai
-from allauth.account.models import EmailAddress
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from billing.topups import format_amount
 from gateway.models import RequestRecord
-from tests.browser.conftest import chromium_page, screenshot
+from tests.browser.conftest import chromium_page, screenshot, sign_in
 from tests.conftest import SIM_MODEL, sim_cost
-
-
-def verified(tenant) -> None:
-    EmailAddress.objects.update_or_create(
-        user=tenant.user, email=tenant.user.email, defaults={"verified": True, "primary": True}
-    )
-
-
-async def sign_in(page, server, tenant) -> None:
-    await sync_to_async(verified)(tenant)
-    await page.goto(f"{server.url}/accounts/login/")
-    await page.fill("input[name=login]", tenant.user.email)
-    await page.fill("input[name=password]", "pw-" + tenant.user.username * 2)
-    await page.locator("form").filter(has=page.locator("input[name=password]")).locator("button[type=submit]").click()
-    await page.wait_for_load_state()
-    assert "/accounts/login/" not in page.url, (await page.content())[:2000]
-
 
 CHART = """() => {
   const c = window.usageCharts && window.usageCharts.days;

@@ -74,6 +74,9 @@ ROUTES = [
     ("GET", "/v1/images/{job_id}/{index}"),
     ("POST", "/v1/agents/runs"),
     ("GET", "/v1/agents/runs/{run_id}/events"),
+    ("POST", "/v1/sealed/chat/completions"),
+    ("GET", "/v1/receipts"),
+    ("GET", "/pki/public_key"),
 ]
 
 

@@ -321,7 +321,7 @@ async def test_runtime_config(client, sim):
     assert response.json() == {
         "ttft_ms": 5, "tokens_per_s": 0.0, "completion_tokens": 2,
         "fail_rate": 0.0, "fail_mode": "http500", "fail_after_tokens": 3, "modalities": ["text"], "pull_hold": False, "image_limit": 0,
-        "attestation_mode": "honest",
+        "attestation_mode": "honest", "sealed_mode": "honest",
     }  # fmt: skip
     body = await post(client, "/v1/chat/completions", chat("hi"))
     assert body["usage"]["completion_tokens"] == 2

@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('console', '0008_apikey_scopes'),
-        ('gateway', '0003_requestrecord_attempts'),
+        ('gateway', '0004_usagereceipt'),
     ]
 
     operations = [

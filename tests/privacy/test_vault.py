@@ -127,27 +127,58 @@ def test_crypto_shred_command_also_deletes_platform_sealed_answers():
     assert list(IdempotencyRecord.objects.values_list("project_id", flat=True)) == [charlie.project.id]
 
 
-def test_master_rotation_then_old_master_removed():
-    alice, charlie = make_tenant("alice"), make_tenant("charlie")
+def test_master_rotation_while_reading_then_old_master_removed(monkeypatch):
+    """A new master version is added; rotate_keys --master re-wraps the project keys in another
+    thread (batches of 1) while this one keeps opening every blob; then the old version leaves the
+    environment and everything still opens."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    tenants = [make_tenant(name) for name in ("alice", "bob", "charlie", "dave")]
     old, _ = keyring(1)
     with override_settings(MASTER_KEYS=old):
-        blobs = [store(alice, f"req_{i}", text=f"body {i}".encode()) for i in range(5)] + [store(charlie)]
+        blobs = [store(t, f"req_{i}", text=f"{t.user.username} {i}".encode()) for t in tenants for i in range(2)]
+    blob_texts = {b.id: f"{t.user.username} {i}".encode() for b, (t, i) in zip(blobs, [(t, i) for t in tenants for i in range(2)])}
     both = ",".join([f"2:{base64.b64encode(os.urandom(32)).decode()}", old])
     with override_settings(MASTER_KEYS=both):
         vault._kek_cache.clear()
-        # old version still opens, new keys are created under version 2
-        assert vault.body_open(blobs[0]) == b"body 0"
+        real_wrap = envelope.LocalKeyring.wrap
+
+        def slow_wrap(self, *args):
+            time.sleep(0.05)
+            return real_wrap(self, *args)
+
+        monkeypatch.setattr(envelope.LocalKeyring, "wrap", slow_wrap)
         out = io.StringIO()
-        call_command("rotate_keys", "--master", "--batch", "1", stdout=out)
-        assert "2 project key(s) re-wrapped under master version 2" in out.getvalue()
+
+        def rotate():
+            try:
+                call_command("rotate_keys", "--master", "--batch", "1", stdout=out)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=rotate)
+        thread.start()
+        seen = set()
+        while thread.is_alive():
+            seen.add(tuple(sorted(set(ProjectKey.objects.values_list("master_version", flat=True)))))
+            for blob in blobs:
+                assert vault.body_open(BodyBlob.objects.get(id=blob.id)) == bytes(blob_texts[blob.id])
+        thread.join()
+        monkeypatch.setattr(envelope.LocalKeyring, "wrap", real_wrap)
+        assert "4 project key(s) re-wrapped under master version 2" in out.getvalue()
+        assert (1, 2) in seen  # read while half re-wrapped
         assert set(ProjectKey.objects.values_list("master_version", flat=True)) == {2}
-        call_command("rotate_keys", "--master", stdout=io.StringIO())  # resumable: nothing left to do
+        call_command("rotate_keys", "--master", stdout=out)  # resumable: nothing left to do
+        assert "master: 0 project key(s)" in out.getvalue()
     only_new = both.split(",")[0]
     with override_settings(MASTER_KEYS=only_new):
         vault._kek_cache.clear()
-        for i, blob in enumerate(blobs[:5]):
-            assert vault.body_open(BodyBlob.objects.get(id=blob.id)) == f"body {i}".encode()
-    # and with only the old version, nothing opens: the key really changed
+        assert [vault.body_open(BodyBlob.objects.get(id=b.id)) for b in blobs] == [
+            f"{t.user.username} {i}".encode() for t in tenants for i in range(2)]
+    # and with only the old version, nothing opens: the keys really moved
     with override_settings(MASTER_KEYS=old), pytest.raises(KeyUnavailable):
         vault.body_open(BodyBlob.objects.get(id=blobs[0].id))
 

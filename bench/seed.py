@@ -39,6 +39,8 @@ for i in range(tenants):
     # The bench's upstream is a plain (unattested) process: the bench projects opt in to non-confidential nodes.
     services.project_update(project=project, rpm_limit=10_000_000, tpm_limit=10**12, allow_non_confidential=True)
     billing.wallet_credit(wallet=billing.customer_wallet(organization=org), amount=10**15, reference=f"bench{i}")
+    if os.environ.get("BENCH_STORE_BODIES"):  # "days" or "forever": every request also keeps its bodies, encrypted
+        services.project_body_storage_set(project=project, store_bodies=os.environ["BENCH_STORE_BODIES"], body_retention_days=30)
     if plan is not None:
         from billing.plans import account_plan_set
 

@@ -128,6 +128,23 @@ class ProjectSettingsForm(forms.Form):
             raise forms.ValidationError("Enter a cap in dollars, like 50 or 49.99 (at most two decimals).") from None
 
 
+class BodyStorageForm(forms.Form):
+    """Whether the gateway keeps API request/response bodies (encrypted), and how long."""
+
+    store_bodies = forms.ChoiceField(
+        choices=Project.StoreBodies.choices, widget=forms.RadioSelect, label="Keep request and response bodies",
+    )
+    body_retention_days = forms.IntegerField(
+        min_value=1, max_value=3650, label="Days to keep them",
+        help_text="Used with “For a number of days”; expired bodies are deleted within the hour.",
+    )
+
+    def __init__(self, *args, project: Project, **kwargs):
+        kwargs.setdefault("initial", {"store_bodies": project.store_bodies, "body_retention_days": project.body_retention_days})
+        super().__init__(*args, **kwargs)
+        _describe(self)
+
+
 class KeyCreateForm(forms.Form):
     name = forms.CharField(max_length=200, required=False, label="Name")
     kind = forms.ChoiceField(

@@ -55,6 +55,16 @@ class Project(models.Model):
     allow_non_confidential = models.BooleanField(default=False)
     # Nodes in this region are tried first (e.g. "eu-west"); blank means no preference.
     region_preference = models.CharField(max_length=64, blank=True)
+
+    class StoreBodies(models.TextChoices):
+        NEVER = "never", "Never"
+        DAYS = "days", "For a number of days"
+        FOREVER = "forever", "Until deleted"
+
+    # Whether the gateway keeps API request/response bodies (encrypted: gateway.vault), and for how
+    # long. Never by default. Web Chat conversations are always kept (encrypted), being its history.
+    store_bodies = models.CharField(max_length=8, choices=StoreBodies.choices, default=StoreBodies.NEVER)
+    body_retention_days = models.PositiveIntegerField(default=30, validators=[MaxValueValidator(3650)])
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -77,6 +77,20 @@ def project_update(
     return project
 
 
+def project_body_storage_set(*, project: Project, store_bodies: str, body_retention_days: int) -> Project:
+    """Whether the gateway keeps API bodies (encrypted: gateway.vault) — never, N days, or until
+    deleted. Applies to new requests within a second; bodies already kept keep their expiry."""
+    if store_bodies not in Project.StoreBodies.values:
+        raise ValueError(f"store_bodies must be one of {', '.join(Project.StoreBodies.values)}")
+    if not 1 <= body_retention_days <= 3650:
+        raise ValueError("body_retention_days must be between 1 and 3650")
+    project.store_bodies, project.body_retention_days = store_bodies, body_retention_days
+    with transaction.atomic():
+        project.save(update_fields=["store_bodies", "body_retention_days"])
+        transaction.on_commit(lambda: bus.publish(PROJECT_TOPIC, str(project.id)))
+    return project
+
+
 def _check_limit(name: str, value: int | None, *, minimum: int) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
         raise ValueError(f"{name} must be an integer >= {minimum}, or None")

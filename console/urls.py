@@ -16,6 +16,7 @@ urlpatterns = [
     path("console/projects/<str:project_id>/keys/<str:key_id>/rotate", views.key_rotate, name="key_rotate"),
     path("console/projects/<str:project_id>/keys/<str:key_id>/revoke", views.key_revoke, name="key_revoke"),
     path("console/projects/<str:project_id>/routing", views.project_routing, name="project_routing"),
+    path("console/projects/<str:project_id>/bodies", views.project_bodies, name="project_bodies"),
     path("console/projects/<str:project_id>/requests/", views.request_log, name="requests"),
     path("console/usage/", views.usage, name="usage"),
     path("console/usage.csv", views.usage_csv, name="usage_csv"),

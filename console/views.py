@@ -22,7 +22,7 @@ from billing import selectors as billing_selectors
 
 from . import access, keys, selectors, services
 from . import usage as usage_selectors
-from .forms import KeyCreateForm, KeyRotateForm, ProjectSettingsForm
+from .forms import BodyStorageForm, KeyCreateForm, KeyRotateForm, ProjectSettingsForm
 from .models import ApiKey, Project
 
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -110,7 +110,7 @@ def _plan(project: Project):
     return account.plan if account is not None else None
 
 
-def _settings_page(request, form: ProjectSettingsForm, *, status: int = 200):
+def _settings_page(request, form: ProjectSettingsForm, *, status: int = 200, bodies_form=None):
     project = request.project
     return render(request, "console/project.html", {
         "project": project,
@@ -119,6 +119,7 @@ def _settings_page(request, form: ProjectSettingsForm, *, status: int = 200):
         "form": form,
         "can_edit": request.access.can("project.settings"),
         "plan": form.plan,
+        "bodies_form": bodies_form or BodyStorageForm(project=project),
     }, status=status)
 
 
@@ -158,6 +159,21 @@ def project_routing(request, project_id: str):
     allow = request.POST.get("allow_non_confidential") == "on"
     services.project_update(project=project, allow_non_confidential=allow, region_preference=region)
     messages.success(request, "Routing settings saved; they apply to new requests within a second.")
+    return redirect("console:project", project_id=project.public_id)
+
+
+@require_POST
+@access.requires("project.settings")
+def project_bodies(request, project_id: str):
+    """Whether API request/response bodies are kept (encrypted), and for how long."""
+    project = request.project
+    form = BodyStorageForm(request.POST, project=project)
+    if not form.is_valid():
+        return _settings_page(request, ProjectSettingsForm(project=project, plan=_plan(project)), status=400, bodies_form=form)
+    services.project_body_storage_set(
+        project=project, store_bodies=form.cleaned_data["store_bodies"], body_retention_days=form.cleaned_data["body_retention_days"]
+    )
+    messages.success(request, "Body storage saved; it applies to new requests within a second.")
     return redirect("console:project", project_id=project.public_id)
 
 
@@ -352,9 +368,13 @@ def request_log(request, project_id: str):
     rows = usage_selectors.request_log(project, status=status, model=model, key=key)
     page = Paginator(rows, LOG_PAGE_SIZE).get_page(request.GET.get("page"))
     entries = []
+    from gateway import vault
+
+    bodies = vault.request_bodies(project=project, records=page.object_list)
     for record in page.object_list:
         failed = usage_selectors.failed(record)
         entries.append({
+            "bodies": bodies.get(record.request_id, {}),
             "record": record,
             "failed": failed,
             "key_label": usage_selectors.key_label(record.api_key) if record.api_key_id else "—",

@@ -57,6 +57,9 @@ class KeyRecord:
     # records built in-process (a Web Chat turn's relay: console.relay), never from the table.
     request_spend_cap: int | None = None
     scopes: frozenset[str] | None = None  # what the key may call (console.keys.SCOPES); None: everything
+    # The project's body retention (console.Project.store_bodies): "never", "days" or "forever".
+    store_bodies: str = "never"
+    body_retention_days: int = 30
 
     @property
     def publishable(self) -> bool:
@@ -72,7 +75,8 @@ SELECT k.id, k.public_id, k.kind, k.hash, k.status, k.expires_at,
        cw.id, uw.id, cw.currency, p.stream_resume_seconds,
        k.rpm_limit, k.tpm_limit, p.monthly_spend_cap, k.monthly_spend_cap,
        p.allow_non_confidential, p.region_preference,
-       pl.name, pl.rpm_limit, pl.tpm_limit, pl.allowed_models, k.scopes
+       pl.name, pl.rpm_limit, pl.tpm_limit, pl.allowed_models, k.scopes,
+       p.store_bodies, p.body_retention_days
 FROM console_apikey k
 JOIN console_project p ON p.id = k.project_id
 JOIN billing_billingaccount a ON a.organization_id = p.organization_id
@@ -123,6 +127,8 @@ def _record(row: tuple) -> KeyRecord:
         plan_tpm_limit=row[25],
         plan_models=frozenset(plan_models) if plan_models else None,
         scopes=frozenset(scopes) if scopes else None,
+        store_bodies=row[28],
+        body_retention_days=row[29],
     )
 
 

@@ -26,6 +26,9 @@ class RequestRecord(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True)
     attempts = models.PositiveSmallIntegerField(default=0)  # nodes tried before one answered (failover)
+    # The project kept this request's bodies: they are BodyBlob rows (owner "request", ref
+    # request_id), encrypted; gone once expired or shredded. False: never stored.
+    bodies_kept = models.BooleanField(default=False)
     created_at = models.DateTimeField()
 
     class Meta:
@@ -65,6 +68,57 @@ class StoredResponse(models.Model):
     request_id = models.CharField(max_length=128)
     created_at = models.DateTimeField()
     body = models.BinaryField()
+
+
+class ProjectKey(models.Model):
+    """A project's key-encryption key (KEK), one row per version, stored only wrapped by a
+    master key version (config.envelope). Destroying it (crypto-shred) erases the wrapped
+    key: every blob under it is unreadable for good. Written by gateway.vault only."""
+
+    project = models.ForeignKey("console.Project", on_delete=models.PROTECT, related_name="+")
+    version = models.PositiveIntegerField()
+    wrapped_key = models.BinaryField(null=True)  # None once destroyed
+    master_version = models.PositiveIntegerField()
+    created_at = models.DateTimeField()
+    destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "version"], name="projectkey_unique_version")]
+
+
+class BodyBlob(models.Model):
+    """One encrypted body (a request's or response's, or a Web Chat text): AES-256-GCM under a
+    fresh data key, itself wrapped by the project's KEK ``kek_version``. The associated data
+    binds organization, project, owner row and kind (config.envelope.blob_aad)."""
+
+    class Owner(models.TextChoices):
+        REQUEST = "request"  # ref: the RequestRecord's request_id
+        MESSAGE = "message"  # ref: a Web Chat message id
+
+    class Kind(models.TextChoices):
+        REQUEST = "request"
+        RESPONSE = "response"
+
+    organization_id = models.BigIntegerField()
+    project = models.ForeignKey("console.Project", on_delete=models.PROTECT, related_name="+")
+    owner = models.CharField(max_length=16, choices=Owner.choices)
+    ref = models.CharField(max_length=128)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    kek_version = models.PositiveIntegerField()
+    wrapped_key = models.BinaryField()
+    nonce = models.BinaryField()
+    ciphertext = models.BinaryField()
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)  # None: kept until shredded
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "owner", "ref", "kind"], name="bodyblob_unique_owner_kind"),
+        ]
+        indexes = [
+            models.Index(fields=["expires_at"], name="bodyblob_expiry"),
+            models.Index(fields=["project", "kek_version"], name="bodyblob_project_kek"),
+        ]
 
 
 class UsageReceipt(models.Model):

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from django.conf import settings
 from django.utils import timezone
@@ -56,7 +56,9 @@ class PaidRequest:
             stream=stream,
             session_id=session_id,
             price_version=price.version,
+            bodies_kept=key.store_bodies != "never",
         )
+        self.request_body: bytes | None = None  # kept (encrypted) after settlement if the project keeps bodies
         self.key_generation = auth.cache.generation
         self.reservation: ledger.Reservation | None = None
         self.settlement: ledger.Settlement | None = None
@@ -142,6 +144,7 @@ class PaidRequest:
         self._refund_tokens(None)
         self.meta.status_code = status_code_for(code)
         self.meta.error_code = code
+        self.meta.bodies_kept = False
         self.meta.latency_ms = self._elapsed_ms()
         background.spawn(asyncdb.run(insert_statement(self.meta)), name=f"record:{self.request_id}")
 
@@ -158,8 +161,11 @@ class PaidRequest:
         ttft_ms: int | None = None,
         stored: idempotency.StoredResponse | None = None,
         after: Sequence[Stmt] = (),
+        response_body: bytes | Callable[[], bytes] | None = None,
     ) -> ledger.Settlement | None:
-        """Settle ``usage`` (or void if None), record, and store the idempotent response."""
+        """Settle ``usage`` (or void if None), record, and store the idempotent response; then,
+        in the background, the bodies if the project keeps them (``response_body``: what the
+        client got, or a function returning it)."""
         assert self.reservation is not None and not self.finished
         self.finished = True
         meta = self.meta
@@ -167,6 +173,9 @@ class PaidRequest:
         meta.latency_ms = self._elapsed_ms()
         now = timezone.now()
         after = list(after)
+        # Bodies are kept for the requests that ran (keep_bodies, after this); never for a void.
+        # (and only when the caller handed them over: a sealed request's never are)
+        meta.bodies_kept = meta.bodies_kept and usage is not None and self.request_body is not None
         if usage is not None:
             amount, _ = ledger.settlement_amount(self.reservation, usage)
             meta.input_tokens, meta.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens
@@ -194,9 +203,23 @@ class PaidRequest:
             log.error("settlement of %s deferred: database unavailable", self.request_id)
             background.spawn(self._retry(attempt), name=f"settle:{self.request_id}")
         self._refund_tokens(usage)
+        self.keep_bodies(response_body)
         if self.settlement is not None and self.settlement.capped:
             log.warning("request %s: node usage exceeded the reservation; billed the reservation", self.request_id)
         return self.settlement
+
+    def keep_bodies(self, response: bytes | Callable[[], bytes] | None) -> None:
+        """Encrypt and store the bodies in the background, if the project keeps them (gateway.vault)."""
+        if not self.meta.bodies_kept or self.request_body is None:
+            return
+        from . import vault
+
+        if callable(response):
+            response = response()
+        background.spawn(
+            vault.store_request_bodies(key=self.key, request_id=self.request_id, request=self.request_body, response=response),
+            name=f"bodies:{self.request_id}",
+        )
 
     def _may_have_counters(self) -> bool:
         """Whether a spend counter may track this request's project or key this month.

@@ -107,6 +107,7 @@ async def handle(req: ApiRequest, dialect_cls: type[Dialect]):
         session_id=req.session_id,
         admitted_tokens=decision.cost,
     )
+    paid.request_body = body
     try:
         stored = await paid.reserve(max_input_tokens=prompt_bound, max_output_tokens=output_cap)
     except idempotency.InProgress as exc:
@@ -218,7 +219,8 @@ async def _complete(req: ApiRequest, paid: PaidRequest, dialect: Dialect, entry:
     headers = {**req.extra_headers, **node_headers(served)}
     stored = idempotency.StoredResponse(200, "application/json", headers, payload) if paid.claim else None
     await paid.finish(
-        usage=usage, status_code=200, node_id=served.node.public_id, stored=stored, after=dialect.store(obj, paid.key)
+        usage=usage, status_code=200, node_id=served.node.public_id, stored=stored, after=dialect.store(obj, paid.key),
+        response_body=payload,
     )
     return json_response(req, payload, headers=node_headers(served))
 
@@ -358,6 +360,7 @@ class StreamRun:
             ttft_ms=ttft_ms,
             stored=stored,
             after=self.dialect.store(self.encoder.final(), self.paid.key),
+            response_body=lambda: self.log.body() + b"".join(tail),  # joined only if the project keeps bodies
         )
         for event in tail:
             self.log.append(event)

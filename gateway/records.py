@@ -1,4 +1,5 @@
-"""Request metadata rows (never bodies), written in the settlement's round trip."""
+"""Request metadata rows (never bodies: those are encrypted blobs, gateway.vault), written in the
+settlement's round trip."""
 from __future__ import annotations
 
 import datetime as dt
@@ -30,6 +31,7 @@ class RequestMeta:
     latency_ms: int = 0
     ttft_ms: int | None = None
     attempts: int = 0  # nodes tried (failover before the first token); 0 = none was reached
+    bodies_kept: bool = False  # the bodies are encrypted blobs (gateway.vault), written after settlement
 
 
 _COLUMNS = [f.name for f in RequestMeta.__dataclass_fields__.values()]

@@ -12,18 +12,26 @@ gather for 25 ms, so a fast stream is one or two writes), so the reconnect
 may land on any server process; a remote follower refreshes a short-lived
 ``watch`` key, which tells the producer that someone is still listening. The
 embedded default (no Redis) resumes within the process only.
+
+The frames hold answer text, so they are sealed in Redis (:func:`seal_entry`):
+AES-256-GCM under a key derived per stream from the master key (config.envelope)
+and the request id, with the request id and the entry id as associated data; a
+follower in any process derives the same key and opens them.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
+from functools import lru_cache
 
 import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 
-from config import redisconn
+from config import envelope, redisconn
 
 from .errors import GatewayError
 from .sse import frames_after
@@ -49,6 +57,31 @@ def _keys(request_id: str) -> tuple[str, str]:
 def redis_key(request_id: str) -> str:
     """The Redis stream a log is mirrored to; an agent run's worker writes its events there itself."""
     return _keys(request_id)[0]
+
+
+SEALED = b"\x01"
+
+
+@lru_cache(maxsize=4096)
+def _stream_aead(provider: envelope.MasterKeyProvider, version: int, request_id: str) -> AESGCM:
+    return AESGCM(provider.derive(version, f"stream:{request_id}"))
+
+
+def seal_entry(request_id: str, entry_id: str, data: bytes) -> bytes:
+    """A Redis stream entry's frames, sealed: marker ‖ master version ‖ nonce ‖ ciphertext."""
+    provider = envelope.master()
+    version = provider.current_version
+    nonce = os.urandom(12)
+    sealed = _stream_aead(provider, version, request_id).encrypt(nonce, data, f"{request_id}|{entry_id}".encode())
+    return SEALED + version.to_bytes(4, "big") + nonce + sealed
+
+
+def open_entry(request_id: str, entry_id: str, data: bytes) -> bytes:
+    if data[:1] != SEALED:
+        raise ValueError(f"stream {request_id}: an unsealed entry in Redis")
+    version = int.from_bytes(data[1:5], "big")
+    aead = _stream_aead(envelope.master(), version, request_id)
+    return aead.decrypt(data[5:17], data[17:], f"{request_id}|{entry_id}".encode())
 
 
 def parse_last_event_id(headers) -> int:
@@ -152,6 +185,7 @@ class RemoteFollower:
 
     def __init__(self, client, request_id: str, after: int):
         self.client = client
+        self.request_id = request_id
         self.key, self.watch = _keys(request_id)
         self.last = f"0-{after}"
         self.closed = False
@@ -174,7 +208,8 @@ class RemoteFollower:
                 for entry_id, fields in entries:
                     entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                     # The first entry may start before the client's Last-Event-ID.
-                    frames = frames_after(fields[b"f"], int(self.last.split("-")[1]))
+                    body = open_entry(self.request_id, entry_id, fields[b"f"])
+                    frames = frames_after(body, int(self.last.split("-")[1]))
                     self.last = entry_id
                     if frames:
                         out.append(frames)
@@ -232,14 +267,15 @@ class _RedisMirror:
             frames = [f for f in batch if f is not None]
             ended = len(frames) < len(batch)
             self.written += len(frames)
-            fields = {"f": b"".join(frames)}
+            entry_id = f"0-{self.written if frames else self.written + 1}"
+            fields = {"f": seal_entry(stream.request_id, entry_id, b"".join(frames))}
             if first:  # the first entry says whose stream it is
                 fields["p"] = stream.project_id
                 fields["h"] = orjson.dumps(stream.headers)
             if ended:
                 fields["end"] = b"1"
             # (an end marker alone takes the next number: ids must grow, and no event has it)
-            pipe.xadd(key, fields, id=f"0-{self.written if frames else self.written + 1}")
+            pipe.xadd(key, fields, id=entry_id)
             if ended:  # kept while it may still run, then for the retention time
                 pipe.expire(key, retention)
             elif first:

@@ -31,3 +31,11 @@ def fail_lost_jobs() -> int:
     from nodes.paidjobs import jobs_fail_lost
 
     return jobs_fail_lost()
+
+
+@shared_task
+def purge_expired_bodies() -> int:
+    """Delete encrypted bodies past their project's retention time (gateway.vault)."""
+    from .vault import bodies_purge_expired
+
+    return bodies_purge_expired()

@@ -27,6 +27,11 @@ SECRET_KEY = env_secret("DJANGO_SECRET_KEY", state_dir=STATE_DIR, production=PRO
 API_KEY_PEPPER = env_secret("API_KEY_PEPPER", state_dir=STATE_DIR, production=PRODUCTION)
 # Master key for envelope-encrypted blobs (idempotent replays, stored bodies).
 DATA_MASTER_KEY = env_secret("DATA_MASTER_KEY", state_dir=STATE_DIR, production=PRODUCTION)
+# Envelope encryption of bodies at rest (config/envelope.py): master keys "2:<b64>,1:<b64>" (highest
+# current; unset: one derived from DATA_MASTER_KEY), or a file of such lines, or a provider class.
+MASTER_KEY_PROVIDER = env_str("MASTER_KEY_PROVIDER", "env")
+MASTER_KEYS = env_str("MASTER_KEYS", "")
+MASTER_KEY_FILE = env_str("MASTER_KEY_FILE", "")
 
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
@@ -170,6 +175,7 @@ CELERY_BEAT_SCHEDULE = {
     "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": NODE_HEALTH_INTERVAL_SECONDS},
     "reattest-nodes": {"task": "nodes.tasks.reattest_nodes", "schedule": ATTESTATION_INTERVAL_SECONDS},
     "purge-expired-idempotency": {"task": "gateway.tasks.purge_expired_idempotency", "schedule": 3600.0},
+    "purge-expired-bodies": {"task": "gateway.tasks.purge_expired_bodies", "schedule": 3600.0},
     "fail-lost-jobs": {"task": "gateway.tasks.fail_lost_jobs", "schedule": 300.0},
     # Reconciliation (billing.reconcile): the task runs yesterday once it is over (checked hourly,
     # so a missed hour catches up), and today every RECONCILE_TODAY_INTERVAL_SECONDS so a dropped

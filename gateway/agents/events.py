@@ -60,7 +60,8 @@ async def open_stream(*, request_id: str, project_id: int, headers: dict[str, st
     if client is not None:
         key = streams.redis_key(request_id)
         pipe = client.pipeline(transaction=False)
-        pipe.xadd(key, {"f": body, "p": project_id, "h": orjson.dumps(headers)}, id="0-1")
+        pipe.xadd(key, {"f": streams.seal_entry(request_id, "0-1", body), "p": project_id, "h": orjson.dumps(headers)},
+                  id="0-1")
         pipe.expire(key, _ttl_open())
         await pipe.execute()
     else:
@@ -101,7 +102,9 @@ class RunEvents:
         try:
             if self._redis is not None:
                 n = int(body[8 : body.index(b"\n")])  # "id: evt_<n>\n"
-                self._redis.xadd(streams.redis_key(self.request_id), {"f": body}, id=f"0-{n}")
+                entry = f"0-{n}"
+                self._redis.xadd(streams.redis_key(self.request_id), {"f": streams.seal_entry(self.request_id, entry, body)},
+                                 id=entry)
             elif self._local is not None:
                 loop, stream = self._local
                 loop.call_soon_threadsafe(stream.append, body)
@@ -119,7 +122,8 @@ class RunEvents:
             if self._redis is not None:
                 key = streams.redis_key(self.request_id)
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.xadd(key, {"f": b"", "end": b"1"}, id=f"0-{self.next_id}")
+                entry = f"0-{self.next_id}"
+                pipe.xadd(key, {"f": streams.seal_entry(self.request_id, entry, b""), "end": b"1"}, id=entry)
                 pipe.expire(key, streams.retention_seconds())
                 pipe.execute()
             elif self._local is not None:

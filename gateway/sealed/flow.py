@@ -424,18 +424,23 @@ def _give_back(key, tokens: int) -> None:
     background.spawn(limits.refund(key=key, tokens=tokens), name="refund:replay")
 
 
+async def _failed_before_answer(sealed: Sealed, exc: NodeError) -> GatewayError:
+    """The node failed before answering: trip its breaker if it may recover, void the hold, say why."""
+    if sealed.served is not None and not exc.permanent:
+        router.failed(sealed.served.node.id)
+    error = _node_error(exc)
+    await sealed.paid.finish(usage=None, status_code=error.status, error_code=exc.code or error.code,
+                             node_id=sealed.node_public_id)
+    return error
+
+
 async def _complete(req: ApiRequest, sealed: Sealed):
     paid = sealed.paid
     started = time.monotonic()
     try:
         result = await sealed.complete()
     except NodeError as exc:
-        if sealed.served is not None and not exc.permanent:
-            router.failed(sealed.served.node.id)
-        error = _node_error(exc)
-        await paid.finish(usage=None, status_code=error.status, error_code=exc.code or error.code,
-                          node_id=sealed.node_public_id)
-        raise error from None
+        raise await _failed_before_answer(sealed, exc) from None
     ttft_ms = int((time.monotonic() - started) * 1000)
     if not isinstance(result, dict) or result.get("object") != "sealed.response":
         result = {}
@@ -454,12 +459,7 @@ async def _stream(req: ApiRequest, sealed: Sealed):
     try:
         first, events = await sealed.open_stream()
     except NodeError as exc:
-        if sealed.served is not None and not exc.permanent:
-            router.failed(sealed.served.node.id)
-        error = _node_error(exc)
-        await paid.finish(usage=None, status_code=error.status, error_code=exc.code or error.code,
-                          node_id=sealed.node_public_id)
-        raise error from None
+        raise await _failed_before_answer(sealed, exc) from None
     ttft_ms = int((time.monotonic() - started) * 1000)
     kept = {"x-request-id": req.request_id, **sealed.headers()}
     if req.session_id:

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import json
 
-import httpx
 import pytest
 from django.conf import settings
 from private_inference import Client, SecurityError
@@ -24,14 +23,7 @@ ASK = [{"role": "user", "content": "echo: the sealed answer"}]
 
 
 @pytest.fixture
-def sealed_endpoint(server, alice):
-    probe = httpx.post(f"{server.api}/sealed/chat/completions", json={}, headers=alice.auth(), timeout=30)
-    if probe.status_code == 404 and "No such endpoint" in probe.text:
-        pytest.skip("the server has no POST /v1/sealed/chat/completions yet (branch issue7-sealed)")
-
-
-@pytest.fixture
-def sealed(server, alice, sim_node, sealed_endpoint):
+def sealed(server, alice, sim_node):
     with Client(api_key=alice.secret_key, base_url=server.url, retry_policy=FAST,
                 trust_roots=settings.ATTESTATION_TRUST_ROOTS) as client:
         yield client
@@ -56,7 +48,7 @@ def test_maximum_tier_reaches_the_attested_node_and_the_bill_is_the_signed_recei
     assert json.loads(base64.b64decode(exported.receipt)) == receipt and exported.verified
 
 
-def test_maximum_tier_streamed_with_resume_after_a_cut(server, alice, sim_node, sim, sealed_endpoint, proxy):
+def test_maximum_tier_streamed_with_resume_after_a_cut(server, alice, sim_node, sim, proxy):
     sim.configure(tokens_per_s=40)
     proxy.plan("forward", "forward", "cut:4")  # the node list, its attestation, then the sealed stream
     with Client(api_key=alice.secret_key, base_url=proxy.url, retry_policy=FAST,
@@ -82,7 +74,7 @@ def test_standard_tier_is_sealed_to_the_gateway(sealed, sim):
     assert len(settled()) == 1
 
 
-def test_a_client_that_does_not_trust_the_nodes_root_sends_nothing(server, alice, sim_node, sim, sealed_endpoint):
+def test_a_client_that_does_not_trust_the_nodes_root_sends_nothing(server, alice, sim_node, sim):
     own = ca.new_key()
     with (Client(api_key=alice.secret_key, base_url=server.url, max_retries=0,
                  trust_roots=[ca.pem(ca.make_root(name="another root", key=own)).encode()]) as client,
@@ -92,7 +84,7 @@ def test_a_client_that_does_not_trust_the_nodes_root_sends_nothing(server, alice
     assert sim.stats()["requests"] == 0 and not Transfer.objects.filter(kind="usage").exists()
 
 
-def test_cli_chat_with_tier_maximum(server, alice, sim_node, sim, sealed_endpoint, tmp_path):
+def test_cli_chat_with_tier_maximum(server, alice, sim_node, sim, tmp_path):
     import os
     import subprocess
     import sys
@@ -116,7 +108,7 @@ def test_cli_chat_with_tier_maximum(server, alice, sim_node, sim, sealed_endpoin
 
 
 def test_sealed_answer_lost_after_the_charge_is_retried_under_the_same_key_and_charged_once(
-        server, alice, sim_node, sim, sealed_endpoint, proxy):
+        server, alice, sim_node, sim, proxy):
     proxy.plan("forward", "forward", "drop")  # the node list, its attestation, then the answer is lost
     with Client(api_key=alice.secret_key, base_url=proxy.url, retry_policy=FAST,
                 trust_roots=settings.ATTESTATION_TRUST_ROOTS) as client:

@@ -27,9 +27,6 @@ def traced_server(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.mark.parametrize("stream", [False, True])
 def test_sdk_maximum_tier_plaintext_never_reaches_the_gateway(traced_server, transactional_db, alice, sim_node, sim,
                                                               stream):
-    probe = httpx.post(f"{traced_server.api}/sealed/chat/completions", json={}, headers=alice.auth(), timeout=30)
-    if probe.status_code == 404 and "No such endpoint" in probe.text:
-        pytest.skip("the server has no POST /v1/sealed/chat/completions yet (branch issue7-sealed)")
     cache_settle()
     canary = f"CANARY-{secrets.token_hex(12)}"
     traced_server.trace.write_bytes(b"")

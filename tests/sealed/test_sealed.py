@@ -18,7 +18,6 @@ from gateway.sealed import format as fmt
 from gateway.sealed.keys import gateway_keys
 from nodes.models import Attestation, Node
 from tests.conftest import SIM_MODEL, cache_settle, sim_cost
-from tests.dbenv import HAVE_REDIS
 from tests.sealed.client import SealedClient, parse_sse
 
 MESSAGES = [{"role": "user", "content": "echo: the sealed answer"}]
@@ -200,10 +199,11 @@ def test_inflated_tokens_are_capped_at_the_reservation(server, alice, sim_node, 
     assert stored.verified and stored.output_tokens == fields["output_tokens"] and stored.cost == transfer.amount
 
 
-@pytest.mark.parametrize("elsewhere", [False, True], ids=["same-process", "other-process"])
+@pytest.mark.parametrize(
+    "elsewhere", [False, pytest.param(True, marks=pytest.mark.redis)],  # another process resumes through Redis
+    ids=["same-process", "other-process"],
+)
 def test_a_dropped_stream_resumes_after_last_event_id(server, request, alice, sim_node, sim, elsewhere):
-    if elsewhere and not HAVE_REDIS:
-        pytest.skip("resuming in another process needs Redis")
     resume_on = request.getfixturevalue("second_server_proc") if elsewhere else server
     sim.configure(tokens_per_s=40)
     client = SealedClient(server, alice)

@@ -228,11 +228,6 @@ def public_keys(target) -> dict[str, str] | None:
     return {"signing": target.signing_key, "encryption": target.encryption_key}
 
 
-def _sealed_keys(target) -> dict[str, str | None]:
-    keys = public_keys(target)
-    return {"encryption_key": keys and keys["encryption"], "signing_key": keys and keys["signing"]}
-
-
 async def _visible_nodes(key) -> dict[str, tuple[NodeTarget, dict[str, Any]]]:
     """The nodes that may serve the caller's project now: active, healthy, eligible (attested,
     or non-confidential where the project allows it), serving a priced model; by public id,
@@ -258,8 +253,6 @@ async def _visible_nodes(key) -> dict[str, tuple[NodeTarget, dict[str, Any]]]:
                     "load": router.load_of(served),
                     "models": [],
                     "public_keys": public_keys(target),
-                    # gateway/SEALED.md names them so: what a sealed request is encrypted to / checked with.
-                    **_sealed_keys(target),
                 })
             nodes[target.public_id][1]["models"].append(entry.name)
     return nodes

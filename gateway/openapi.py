@@ -561,12 +561,8 @@ _RESPONSE_OBJECTS: dict[str, Schema] = {
             "load": {"type": "number", "minimum": 0, "maximum": 1, "description": "As last reported by the node."},
             "models": {"type": "array", "items": STRING},
             "public_keys": nullable(ref("NodePublicKeys")),
-            "encryption_key": nullable({"type": "string", "description": "The attested X25519 key (base64 raw) to "
-                                        "seal requests to (gateway/SEALED.md); null without a verified attestation."}),
-            "signing_key": nullable({"type": "string", "description": "The attested Ed25519 key (base64 raw) the "
-                                     "node signs usage receipts with; null without a verified attestation."}),
         },
-        ("id", "region", "attestation", "gpus", "load", "models", "public_keys", "encryption_key", "signing_key"),
+        ("id", "region", "attestation", "gpus", "load", "models", "public_keys"),
         additionalProperties=False,
     ),
     "GatewayPublicKey": obj(

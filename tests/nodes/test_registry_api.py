@@ -107,8 +107,7 @@ def test_a_registered_node_is_attested_listed_once_priced_and_serves_traffic(
     assert listed.json() == {
         "object": "list",
         "data": [{"id": node["id"], "region": "eu-2", "attestation": "verified", "gpus": 8, "load": 0.0, "models": [MODEL],
-                  "public_keys": {"signing": keys[0], "encryption": keys[1]},
-                  "signing_key": keys[0], "encryption_key": keys[1]}],
+                  "public_keys": {"signing": keys[0], "encryption": keys[1]}}],
     }
     for secret in (sim.url, "127.0.0.1", SECRET, "nt_live_", "credentials", "base_url", "operator"):
         assert secret not in listed.text

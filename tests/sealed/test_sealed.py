@@ -51,8 +51,8 @@ def test_public_keys_are_published(server, alice, sim_node):
     assert keys == gateway_keys().public()
     nodes = httpx.get(f"{server.api}/nodes", headers=alice.auth()).raise_for_status().json()["data"]
     (node,) = [n for n in nodes if n["id"] == sim_node.public_id]
-    assert node["encryption_key"] == sim_node.encryption_key and node["signing_key"] == sim_node.signing_key
-    assert len(base64.b64decode(node["encryption_key"])) == 32
+    assert node["public_keys"] == {"encryption": sim_node.encryption_key, "signing": sim_node.signing_key}
+    assert len(base64.b64decode(node["public_keys"]["encryption"])) == 32
 
 
 def test_maximum_tier_non_streamed_is_billed_from_the_signed_receipt(server, alice, sim_node, sim):

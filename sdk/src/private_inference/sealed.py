@@ -59,12 +59,9 @@ class Recipient:
 
 
 def node_keys(node: dict[str, Any]) -> dict[str, str]:
-    """A /v1/nodes entry's keys, in either spelling (``public_keys: {signing, encryption}`` or top-level)."""
+    """A /v1/nodes entry's attested keys (``public_keys: {signing, encryption}``; null when unverified)."""
     keys = node.get("public_keys") or {}
-    return {
-        "signing": node.get("signing_key") or keys.get("signing"),
-        "encryption": node.get("encryption_key") or keys.get("encryption"),
-    }
+    return {"signing": keys.get("signing"), "encryption": keys.get("encryption")}
 
 
 def candidates(nodes: list[dict[str, Any]], model: str, tier: str) -> list[dict[str, Any]]:

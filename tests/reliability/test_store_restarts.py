@@ -137,3 +137,78 @@ async def test_redis_restarted_under_load(transactional_db, alice, sim_node, sim
           f"{s['worst_503_ms']:.0f} ms; first 200 {s['recovered_s']:.2f} s after Redis was back, no restart; "
           f"{money['charged']} answers charged once ({money['micro']} micro-units), every refusal uncharged, "
           f"no reservation open; the stream open across the outage finished and was billed")
+
+
+def private_money_checks(pg, load: Load, stream_request_id: str) -> dict:
+    """money_checks, read from the private database with SQL (the ORM here uses the shared one)."""
+    wait_until(lambda: not pg.query("SELECT 1 FROM billing_transfer WHERE kind = 'usage' AND status = 'pending'"),
+               timeout=20, message="no open reservation")  # deferred settlements retry in the background
+    answered = {r[3] for r in load.results if r[1] == 200} | {stream_request_id}
+    posted = dict(pg.query("SELECT request_id, amount FROM billing_transfer WHERE kind = 'usage' AND status = 'posted'"))
+    assert set(posted) == answered, (len(posted), len(answered), answered - set(posted), set(posted) - answered)
+    records = dict(pg.query("SELECT request_id, cost FROM gateway_requestrecord WHERE transfer_id IS NOT NULL"))
+    assert {rid: records.get(rid) for rid in posted} == posted
+    refused = [r[3] for r in load.results if r[1] == 503]
+    assert not pg.query("SELECT 1 FROM billing_transfer WHERE request_id = ANY(%s) AND status <> 'voided'", refused)
+    # The ledger sums: balances are their entries, reserved their pending transfers, all entries zero.
+    assert pg.query("""
+        SELECT w.id FROM billing_wallet w
+        WHERE w.balance <> COALESCE((SELECT SUM(amount) FROM billing_entry e WHERE e.wallet_id = w.id), 0)
+           OR w.reserved <> COALESCE((SELECT SUM(pending_amount) FROM billing_transfer t
+                                      WHERE t.debit_wallet_id = w.id AND t.status = 'pending'), 0)
+           OR (w.kind = 'customer' AND w.balance + w.credit_limit - w.reserved < 0)""") == []
+    assert pg.query("SELECT COALESCE(SUM(amount), 0) FROM billing_entry") == [(0,)]
+    assert pg.query("""SELECT t.id FROM billing_transfer t LEFT JOIN billing_entry e ON e.transfer_id = t.id
+                       WHERE t.status = 'posted' GROUP BY t.id HAVING COUNT(e.id) <> 2 OR SUM(e.amount) <> 0""") == []
+    return {"charged": len(posted), "micro": sum(posted.values())}
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_postgres_restarted_under_load(transactional_db, alice, sim_node, sim, private_postgres):
+    from django.db import connection
+
+    sim.configure(tokens_per_s=40)
+    s = connection.settings_dict
+    source = f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+    await asyncio.to_thread(private_postgres.copy_from, source)  # alice, her keys, the node, its price
+    servers = [await asyncio.to_thread(start_server, DATABASE_URL=private_postgres.url) for _ in range(2)]
+    pids = [server.process.proc.pid for server in servers]
+    try:
+        load = Load(servers, alice)
+        loader = asyncio.ensure_future(load.run())
+        await asyncio.sleep(2)
+        stream = asyncio.ensure_future(long_stream(servers[0], alice))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(private_postgres.stop, "immediate")  # every connection cut, as in a crash
+        down_at = time.monotonic()
+        await asyncio.sleep(4)
+        await asyncio.to_thread(private_postgres.start)  # crash recovery from the WAL
+        up_at = time.monotonic()
+        await asyncio.sleep(6)
+        load.running = False
+        await loader
+        lines, stream_id = await stream
+    finally:
+        for server in servers:
+            alive = server.process.proc.poll() is None
+            server.process.stop()
+            assert alive, "".join(server.process.output[-40:])
+    assert [server.process.proc.pid for server in servers] == pids
+
+    summary = summarize(load, down_at, up_at)
+    assert set(summary["statuses"]) <= {200, 503}, summary
+    assert set(summary["codes"]) <= {"service_unavailable"}, summary
+    assert summary["during"][503] >= 5 and summary["statuses"][200] >= 20, summary
+    assert summary["recovered_s"] is not None and summary["recovered_s"] < 6, summary
+    tail = load.between(up_at + 6 - 1.5, float("inf"))
+    assert tail and all(r[1] == 200 for r in tail), Counter(r[1] for r in tail)
+    # The stream open through the outage ran to its end; its settlement waited for the database.
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["usage"]["completion_tokens"] == 60
+    money = await asyncio.to_thread(private_money_checks, private_postgres, load, stream_id)
+    print(f"\nPostgreSQL stopped (immediate) for 4 s under load ({LOADERS} clients, 2 processes): "
+          f"{dict(summary['statuses'])} (during the outage {dict(summary['during'])}), every refusal 503 "
+          f"service_unavailable, slowest {summary['worst_503_ms']:.0f} ms; first 200 {summary['recovered_s']:.2f} s "
+          f"after PostgreSQL was back, no restart; {money['charged']} answers charged once "
+          f"({money['micro']} micro-units), every refusal uncharged, no reservation open")

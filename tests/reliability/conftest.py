@@ -113,8 +113,8 @@ class PrivatePostgres:
             str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "log"), "-w", "-t", "30",
             # fsync off: the OS keeps what a killed server wrote. synchronous_commit stays on: off, a
             # commit acknowledged just before an immediate stop is lost (a settled request back to pending).
-            "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} -c fsync=off "
-                  "-c full_page_writes=off -c max_connections=200",
+            "-o", (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} -c fsync=off "
+                   "-c full_page_writes=off -c max_connections=200"),
             "start",
         ])
 

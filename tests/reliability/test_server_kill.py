@@ -89,7 +89,7 @@ def test_server_killed_with_open_streams_clients_resume_on_the_other_process(doo
         took.append(time.monotonic() - started)
         ids = [n for n, _, _ in seen + rest]
         assert ids == list(range(1, len(ids) + 1))  # the mirrored events, none lost or repeated
-        number, name, data = rest[-1]
+        _, name, data = rest[-1]
         error = json.loads(data)
         assert name == "error" and error["error"]["code"] == "upstream_unavailable", rest[-1]
         assert error["error"]["request_id"] == request_id

@@ -85,7 +85,11 @@ def test_server_killed_with_open_streams_clients_resume_on_the_other_process(doo
         with httpx.stream("GET", f"{second_server_proc.api}/streams/{request_id}", timeout=30,
                           headers={**alice.auth(), "Last-Event-ID": f"evt_{seen[-1][0]}"}) as r:
             assert r.status_code == 200 and r.headers["x-request-id"] == request_id
-            rest = event_ids_and_data(r.iter_lines())
+            lines = []
+            for line in r.iter_lines():  # heartbeats keep a stream open: bound the wait here
+                lines.append(line)
+                assert time.monotonic() - started < 15, "the resumed stream never ended"
+            rest = event_ids_and_data(lines)
         took.append(time.monotonic() - started)
         ids = [n for n, _, _ in seen + rest]
         assert ids == list(range(1, len(ids) + 1))  # the mirrored events, none lost or repeated

@@ -73,11 +73,15 @@ def _alive_key(process_id: str) -> str:
 async def heartbeat() -> None:
     """Keep this process's liveness key fresh while it runs (a lifespan task, with Redis only)."""
     client = redisconn.get_async()
+    failing = False
     while True:
         try:
             await client.set(_alive_key(PROCESS_ID), b"1", px=ALIVE_MS)
+            failing = False
         except Exception:  # Redis down: followers cannot read it either; retried next second
-            log.warning("cannot refresh this process's liveness key")
+            if not failing:
+                log.warning("cannot refresh this process's liveness key (Redis unreachable); retrying")
+            failing = True
         await asyncio.sleep(ALIVE_EVERY)
 
 

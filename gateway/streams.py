@@ -22,8 +22,8 @@ Each server process keeps a liveness key in Redis (:func:`heartbeat`) and names
 itself in the first entry of the streams it produces. A remote follower that
 finds no new entry checks it: if the producing process is gone (killed, crashed)
 the stream can never end by itself, so the follower ends it with an error event
-instead of waiting. The dead request's reservation is left to the sweeper, which
-voids it at its timeout: an answer cut by our own crash is not charged.
+instead of waiting, and brings the dead request's hold forward to the sweeper's
+next run, which voids it: an answer cut by our own crash is not charged.
 """
 from __future__ import annotations
 
@@ -38,9 +38,12 @@ from functools import lru_cache
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
+from django.utils import timezone
 
-from config import envelope, redisconn
+from billing import ledger
+from config import asyncdb, envelope, redisconn
 
+from . import background
 from .errors import GatewayError
 from .errors import envelope as error_envelope
 from .sse import frame, frames_after
@@ -214,9 +217,10 @@ class LocalFollower:
 class RemoteFollower:
     """Follows a stream produced by another process, through Redis."""
 
-    def __init__(self, client, request_id: str, after: int, *, producer: str | None = None):
+    def __init__(self, client, request_id: str, after: int, *, project_id: int, producer: str | None = None):
         self.client = client
         self.request_id = request_id
+        self.project_id = project_id
         self.key, self.watch = _keys(request_id)
         self.last = f"0-{after}"
         self.closed = False
@@ -254,6 +258,7 @@ class RemoteFollower:
                 return None
             if await self._producer_gone():
                 self.ended = True
+                background.spawn(self._release_hold(), name=f"release:{self.request_id}")
                 return [self._interrupted()]
             if time.monotonic() >= deadline:
                 return []
@@ -270,10 +275,18 @@ class RemoteFollower:
         self.missed = 0 if alive else self.missed + 1
         return self.missed >= 2
 
+    async def _release_hold(self) -> None:
+        """Nobody will settle the dead request: let the sweeper void its hold now, not at its timeout."""
+        stmt = ledger.expire_statement(request_id=self.request_id, project_id=self.project_id, now=timezone.now())
+        try:
+            await asyncdb.run(stmt)
+        except asyncdb.DatabaseUnavailable:  # the hold still times out as usual
+            log.warning("stream %s: could not bring its hold forward to the sweeper", self.request_id)
+
     def _interrupted(self) -> bytes:
         """The closing event of a stream whose producer died: numbered after the last one written."""
         message = ("The server process producing this stream stopped; the answer is incomplete. "
-                   "Nothing is charged for it.")
+                   "Nothing is charged for it (its hold is released).")
         body = {"type": "error", **error_envelope("upstream_unavailable", message, self.request_id)}
         log.warning("stream %s: its producer %s is gone; ended it for the follower", self.request_id, self.producer)
         return frame(int(self.last.split("-")[1]) + 1, orjson.dumps(body), "error")
@@ -401,7 +414,8 @@ async def open_follower(request_id: str, *, project_id: int, after: int):
     if int(fields.get(b"p", b"0")) != project_id:
         raise _not_found(request_id)
     producer = fields[b"o"].decode() if b"o" in fields else None
-    return RemoteFollower(client, request_id, after, producer=producer), orjson.loads(fields[b"h"])
+    follower = RemoteFollower(client, request_id, after, project_id=project_id, producer=producer)
+    return follower, orjson.loads(fields[b"h"])
 
 
 async def watched(request_id: str) -> bool:

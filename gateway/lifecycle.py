@@ -9,7 +9,7 @@ from django.conf import settings
 from config import asyncdb, bus, redisconn
 from nodes import http as node_http
 
-from . import background
+from . import background, streams
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ async def _embedded_beat(name: str, task: str, every: float) -> None:
 async def startup() -> list[asyncio.Task]:
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(bus.listen(), name="invalidation-listener")]
+    if redisconn.enabled():  # streams this process produces name it; followers elsewhere check it is alive
+        tasks.append(loop.create_task(streams.heartbeat(), name="stream-producer-heartbeat"))
     if settings.EMBEDDED_BEAT:
         from config.celery import app as celery_app
 

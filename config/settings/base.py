@@ -413,3 +413,4 @@ if LOG_FORMAT == "json":  # uvicorn's own lines too (its access log stays off: p
     LOGGING["loggers"].update({
         name: {"handlers": ["console"], "level": "INFO", "propagate": False} for name in ("uvicorn", "uvicorn.error")
     })
+    LOGGING["loggers"]["uvicorn.access"] = {"handlers": [], "level": "WARNING", "propagate": False}

@@ -1,5 +1,6 @@
 """Health, readiness, /metrics and the access log, through real server processes (config/ops.py)."""
 import json
+import time
 
 import httpx
 import pytest
@@ -74,11 +75,18 @@ def test_metrics_count_requests_latency_tokens_streams_and_node_health(ops_serve
                     if line.startswith("data: {") and '"usage":{' in line.replace(" ", "")][-1]
     missing = httpx.get(f"{ops_server.api}/streams/req_nosuchstream", headers=alice.auth())
     assert missing.status_code == 404
-    after = scrape(ops_server)
+    after = {}
 
     def grew(name, **labels):
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0) - before.get(key, 0)
+
+    deadline = time.monotonic() + 10  # a request is counted once its response is sent: it may trail the client
+    while time.monotonic() < deadline:
+        after = scrape(ops_server)
+        if grew("platform_http_requests_total", route="/v1/streams/{request_id}", method="GET", status="404"):
+            break
+        time.sleep(0.05)
 
     chat = {"route": "/v1/chat/completions", "method": "POST"}
     assert grew("platform_http_requests_total", **chat, status="200") == 2
@@ -105,9 +113,14 @@ def test_access_log_is_one_json_line_per_request_without_keys_or_bodies(ops_serv
     assert refused.status_code == 401
     console = httpx.get(f"{ops_server.url}/console/")
 
-    lines = [json.loads(line) for line in ops_server.process.output if line.startswith("{")]
-    assert lines, "no JSON log lines"
-    access = [line for line in lines if line["logger"] == "platform.access"]
+    def access_lines() -> list[dict]:
+        lines = [json.loads(line) for line in ops_server.process.output if line.startswith("{")]
+        return [line for line in lines if line["logger"] == "platform.access"]
+
+    deadline = time.monotonic() + 10  # a line is written once its response is sent: it may trail the client
+    while not any(line["route"] == "/console/*" for line in access_lines()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    access = access_lines()
     [mine] = [line for line in access if line["request_id"] == request_id]
     assert mine["route"] == "/v1/chat/completions" and mine["method"] == "POST" and mine["status"] == 200
     assert 0 < mine["latency_ms"] < 30_000 and mine["process"] == "web-test-a" and mine["level"] == "INFO"

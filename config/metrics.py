@@ -17,9 +17,9 @@ import os
 import socket
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 # The name this process gives itself (X-Served-By, logs): PROCESS_NAME, else host:pid.
 PROCESS_NAME = os.environ.get("PROCESS_NAME") or f"{socket.gethostname()}:{os.getpid()}"

@@ -49,7 +49,20 @@ async def startup() -> list[asyncio.Task]:
 
 
 async def shutdown(tasks: list[asyncio.Task]) -> None:
-    await background.drain()
+    """After the server stopped accepting and its open responses ended (config/server.py):
+    finish the settlements and other background work, then flush what is written in batches
+    (stream events to Redis, kept bodies), then close the pools."""
+    from config import ops
+
+    from . import streams, vault
+
+    ops.start_draining()  # a plain uvicorn run comes here directly
+    await background.drain(timeout=settings.SHUTDOWN_DRAIN_SECONDS)
+    for flush in (streams.flush_all, vault.bodies_flushed):
+        try:
+            await asyncio.wait_for(flush(), timeout=10)
+        except Exception:
+            log.exception("shutdown: %s did not finish", flush.__qualname__)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -52,7 +52,7 @@ async def create(*, paid: PaidRequest, kind: str, params: dict[str, Any], input:
         kind=kind, project_id=paid.key.project_id, params=params, input=input, request_id=paid.request_id,
         now=timezone.now(),
     )
-    await paid.reserve(amount=amount, before=[insert])
+    await paid.reserve(amount=amount, before=[insert], held_here=False)  # the worker settles it
     return job
 
 

@@ -41,7 +41,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing import ledger
-from config import asyncdb, envelope, redisconn
+from config import asyncdb, envelope, metrics, redisconn
 
 from . import background
 from .errors import GatewayError
@@ -141,6 +141,7 @@ class StreamLog:
         self.done = False
         self.attached = 0
         self.on_idle = None  # called when the last local follower leaves
+        self.counted_open = False  # in metrics.STREAMS_OPEN (register) until closed
         self._waiter: asyncio.Future | None = None
         self._mirror = _RedisMirror(self) if redisconn.enabled() else None
 
@@ -152,6 +153,9 @@ class StreamLog:
 
     def close(self) -> None:
         self.done = True
+        if self.counted_open:
+            self.counted_open = False
+            metrics.STREAMS_OPEN.dec()
         self._notify()
         if self._mirror is not None:
             self._mirror.push(None)  # Redis keeps it for reconnects; this process forgets it once written
@@ -369,7 +373,15 @@ _local: dict[str, StreamLog] = {}
 
 def register(stream: StreamLog) -> StreamLog:
     _local[stream.request_id] = stream
+    stream.counted_open = True
+    metrics.STREAMS_OPEN.inc()
     return stream
+
+
+async def flush_all() -> None:
+    """Wait until Redis holds every event of this process's streams (shutdown: a client resumes elsewhere)."""
+    for stream in list(_local.values()):
+        await stream.flushed()
 
 
 def _forget(stream: StreamLog) -> None:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,23 +56,30 @@ def pinned(core: int, args: list[str]) -> list[str]:
     return (["taskset", "-c", str(core)] if shutil.which("taskset") else []) + args
 
 
-def start(args: list[str], env: dict, ready: str, timeout: float = 60) -> subprocess.Popen:
-    """Start a process and wait for a line of its output that contains ``ready``.
-
-    Its output is then drained by a thread, so a chatty process never blocks on a full pipe."""
+def start(args: list[str], env: dict, ready: str | Callable[[], bool], timeout: float = 60) -> subprocess.Popen:
+    """Start a process and wait until it is ready: a line of its output contains ``ready`` (a string), or
+    ``ready()`` returns true (polled). Its output is drained by a thread, so a chatty process never
+    blocks on a full pipe; the last lines are shown if it does not start in ``timeout`` seconds."""
     import threading
 
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
     seen: list[str] = []
-    for line in proc.stdout:
-        seen.append(line)
-        if ready in line:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    found = threading.Event()
+
+    def drain() -> None:
+        for line in proc.stdout:
+            if len(seen) < 200:
+                seen.append(line)
+            if isinstance(ready, str) and ready in line:
+                found.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if found.wait(0.2) or (callable(ready) and ready()):
             return proc
-        if time.monotonic() > deadline:
-            break
     proc.kill()
+    proc.wait()
     raise SystemExit(f"{args} did not start:\n{''.join(seen[-30:])}")
 
 

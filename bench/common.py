@@ -56,13 +56,14 @@ def pinned(core: int, args: list[str]) -> list[str]:
     return (["taskset", "-c", str(core)] if shutil.which("taskset") else []) + args
 
 
-def start(args: list[str], env: dict, ready: str | Callable[[], bool], timeout: float = 60) -> subprocess.Popen:
+def start(args: list[str], env: dict, ready: str | Callable[[], bool], timeout: float = 60,
+          cwd: Path = ROOT) -> subprocess.Popen:
     """Start a process and wait until it is ready: a line of its output contains ``ready`` (a string), or
     ``ready()`` returns true (polled). Its output is drained by a thread, so a chatty process never
     blocks on a full pipe; the last lines are shown if it does not start in ``timeout`` seconds."""
     import threading
 
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[str] = []
     found = threading.Event()
 
@@ -83,8 +84,8 @@ def start(args: list[str], env: dict, ready: str | Callable[[], bool], timeout: 
     raise SystemExit(f"{args} did not start:\n{''.join(seen[-30:])}")
 
 
-def environment(state: str) -> tuple[dict, str]:
-    """The gateway's environment: PostgreSQL + Redis (a scratch database ``bench_platform``) when they
+def environment(state: str, database: str = "bench_platform") -> tuple[dict, str]:
+    """The gateway's environment: PostgreSQL + Redis (a scratch ``database``, created afresh) when they
     are on this machine, else the embedded default; and a description of which."""
     env = {**os.environ, "STATE_DIR": state, "EMBEDDED_BEAT": "0", "LOCAL_NODE_ENABLED": "0", "APP_ENV": "test",
            "LOG_LEVEL": "WARNING"}
@@ -92,9 +93,9 @@ def environment(state: str) -> tuple[dict, str]:
         import psycopg
 
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS bench_platform WITH (FORCE)")
-            conn.execute("CREATE DATABASE bench_platform")
-        env.update(DATABASE_URL="postgres://postgres@127.0.0.1:5432/bench_platform",
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {database}")
+        env.update(DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database}",
                    REDIS_URL="redis://127.0.0.1:6379/14", REDIS_PREFIX=f"bench-{os.getpid()}")
         return env, "PostgreSQL + Redis (production shape)"
     return env, "SQLite + in-process (embedded default)"
@@ -151,3 +152,14 @@ def rss_bytes(pid: int) -> int:
         except (OSError, StopIteration):
             continue
     return total
+
+
+def drop_database(env: dict) -> None:
+    """Drop the scratch database ``environment`` created (nothing on the embedded default)."""
+    if "DATABASE_URL" not in env:
+        return
+    import psycopg
+
+    name = env["DATABASE_URL"].rsplit("/", 1)[1]
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

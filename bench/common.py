@@ -25,6 +25,21 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def machine_details() -> str:
+    """machine() plus the CPU model, memory and OS (Linux /proc and /etc/os-release)."""
+    parts = [machine()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            parts.insert(0, next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name")))
+        with open("/proc/meminfo") as f:
+            parts.append(f"{int(f.readline().split()[1]) / 2**20:.0f} GiB")
+        with open("/etc/os-release") as f:
+            parts.append(next(line.split("=", 1)[1].strip().strip('"') for line in f if line.startswith("PRETTY_NAME")))
+    except (OSError, StopIteration):
+        pass
+    return ", ".join(parts)
+
+
 def percentile(ordered: Sequence[float], q: float) -> float:
     """The q-quantile of values already sorted ascending (nearest rank)."""
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

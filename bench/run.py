@@ -41,8 +41,8 @@ VENV_PYTHON = Path(__file__).resolve().parent.parent / ".venv/bin/python"
 if Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve() and VENV_PYTHON.exists() and __name__ == "__main__":
     os.execv(VENV_PYTHON, [str(VENV_PYTHON), *sys.argv])  # `python bench/run.py` runs in the project's venv
 
-from common import (ROOT, cpu_seconds, drop_database, environment, free_port, machine, migrate_and_seed, pinned, rss_bytes, start,
-                    start_gateway)
+from common import (ROOT, cpu_seconds, drop_database, environment, free_port, machine_details, migrate_and_seed,
+                    pinned, rss_bytes, start, start_gateway)
 
 FAST, SLOW = "bench-model", "bench-model-slow"
 CHUNKS, INTERVAL_MS, SLOW_MS = 64, 20, 50
@@ -423,7 +423,7 @@ def main() -> None:
             for port, ms, model in ((fast_port, 0, FAST), (slow_port, SLOW_MS, SLOW))]
     mocks = [start(m, env, "mock upstream on") for m in mock]
     fast, slow = f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}"
-    print(f"# {shape}; {machine()}; ulimit -n {hard}", file=sys.stderr)
+    print(f"# {shape}; {machine_details()}; ulimit -n {hard}", file=sys.stderr)
     keys = migrate_and_seed(env, {FAST: fast, SLOW: slow}, TENANTS) if "ours" in names else []
     runs: dict[str, list[dict]] = {n: [] for n in names}
     started = time.monotonic()
@@ -527,7 +527,7 @@ def report(figures, runs, shape, mode, took, s: Settings, nofile: int, when: str
     return "\n".join([
         SECTION,
         "",
-        f"{when}; {machine()}; {shape}; LiteLLM {lite}; {mode}"
+        f"{when}; {machine_details()}; {shape}; LiteLLM {lite}; {mode}"
         + (f"; took {took / 60:.1f} min." if took else "."),
         "One gateway process at a time pinned to core 0 (taskset); the Node.js mock upstream and the load",
         "generators (wrk + bench/wrk/chat.lua, bench/stream_client.js) on core 1. Mock: 0 ms latency for the",

@@ -122,7 +122,8 @@ def migrate_and_seed(env: dict, nodes: dict[str, str], tenants: int, plan: bool 
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     seed = [sys.executable, "bench/seed.py", ",".join(nodes.values()), ",".join(nodes), str(tenants),
             *(["plan"] if plan else [])]
-    return json.loads(subprocess.run(seed, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout)["keys"]
+    out = subprocess.run(seed, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["keys"]
 
 
 def start_gateway(env: dict, port: int, core: int = 0) -> subprocess.Popen:

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VENV_PYTHON = Path(__file__).resolve().parent.parent / ".venv/bin/python"
-if Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve() and VENV_PYTHON.exists() and __name__ == "__main__":
+IN_VENV = Path(sys.prefix).resolve() == VENV_PYTHON.parent.parent.resolve()
+if __name__ == "__main__" and not IN_VENV and VENV_PYTHON.exists():
     os.execv(VENV_PYTHON, [str(VENV_PYTHON), *sys.argv])  # `python bench/run.py` runs in the project's venv
 
 from common import (ROOT, cpu_seconds, drop_database, environment, free_port, machine_details, migrate_and_seed,
@@ -531,11 +532,13 @@ def report(figures, runs, shape, mode, took, s: Settings, nofile: int, when: str
         + (f"; took {took / 60:.1f} min." if took else "."),
         "One gateway process at a time pinned to core 0 (taskset); the Node.js mock upstream and the load",
         "generators (wrk + bench/wrk/chat.lua, bench/stream_client.js) on core 1. Mock: 0 ms latency for the",
-        f"latency and stream rows, {SLOW_MS} ms for the throughput rows; streams are {CHUNKS} chunks {INTERVAL_MS} ms apart.",
+        f"latency and stream rows, {SLOW_MS} ms for the throughput rows; streams are {CHUNKS} chunks "
+        f"{INTERVAL_MS} ms apart.",
         f"Throughput steps the concurrency through {s.steps} ({s.seconds:.0f} s each) and stops at the first step",
         "with an error or a p99 more than 50 ms above direct's at the same concurrency. Stream rows: 16 clients",
         f"opening streams back to back for {s.stream_seconds:.0f} s. Streams held: {s.stream_steps} opened at once;",
-        f"a stream that errors, times out ({STREAM_TIMEOUT} s) or misses any of its 64 chunks is lost (delayed chunks are",
+        f"a stream that errors, times out ({STREAM_TIMEOUT} s) or misses any of its 64 chunks is lost (delayed "
+        "chunks are",
         "not lost: each step's TTFT and gap p99 are listed below); steps past 1,000 only while the previous one took",
         f"under 10 s. ulimit -n {nofile} (raised by the script).",
         "RSS from /proc of the gateway's process tree: idle after the stream rows, per stream = (peak while all",

@@ -214,8 +214,11 @@ def measure(target: Target, s: Settings, direct_p99: dict[int, float], slow_dire
     idle = rss_bytes(target.pid) if target.pid else 0
     r.update(idle_rss=idle / 2**20 if target.pid else None, held=0, rss_per_stream=None, held_detail={})
     for n in s.stream_steps:
-        if n > 1000 and r["held_detail"] and list(r["held_detail"].values())[-1]["seconds"] > 10:
-            break  # held, but far from paced: the steps past the target would only take minutes
+        took = list(r["held_detail"].values())[-1]["seconds"] if r["held_detail"] else 0
+        if (n > 1000 and took > 10) or took > STREAM_TIMEOUT / 2:
+            # Held, but far from paced: past the target, or when the next step (more streams) would run into
+            # the timeout, another step would only take minutes.
+            break
         peak = [0]
 
         def sample(peak=peak) -> None:
@@ -540,7 +543,8 @@ def report(figures, runs, shape, mode, took, s: Settings, nofile: int, when: str
         f"a stream that errors, times out ({STREAM_TIMEOUT} s) or misses any of its 64 chunks is lost (delayed "
         "chunks are",
         "not lost: each step's TTFT and gap p99 are listed below); steps past 1,000 only while the previous one took",
-        f"under 10 s. ulimit -n {nofile} (raised by the script).",
+        f"under 10 s, and none after a step that took over {STREAM_TIMEOUT // 2} s. ulimit -n {nofile} (raised by the "
+        "script).",
         "RSS from /proc of the gateway's process tree: idle after the stream rows, per stream = (peak while all",
         "streams of the last step were open − idle) / streams.",
         "",

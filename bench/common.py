@@ -131,7 +131,7 @@ def start_gateway(env: dict, port: int, core: int = 0) -> subprocess.Popen:
     return start(pinned(core, [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port),
                                "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "info",
                                "--lifespan", "on"]),
-                 {**env, "LOG_LEVEL": "INFO"}, "Application startup complete")
+                 {**env, "LOG_LEVEL": "INFO"}, "Uvicorn running on")  # bound (startup completes before the bind)
 
 
 def cpu_seconds(pid: int | None) -> float:

@@ -425,13 +425,15 @@ def main() -> None:
     mock = [pinned(1, ["node", str(ROOT / "bench/mock_upstream.js"), "--port", str(port), "--latency-ms", str(ms),
                        "--chunks", str(CHUNKS), "--chunk-interval-ms", str(INTERVAL_MS), "--model", model])
             for port, ms, model in ((fast_port, 0, FAST), (slow_port, SLOW_MS, SLOW))]
-    mocks = [start(m, env, "mock upstream on") for m in mock]
+    mocks: list[subprocess.Popen] = []
     fast, slow = f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}"
     print(f"# {shape}; {machine_details()}; ulimit -n {hard}", file=sys.stderr)
-    keys = migrate_and_seed(env, {FAST: fast, SLOW: slow}, TENANTS) if "ours" in names else []
     runs: dict[str, list[dict]] = {n: [] for n in names}
     started = time.monotonic()
     try:
+        for m in mock:
+            mocks.append(start(m, env, "mock upstream on"))
+        keys = migrate_and_seed(env, {FAST: fast, SLOW: slow}, TENANTS) if "ours" in names else []
         for i in range(runs_n):
             direct_p99: dict[int, float] = {}
             for name in names:

@@ -37,8 +37,11 @@ stripe-emulator: install
 smoke: install
 	@bash deploy/smoke.sh
 
-bench: install model
-	@$(BIN)/python bench/gateway_overhead.py
+# The side-by-side benchmark (issue 8): direct to a mock upstream, our gateway, LiteLLM; ~20 min.
+# BENCH_ARGS="--quick" for one short run, "--write" to update bench/RESULTS.md. LiteLLM lives in its own
+# venv: python3.11 -m venv bench/.venv-litellm && bench/.venv-litellm/bin/pip install 'litellm[proxy]==1.108.7'
+bench: install
+	@$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 install: $(BIN)/.installed
 

@@ -20,62 +20,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
-from common import free_port, machine, percentile, print_table
+from common import (cpu_seconds, environment, free_port, machine, migrate_and_seed, percentile, pinned, print_table,
+                    start, start_gateway)
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say something short."}], "max_tokens": 16}
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-def pinned(core: int, args: list[str]) -> list[str]:
-    return (["taskset", "-c", str(core)] if shutil.which("taskset") else []) + args
-
-
-def start(args: list[str], env: dict, ready: str) -> subprocess.Popen:
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    for line in proc.stdout:
-        if ready in line:
-            return proc
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise SystemExit(f"{args} did not start")
-
-
-def environment(state: str) -> tuple[dict, str]:
-    env = {**os.environ, "STATE_DIR": state, "EMBEDDED_BEAT": "0", "LOCAL_NODE_ENABLED": "0", "APP_ENV": "test",
-           "LOG_LEVEL": "WARNING"}
-    if listening(5432) and listening(6379):
-        import psycopg
-
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS bench_platform WITH (FORCE)")
-            conn.execute("CREATE DATABASE bench_platform")
-        env.update(DATABASE_URL="postgres://postgres@127.0.0.1:5432/bench_platform",
-                   REDIS_URL="redis://127.0.0.1:6379/14", REDIS_PREFIX=f"bench-{os.getpid()}")
-        return env, "PostgreSQL + Redis (production shape)"
-    return env, "SQLite + in-process (embedded default)"
 
 
 async def one(session: aiohttp.ClientSession, url: str, headers: dict, stream: bool) -> float:
@@ -91,15 +47,6 @@ async def one(session: aiohttp.ClientSession, url: str, headers: dict, stream: b
             if first is None and b'"content":"' in line and b'"content":""' not in line:
                 first = time.perf_counter() - started
         return first
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU a process used so far (Linux /proc); 0 without a pid."""
-    if pid is None:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(url: str, headers: list[dict], *, concurrency: int, seconds: float, stream: bool,
@@ -151,17 +98,11 @@ def main() -> None:
     state = tempfile.mkdtemp(prefix="bench-state-")
     env, shape = environment(state)
     py = sys.executable
-    subprocess.run([py, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     sim_port, gw_port = free_port(), free_port()
     sim = start(pinned(1, [py, "manage.py", "run_node_simulator", "--port", str(sim_port), "--models", MODEL]),
                 env, "listening on")
-    seed = [py, "bench/seed.py", f"http://127.0.0.1:{sim_port}", MODEL, str(args.tenants), *(["plan"] if args.plan else [])]
-    keys = json.loads(subprocess.run(seed,
-                                     cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout)["keys"]
-    gateway = start(pinned(0, [py, "-m", "uvicorn", "config.asgi:application", "--port", str(gw_port), "--loop",
-                               "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "info",
-                               "--lifespan", "on"]),
-                    {**env, "LOG_LEVEL": "INFO"}, "Application startup complete")
+    keys = migrate_and_seed(env, {MODEL: f"http://127.0.0.1:{sim_port}"}, args.tenants, args.plan)
+    gateway = start_gateway(env, gw_port)
     direct = (f"http://127.0.0.1:{sim_port}/v1/chat/completions", [{}])
     through = (f"http://127.0.0.1:{gw_port}/v1/chat/completions", [{"Authorization": f"Bearer {k}"} for k in keys])
     cases = [("chat, concurrency 1", 1, False), ("chat, concurrency 16", 16, False),

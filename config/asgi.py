@@ -39,10 +39,10 @@ PKI_PATH = "/pki/public_key"  # the gateway's sealed-request keys (gateway/SEALE
 http_app = guard(django_app if settings.PRODUCTION else ASGIStaticFilesHandler(django_app),
                  api_prefixes=MANAGEMENT_PREFIXES)
 websocket_app = AllowedHostsOriginValidator(CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([])))))
-relay_app = CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([
+relay_app = guard(CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([
     re_path(r"^chat/relay/(?P<conversation_id>conv_[A-Za-z0-9]{1,40})/$", RelayConsumer.as_asgi()),
     re_path(r"", RelayNotFound.as_asgi()),
-]))))
+])))), api_prefixes=(RELAY_PREFIX,))
 
 
 async def application(scope, receive, send):

@@ -6,8 +6,9 @@ view runs, with no deadline: a client could trickle a byte every few seconds and
 connection forever, or send a gigabyte to /v1/keys and have it written to disk before the 400.
 This wrapper watches the body as Django receives it:
 
-* on the /v1 management paths, a body above GATEWAY_MAX_BODY_BYTES (declared or counted) is
-  refused with 413 in the API's error envelope, without reading the rest;
+* on the API's paths (the /v1 management API, the Web Chat relay), a body above
+  GATEWAY_MAX_BODY_BYTES (declared or counted) is refused with 413 in the error envelope, without
+  reading the rest;
 * everywhere, a body not complete within GATEWAY_BODY_TIMEOUT_SECONDS is refused with 408.
 
 Both answers close the connection. Requests without a body pay one dictionary lookup.

@@ -97,6 +97,18 @@ def test_a_body_that_trickles_in_is_timed_out_with_408(api, path):
     assert answer.closed
 
 
+def test_a_body_sent_to_the_web_chat_relay_is_bounded_too(api):
+    server, _ = api
+    path = "/chat/relay/conv_matrix/"
+    with open_request(server.url, f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {64 * LIMIT}\r\n\r\n") as sock:
+        answer = read_answer(sock)
+    assert assert_envelope(answer, 413)["code"] == "body_too_large" and answer.closed
+    with open_request(server.url, f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n") as sock:
+        sock.sendall(b"x")
+        answer = read_answer(sock, timeout=DEADLINE_S + 10)
+    assert assert_envelope(answer, 408)["code"] == "body_timeout" and answer.closed
+
+
 def test_a_console_form_that_trickles_in_is_timed_out_too(api):
     server, _ = api
     sock = open_request(server.url, "POST /accounts/login/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"

@@ -44,3 +44,32 @@ def test_bad_input_at_volume_on_the_paid_routes(server, request, method, path):
 @pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 def test_bad_input_at_high_volume_on_every_route(server, request, method, path):
     volume(server, request, method, path, 400)
+
+
+# Found at volume: a NUL byte in GET /v1/receipts?request_id= reached PostgreSQL, which refused the
+# query (a 500); probing every id the same way found it in /v1/jobs/{id} and /v1/agents/runs/{id}/events
+# too, and a POST to an unknown /v1/keys/… path answered with CSRF's HTML 403. Every id a path or
+# query takes is probed with the bytes that once broke one.
+HOSTILE_IDS = ["%00", "a%00b", "%C3%A9", "%F0%9F%92%A5", "..%2F..", "%25", "x" * 300, "req_%00" + "a" * 22]
+ID_ROUTES = ["/v1/receipts?request_id={id}", "/v1/streams/{id}", "/v1/responses/{id}", "/v1/jobs/{id}",
+             "/v1/agents/runs/{id}/events", "/v1/images/{id}/0", "/v1/images/job_x/{id}", "/v1/models/{id}",
+             "/v1/nodes/{id}/attestation", "/v1/keys/{id}", "/v1/keys/{id}/rotate"]
+
+
+def test_hostile_ids_in_paths_and_queries_are_never_a_server_error(server, alice):
+    import httpx
+
+    failures = []
+    with httpx.Client(timeout=30, headers=alice.auth()) as client:
+        for route in ID_ROUTES:
+            for hostile in HOSTILE_IDS:
+                method = "POST" if route.endswith("/rotate") else "GET"
+                response = client.request(method, server.url + route.replace("{id}", hostile))
+                try:
+                    if response.status_code >= 400:
+                        assert_envelope(response)
+                    else:
+                        assert route.startswith("/v1/receipts") and response.json()["data"] == []
+                except AssertionError:
+                    failures.append((route, hostile, response.status_code))
+    assert not failures, failures

@@ -12,7 +12,7 @@ QUIET = 2>&1 | { grep -vE "^WARNING: Location|BuildBackendWarning|^ *(!!|\*{10,}
 # Built once per machine, reused by every checkout.
 WHEEL_CACHE ?= $(HOME)/.cache/private-inference/wheels
 
-.PHONY: run test test-slow install model embeddings-minilm bench migrate clean stripe-emulator
+.PHONY: run test test-slow install model embeddings-minilm bench migrate clean stripe-emulator smoke
 
 run: install model
 	@$(BIN)/python manage.py migrate --noinput -v0
@@ -31,6 +31,11 @@ test-slow: install model
 stripe-emulator: install
 	@$(BIN)/python -m billing.stripe_emulator --port 12111 \
 	  --webhook-url http://127.0.0.1:$${PORT:-8000}/billing/stripe/webhook --webhook-secret whsec_emulator_dev
+
+# The production layout on this machine (nginx, 2 ASGI processes, worker, beat, PostgreSQL, Redis)
+# and an end-to-end check through it: deploy/smoke.sh (deploy/README.md).
+smoke: install
+	@bash deploy/smoke.sh
 
 bench: install model
 	@$(BIN)/python bench/gateway_overhead.py

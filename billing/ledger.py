@@ -300,6 +300,16 @@ def extend_statement(*, transfer_id: int, until: dt.datetime) -> Stmt:
     )
 
 
+def expire_statement(*, request_id: str, project_id: int, now: dt.datetime) -> Stmt:
+    """Let the sweeper void a request's pending hold at its next run: the process that would have
+    settled it is gone (a stream whose producer died). Rowcount 0: nothing pending."""
+    return Stmt(
+        "UPDATE billing_transfer SET timeout_at = LEAST(timeout_at, %(now)s) WHERE request_id = %(request_id)s "
+        "AND project_id = %(project_id)s AND kind = 'usage' AND status = 'pending'",
+        {"request_id": request_id, "project_id": project_id, "now": now},
+    )
+
+
 def fixed_amount(reservation: Reservation, amount: int) -> tuple[int, bool]:
     """A cost computed by the caller, capped at the reservation."""
     if amount < 0:

@@ -6,6 +6,9 @@
 * everything else over HTTP → Django (console, admin, allauth, webhooks);
 * websockets → Channels;
 * lifespan → start/stop the gateway's background machinery.
+
+In front of all of them (config/ops.py): /healthz, /readyz and /metrics, and per request the
+metrics, the access log line and X-Served-By.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
 from channels.auth import AuthMiddleware  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from config import ops  # noqa: E402
 from config.bodyguard import guard  # noqa: E402
 from gateway import lifecycle  # noqa: E402
 from gateway.app import app as gateway_app  # noqa: E402
@@ -45,15 +49,21 @@ relay_app = guard(CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([
 ])))), api_prefixes=(RELAY_PREFIX,))
 
 
+async def route_http(scope, receive, send):
+    path = scope["path"]
+    if (path.startswith("/v1/") and not path.startswith(MANAGEMENT_PREFIXES)) or path == PKI_PATH:
+        return await gateway_app(scope, receive, send)
+    if path.startswith(RELAY_PREFIX):
+        return await relay_app(scope, receive, send)
+    return await http_app(scope, receive, send)
+
+
 async def application(scope, receive, send):
     kind = scope["type"]
     if kind == "http":
-        path = scope["path"]
-        if (path.startswith("/v1/") and not path.startswith(MANAGEMENT_PREFIXES)) or path == PKI_PATH:
-            return await gateway_app(scope, receive, send)
-        if path.startswith(RELAY_PREFIX):
-            return await relay_app(scope, receive, send)
-        return await http_app(scope, receive, send)
+        if scope["path"] in ops.PATHS:
+            return await ops.serve(scope, receive, send)
+        return await ops.observe(route_http, scope, receive, send)
     if kind == "websocket":
         return await websocket_app(scope, receive, send)
     if kind == "lifespan":

@@ -205,8 +205,8 @@ class ImageRun(gw_jobs.JobRun):
         self.finish(status=Job.Status.SUCCEEDED, result=result, settle=settle)
 
 
-def run_job(job_id: str) -> None:
-    run = ImageRun.claim(job_id)
+def run_job(job_id: str, *, redelivered: bool = False) -> None:
+    run = ImageRun.claim(job_id, redelivered=redelivered)
     if run is None:
         return
     try:

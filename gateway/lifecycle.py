@@ -9,7 +9,7 @@ from django.conf import settings
 from config import asyncdb, bus, redisconn
 from nodes import http as node_http
 
-from . import background
+from . import background, streams
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ async def _embedded_beat(name: str, task: str, every: float) -> None:
 async def startup() -> list[asyncio.Task]:
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(bus.listen(), name="invalidation-listener")]
+    if redisconn.enabled():  # streams this process produces name it; followers elsewhere check it is alive
+        tasks.append(loop.create_task(streams.heartbeat(), name="stream-producer-heartbeat"))
     if settings.EMBEDDED_BEAT:
         from config.celery import app as celery_app
 
@@ -47,7 +49,20 @@ async def startup() -> list[asyncio.Task]:
 
 
 async def shutdown(tasks: list[asyncio.Task]) -> None:
-    await background.drain()
+    """After the server stopped accepting and its open responses ended (config/server.py):
+    finish the settlements and other background work, then flush what is written in batches
+    (stream events to Redis, kept bodies), then close the pools."""
+    from config import ops
+
+    from . import streams, vault
+
+    ops.start_draining()  # a plain uvicorn run comes here directly
+    await background.drain(timeout=settings.SHUTDOWN_DRAIN_SECONDS)
+    for flush in (streams.flush_all, vault.bodies_flushed):
+        try:
+            await asyncio.wait_for(flush(), timeout=10)
+        except Exception:
+            log.exception("shutdown: %s did not finish", flush.__qualname__)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

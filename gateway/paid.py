@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from billing import ledger
 from billing.pricing import Price, Usage, reservation_micros
-from config import asyncdb, bus
+from config import asyncdb, bus, metrics
 from config.asyncdb import Stmt
 
 from . import auth, background, idempotency, limits
@@ -63,6 +63,7 @@ class PaidRequest:
         self.reservation: ledger.Reservation | None = None
         self.settlement: ledger.Settlement | None = None
         self.finished = False
+        self.counted_open = False  # in metrics.RESERVATIONS_OPEN until finished
 
     @property
     def request_id(self) -> str:
@@ -70,10 +71,11 @@ class PaidRequest:
 
     async def reserve(
         self, *, max_input_tokens: int = 0, max_output_tokens: int = 0, amount: int | None = None,
-        before: Sequence[Stmt] = (),
+        before: Sequence[Stmt] = (), held_here: bool = True,
     ) -> idempotency.StoredResponse | None:
         """Hold the worst-case cost (``amount`` when the caller prices it, e.g. per image),
-        running ``before`` in the same round trip. Returns a stored response if this is a replay."""
+        running ``before`` in the same round trip. Returns a stored response if this is a replay.
+        ``held_here=False``: a job settles it elsewhere (a worker), so this process does not count it open."""
         if amount is None:
             amount = reservation_micros(self.price, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens)
         cap = self.key.request_spend_cap
@@ -105,6 +107,9 @@ class PaidRequest:
                     key_spend_cap=self.key.key_spend_cap,
                 )
                 self.meta.transfer_id = self.reservation.transfer_id
+                if held_here:
+                    self.counted_open = True
+                    metrics.RESERVATIONS_OPEN.inc()
                 return None
             except asyncdb.ConstraintViolation as exc:
                 if exc.name != idempotency.CONSTRAINT:
@@ -168,6 +173,8 @@ class PaidRequest:
         client got, or a function returning it)."""
         assert self.reservation is not None and not self.finished
         self.finished = True
+        if self.counted_open:
+            metrics.RESERVATIONS_OPEN.dec()
         meta = self.meta
         meta.status_code, meta.error_code, meta.node_id, meta.ttft_ms = status_code, error_code, node_id, ttft_ms
         meta.latency_ms = self._elapsed_ms()
@@ -180,6 +187,7 @@ class PaidRequest:
             amount, _ = ledger.settlement_amount(self.reservation, usage)
             meta.input_tokens, meta.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens
             meta.output_tokens, meta.cost = usage.output_tokens, amount
+            metrics.tokens_settled(meta.model, usage.input_tokens, usage.output_tokens)
         after.append(insert_statement(meta))
         if self.claim is not None:
             if stored is not None:

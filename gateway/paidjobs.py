@@ -52,7 +52,7 @@ async def create(*, paid: PaidRequest, kind: str, params: dict[str, Any], input:
         kind=kind, project_id=paid.key.project_id, params=params, input=input, request_id=paid.request_id,
         now=timezone.now(),
     )
-    await paid.reserve(amount=amount, before=[insert])
+    await paid.reserve(amount=amount, before=[insert], held_here=False)  # the worker settles it
     return job
 
 
@@ -196,11 +196,20 @@ class JobRun:
         self.bill: JobBill | None = None
 
     @classmethod
-    def claim(cls, job_id: str) -> JobRun | None:
-        """The job, claimed for this worker; None if another worker (or an earlier try) took it."""
+    def claim(cls, job_id: str, *, redelivered: bool = False) -> JobRun | None:
+        """The job, claimed for this worker; None if another worker (or an earlier try) took it.
+
+        ``redelivered``: the broker handed the task back because the worker running it died
+        (acks_late + reject_on_worker_lost); a job still running is then claimed once more
+        (jobs.job_reclaim). Its hold is still pending, so it is settled once, by whichever run
+        ends it; a run that had ended it already left nothing to claim."""
         job = Job.objects.select_related("project").filter(public_id=job_id).first()
-        if job is None or not jobs.job_start(job=job):
+        if job is None:
             return None
+        if not jobs.job_start(job=job) and not (redelivered and jobs.job_reclaim(job=job)):
+            return None
+        if job.attempts > 1:
+            log.warning("job %s: its worker was lost mid-run; running it again (attempt %d)", job_id, job.attempts)
         return cls(job)
 
     def hold(self) -> None:

@@ -17,6 +17,13 @@ The frames hold answer text, so they are sealed in Redis (:func:`seal_entry`):
 AES-256-GCM under a key derived per stream from the master key (config.envelope)
 and the request id, with the request id and the entry id as associated data; a
 follower in any process derives the same key and opens them.
+
+Each server process keeps a liveness key in Redis (:func:`heartbeat`) and names
+itself in the first entry of the streams it produces. A remote follower that
+finds no new entry checks it: if the producing process is gone (killed, crashed)
+the stream can never end by itself, so the follower ends it with an error event
+instead of waiting, and brings the dead request's hold forward to the sweeper's
+next run, which voids it: an answer cut by our own crash is not charged.
 """
 from __future__ import annotations
 
@@ -25,16 +32,21 @@ import logging
 import os
 import re
 import time
+import uuid
 from functools import lru_cache
 
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
+from django.utils import timezone
 
-from config import envelope, redisconn
+from billing import ledger
+from config import asyncdb, envelope, metrics, redisconn
 
+from . import background
 from .errors import GatewayError
-from .sse import frames_after
+from .errors import envelope as error_envelope
+from .sse import frame, frames_after
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +54,9 @@ WATCH_MS = 3000  # a remote follower refreshes its watch key every ≤1 s
 READ_BLOCK_MS = 1000
 COALESCE_SECONDS = 0.025
 STARTING_MS = 500  # how long a reconnect waits for a stream that is still being opened
+PROCESS_ID = uuid.uuid4().hex  # this server process, as named in the streams it produces
+ALIVE_MS = 3000  # a process refreshes its liveness key every second
+ALIVE_EVERY = 1.0
 _EVENT_ID = re.compile(r"^(?:evt_)?(\d{1,9})$")
 
 
@@ -52,6 +67,25 @@ def retention_seconds() -> int:
 def _keys(request_id: str) -> tuple[str, str]:
     """The stream's Redis stream, and the key its remote followers keep alive."""
     return redisconn.key("stream", request_id), redisconn.key("stream", request_id, "watch")
+
+
+def _alive_key(process_id: str) -> str:
+    return redisconn.key("proc", process_id, "alive")
+
+
+async def heartbeat() -> None:
+    """Keep this process's liveness key fresh while it runs (a lifespan task, with Redis only)."""
+    client = redisconn.get_async()
+    failing = False
+    while True:
+        try:
+            await client.set(_alive_key(PROCESS_ID), b"1", px=ALIVE_MS)
+            failing = False
+        except Exception:  # Redis down: followers cannot read it either; retried next second
+            if not failing:
+                log.warning("cannot refresh this process's liveness key (Redis unreachable); retrying")
+            failing = True
+        await asyncio.sleep(ALIVE_EVERY)
 
 
 def redis_key(request_id: str) -> str:
@@ -107,6 +141,7 @@ class StreamLog:
         self.done = False
         self.attached = 0
         self.on_idle = None  # called when the last local follower leaves
+        self.counted_open = False  # in metrics.STREAMS_OPEN (register) until closed
         self._waiter: asyncio.Future | None = None
         self._mirror = _RedisMirror(self) if redisconn.enabled() else None
 
@@ -118,6 +153,9 @@ class StreamLog:
 
     def close(self) -> None:
         self.done = True
+        if self.counted_open:
+            self.counted_open = False
+            metrics.STREAMS_OPEN.dec()
         self._notify()
         if self._mirror is not None:
             self._mirror.push(None)  # Redis keeps it for reconnects; this process forgets it once written
@@ -183,13 +221,16 @@ class LocalFollower:
 class RemoteFollower:
     """Follows a stream produced by another process, through Redis."""
 
-    def __init__(self, client, request_id: str, after: int):
+    def __init__(self, client, request_id: str, after: int, *, project_id: int, producer: str | None = None):
         self.client = client
         self.request_id = request_id
+        self.project_id = project_id
         self.key, self.watch = _keys(request_id)
         self.last = f"0-{after}"
         self.closed = False
         self.ended = False
+        self.producer = producer  # the producing server process (None: a worker, which ends its own streams)
+        self.missed = 0  # idle reads in a row that found the producer gone
         # A producer never runs longer than a request may; past that, its process is gone.
         self.give_up_at = time.monotonic() + settings.GATEWAY_MAX_REQUEST_SECONDS
 
@@ -219,6 +260,10 @@ class RemoteFollower:
                 return out if out else None
             if self.closed or await self._ended_before_position():
                 return None
+            if await self._producer_gone():
+                self.ended = True
+                background.spawn(self._release_hold(), name=f"release:{self.request_id}")
+                return [self._interrupted()]
             if time.monotonic() >= deadline:
                 return []
 
@@ -234,6 +279,34 @@ class RemoteFollower:
         if b"end" in fields and int(entry_id.split("-")[1]) <= int(self.last.split("-")[1]):
             self.ended = True
         return self.ended
+
+    async def _producer_gone(self) -> bool:
+        """True once the producing process's liveness key was missing on two idle reads in a row
+        (≥ 1 s apart: a Redis restart that lost the key is healed by the next refresh)."""
+        if self.producer is None:
+            return False
+        try:
+            alive = await self.client.exists(_alive_key(self.producer))
+        except Exception:
+            return False  # unknown: keep waiting
+        self.missed = 0 if alive else self.missed + 1
+        return self.missed >= 2
+
+    async def _release_hold(self) -> None:
+        """Nobody will settle the dead request: let the sweeper void its hold now, not at its timeout."""
+        stmt = ledger.expire_statement(request_id=self.request_id, project_id=self.project_id, now=timezone.now())
+        try:
+            await asyncdb.run(stmt)
+        except asyncdb.DatabaseUnavailable:  # the hold still times out as usual
+            log.warning("stream %s: could not bring its hold forward to the sweeper", self.request_id)
+
+    def _interrupted(self) -> bytes:
+        """The closing event of a stream whose producer died: numbered after the last one written."""
+        message = ("The server process producing this stream stopped; the answer is incomplete. "
+                   "Nothing is charged for it (its hold is released).")
+        body = {"type": "error", **error_envelope("upstream_unavailable", message, self.request_id)}
+        log.warning("stream %s: its producer %s is gone; ended it for the follower", self.request_id, self.producer)
+        return frame(int(self.last.split("-")[1]) + 1, orjson.dumps(body), "error")
 
     def close(self) -> None:
         self.closed = True
@@ -282,9 +355,10 @@ class _RedisMirror:
             self.written += len(frames)
             entry_id = f"0-{self.written if frames else self.written + 1}"
             fields = {"f": seal_entry(stream.request_id, entry_id, b"".join(frames))}
-            if first:  # the first entry says whose stream it is
+            if first:  # the first entry says whose stream it is, and which process produces it
                 fields["p"] = stream.project_id
                 fields["h"] = orjson.dumps(stream.headers)
+                fields["o"] = PROCESS_ID
             if ended:
                 fields["end"] = b"1"
             # (an end marker alone takes the next number: ids must grow, and no event has it)
@@ -312,7 +386,15 @@ _local: dict[str, StreamLog] = {}
 
 def register(stream: StreamLog) -> StreamLog:
     _local[stream.request_id] = stream
+    stream.counted_open = True
+    metrics.STREAMS_OPEN.inc()
     return stream
+
+
+async def flush_all() -> None:
+    """Wait until Redis holds every event of this process's streams (shutdown: a client resumes elsewhere)."""
+    for stream in list(_local.values()):
+        await stream.flushed()
 
 
 def _forget(stream: StreamLog) -> None:
@@ -356,7 +438,9 @@ async def open_follower(request_id: str, *, project_id: int, after: int):
     fields = first[0][1] if first else {}
     if int(fields.get(b"p", b"0")) != project_id:
         raise _not_found(request_id)
-    return RemoteFollower(client, request_id, after), orjson.loads(fields[b"h"])
+    producer = fields[b"o"].decode() if b"o" in fields else None
+    follower = RemoteFollower(client, request_id, after, project_id=project_id, producer=producer)
+    return follower, orjson.loads(fields[b"h"])
 
 
 async def watched(request_id: str) -> bool:

@@ -10,13 +10,14 @@ def purge_expired_idempotency() -> int:
     return deleted
 
 
-# Paid jobs. A job is claimed once (queued → running), so a redelivered task does nothing;
-# retrying a failed one would run paid work twice, so these never retry.
-@shared_task(acks_late=True)
-def run_image_job(job_id: str) -> None:
+# Paid jobs. A job is claimed once (queued → running), so a duplicate task does nothing;
+# retrying a failed one would run paid work twice, so these never retry. An image job whose
+# worker died mid-run is redelivered by the broker (acks_late) and run once more: charged once.
+@shared_task(bind=True, acks_late=True)
+def run_image_job(self, job_id: str) -> None:
     from .images import run_job
 
-    run_job(job_id)
+    run_job(job_id, redelivered=bool((self.request.delivery_info or {}).get("redelivered")))
 
 
 @shared_task(acks_late=True)

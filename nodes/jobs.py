@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from config import crypto
@@ -67,9 +68,24 @@ def job_result(*, job: Job) -> Any:
 def job_start(*, job: Job) -> bool:
     """queued → running; False if another worker (or a retry) already took it."""
     now = timezone.now()
-    taken = Job.objects.filter(id=job.id, status=Job.Status.QUEUED).update(status=Job.Status.RUNNING, started_at=now)
+    taken = Job.objects.filter(id=job.id, status=Job.Status.QUEUED).update(
+        status=Job.Status.RUNNING, started_at=now, attempts=F("attempts") + 1
+    )
     if taken:
-        job.status, job.started_at = Job.Status.RUNNING, now
+        job.status, job.started_at, job.attempts = Job.Status.RUNNING, now, job.attempts + 1
+    return bool(taken)
+
+
+def job_reclaim(*, job: Job, max_attempts: int = 2) -> bool:
+    """running → running again, for a redelivered task whose worker died mid-run (the broker
+    gives a message back only when its worker was lost); at most ``max_attempts`` claims in all.
+    False if it ended meanwhile (then it was settled or voided with its end: nothing to redo)."""
+    now = timezone.now()
+    taken = Job.objects.filter(id=job.id, status=Job.Status.RUNNING, attempts__lt=max_attempts).update(
+        started_at=now, attempts=F("attempts") + 1
+    )
+    if taken:
+        job.started_at, job.attempts = now, job.attempts + 1
     return bool(taken)
 
 

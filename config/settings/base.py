@@ -382,11 +382,38 @@ STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = STATE_DIR / "staticfiles"
 
+# --- operations: logs, metrics, health, shutdown (config/ops.py, config/server.py, deploy/) ---------
+# Logs: one JSON object a line in production (config/jsonlog.py), readable text elsewhere.
+LOG_FORMAT = env_str("LOG_FORMAT", "json" if PRODUCTION else "plain")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be json or plain")
+# One access log line per request (request id, route template, status, latency; never a body or key).
+ACCESS_LOG = env_bool("ACCESS_LOG", PRODUCTION)
+# /metrics wants "Authorization: Bearer <this>" when set (nginx also keeps /metrics from the public).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Every response names the process that served it (X-Served-By: PROCESS_NAME) when this is on.
+SERVED_BY_HEADER = env_bool("SERVED_BY_HEADER", False)
+# Graceful stop (config/server.py): on SIGTERM readiness turns 503 and the process keeps serving for
+# SHUTDOWN_READY_DELAY_SECONDS (load balancers notice), then stops accepting and lets open streams
+# finish for up to SHUTDOWN_DRAIN_SECONDS; settlements are flushed after that, then it exits.
+SHUTDOWN_READY_DELAY_SECONDS = env_int("SHUTDOWN_READY_DELAY_SECONDS", 5 if PRODUCTION else 0, minimum=0, maximum=120)
+SHUTDOWN_DRAIN_SECONDS = env_int("SHUTDOWN_DRAIN_SECONDS", 30, minimum=1, maximum=3600)
+# Celery keeps its own log format unless the logs are JSON (then the worker logs through LOGGING).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.jsonlog.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+if LOG_FORMAT == "json":  # uvicorn's own lines too (its access log stays off: platform.access replaces it)
+    LOGGING["loggers"].update({
+        name: {"handlers": ["console"], "level": "INFO", "propagate": False} for name in ("uvicorn", "uvicorn.error")
+    })
+    LOGGING["loggers"]["uvicorn.access"] = {"handlers": [], "level": "WARNING", "propagate": False}

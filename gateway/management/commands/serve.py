@@ -10,9 +10,10 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+
+from config import server
 
 
 class Command(BaseCommand):
@@ -33,17 +34,7 @@ class Command(BaseCommand):
             children.append(self._start_stripe_emulator(port))
         self.stdout.write(self.style.SUCCESS(f"Platform on http://{host}:{port}  (console: http://{host}:{port}/console/)"))
         try:
-            uvicorn.run(
-                "config.asgi:application",
-                host=host,
-                port=port,
-                workers=workers,
-                loop="uvloop",
-                http="httptools",
-                lifespan="on",
-                access_log=False,
-                log_level="info",
-            )
+            server.run(host=host, port=port, workers=workers)  # drains streams on SIGTERM (config/server.py)
         finally:
             for child in children:
                 child.terminate()

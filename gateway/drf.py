@@ -10,10 +10,9 @@ import logging
 import re
 
 from asgiref.sync import iscoroutinefunction
-from django.utils.decorators import sync_and_async_middleware
-
 from django.http import Http404, JsonResponse
 from django.utils import timezone
+from django.utils.decorators import sync_and_async_middleware
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication

@@ -10,6 +10,7 @@ from config.ids import plausible_id
 
 from .models import Job, Node
 
+
 def operator_node(*, operator_id: int, public_id: str) -> Node:
     return Node.objects.get(public_id=public_id, operator_id=operator_id)
 

@@ -28,6 +28,7 @@ from channels.auth import AuthMiddleware  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from config import ops  # noqa: E402
+from config.bodyguard import guard  # noqa: E402
 from gateway import lifecycle  # noqa: E402
 from gateway.app import app as gateway_app  # noqa: E402
 from django.urls import re_path  # noqa: E402
@@ -38,12 +39,14 @@ MANAGEMENT_PREFIXES = ("/v1/keys", "/v1/balance")
 RELAY_PREFIX = "/chat/relay/"
 PKI_PATH = "/pki/public_key"  # the gateway's sealed-request keys (gateway/SEALED.md)
 
-http_app = django_app if settings.PRODUCTION else ASGIStaticFilesHandler(django_app)
+# Django reads a whole body before any view runs: bound its size (the API's paths) and its time.
+http_app = guard(django_app if settings.PRODUCTION else ASGIStaticFilesHandler(django_app),
+                 api_prefixes=MANAGEMENT_PREFIXES)
 websocket_app = AllowedHostsOriginValidator(CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([])))))
-relay_app = CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([
+relay_app = guard(CookieMiddleware(SessionMiddleware(AuthMiddleware(URLRouter([
     re_path(r"^chat/relay/(?P<conversation_id>conv_[A-Za-z0-9]{1,40})/$", RelayConsumer.as_asgi()),
     re_path(r"", RelayNotFound.as_asgi()),
-]))))
+])))), api_prefixes=(RELAY_PREFIX,))
 
 
 async def route_http(scope, receive, send):

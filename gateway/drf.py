@@ -10,10 +10,10 @@ import logging
 import re
 
 from asgiref.sync import iscoroutinefunction
-from django.utils.decorators import sync_and_async_middleware
-
 from django.http import Http404, JsonResponse
 from django.utils import timezone
+from django.utils.decorators import sync_and_async_middleware
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
@@ -98,6 +98,7 @@ def envelope_exception_handler(exc, context):
     return Response(envelope(error.code, error.message, _request_id(request), param=error.param), status=error.status)
 
 
+@csrf_exempt  # an API path (keys, not cookies): an unknown one is 404 in the envelope, never CSRF's HTML 403
 def not_found(request, *args, **kwargs):
     return JsonResponse(
         envelope("not_found", f"No such endpoint: {request.method} {request.path}.", _request_id(request)), status=404

@@ -26,6 +26,7 @@ CODES: dict[str, tuple[int, str]] = {
     "not_found": (404, "not_found_error"),
     "model_not_found": (404, "not_found_error"),
     "method_not_allowed": (405, "invalid_request_error"),
+    "body_timeout": (408, "invalid_request_error"),
     "idempotency_in_progress": (409, "conflict_error"),
     "node_key_mismatch": (409, "conflict_error"),
     "body_too_large": (413, "invalid_request_error"),

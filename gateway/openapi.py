@@ -813,6 +813,7 @@ _STATUS_NAMES = {
     403: "Forbidden",
     404: "NotFound",
     405: "MethodNotAllowed",
+    408: "RequestTimeout",
     409: "Conflict",
     413: "PayloadTooLarge",
     415: "UnsupportedMediaType",
@@ -955,6 +956,8 @@ _MESSAGE_EVENT = obj(
 
 def _errors(statuses, *, anthropic: bool = False) -> dict[str, Schema]:
     prefix = "Anthropic" if anthropic else ""
+    if 413 in statuses:  # a route that reads a body also times a slow one out
+        statuses = sorted({*statuses, 408})
     return {str(s): {"$ref": f"#/components/responses/{prefix}{_STATUS_NAMES[s]}"} for s in statuses}
 
 

@@ -259,7 +259,7 @@ class RemoteFollower:
                         self.ended = True
             if out or self.ended:
                 return out if out else None
-            if self.closed:
+            if self.closed or await self._ended_before_position():
                 return None
             if await self._producer_gone():
                 self.ended = True
@@ -267,6 +267,19 @@ class RemoteFollower:
                 return [self._interrupted()]
             if time.monotonic() >= deadline:
                 return []
+
+    async def _ended_before_position(self) -> bool:
+        """Has the stream ended at or before where this follower reads from? A Last-Event-ID past
+        a stream's end would otherwise wait for events that never come (until give_up_at). One
+        Redis read per idle block, only for a follower with nothing to read."""
+        last = await self.client.xrevrange(self.key, count=1)
+        if not last:
+            return False  # expired: the block loop gives up at give_up_at as before
+        entry_id, fields = last[0]
+        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        if b"end" in fields and int(entry_id.split("-")[1]) <= int(self.last.split("-")[1]):
+            self.ended = True
+        return self.ended
 
     async def _producer_gone(self) -> bool:
         """True once the producing process's liveness key was missing on two idle reads in a row

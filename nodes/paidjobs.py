@@ -16,6 +16,7 @@ import orjson
 
 from config import asyncdb
 from config.asyncdb import Stmt
+from config.ids import plausible_id
 
 from . import dispatch, jobs
 from .models import Job, Node
@@ -64,6 +65,8 @@ def _json(value: Any) -> Any:
 async def job_load(*, public_id: str, project_id: int, kind: str | None = None) -> Job | None:
     """The project's job (None for another project's or a missing one), as an unsaved
     instance that ``jobs.job_object`` and ``jobs.job_result`` can read."""
+    if not plausible_id(public_id):
+        return None
     sql, params = (_LOAD_KIND, {"kind": kind}) if kind else (_LOAD, {})
     row = await asyncdb.fetch_one(sql, {"public_id": public_id, "project_id": project_id, **params})
     if row is None:
@@ -80,6 +83,8 @@ async def job_load(*, public_id: str, project_id: int, kind: str | None = None) 
 
 
 async def job_status(*, public_id: str, project_id: int) -> str | None:
+    if not plausible_id(public_id):
+        return None
     row = await asyncdb.fetch_one(_STATUS, {"public_id": public_id, "project_id": project_id})
     return row[0] if row else None
 

@@ -6,7 +6,10 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from config.ids import plausible_id
+
 from .models import Job, Node
+
 
 def operator_node(*, operator_id: int, public_id: str) -> Node:
     return Node.objects.get(public_id=public_id, operator_id=operator_id)
@@ -21,6 +24,8 @@ def job_for_owner(*, public_id: str, operator_id: int | None = None, project_id:
     if (operator_id is None) == (project_id is None):
         raise ValueError("give exactly one of operator_id and project_id")
     owner = {"operator_id": operator_id} if operator_id is not None else {"project_id": project_id}
+    if not plausible_id(public_id):
+        raise Job.DoesNotExist
     return Job.objects.select_related("node").get(public_id=public_id, **owner)
 
 

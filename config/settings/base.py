@@ -285,6 +285,9 @@ REST_FRAMEWORK = {
 
 # --- gateway -----------------------------------------------------------------
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+# A request body must arrive whole within this many seconds (else 408): a client trickling a byte
+# every few seconds would otherwise hold its connection, and the body buffered so far, forever.
+GATEWAY_BODY_TIMEOUT_SECONDS = env_int("GATEWAY_BODY_TIMEOUT_SECONDS", 30, minimum=1, maximum=600)
 GATEWAY_DEFAULT_RPM = env_int("GATEWAY_DEFAULT_RPM", 600, minimum=1)
 GATEWAY_DEFAULT_TPM = env_int("GATEWAY_DEFAULT_TPM", 2_000_000, minimum=1)
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env_int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", 1024, minimum=1)

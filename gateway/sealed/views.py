@@ -6,6 +6,7 @@ from typing import Any
 import orjson
 
 from config import asyncdb
+from config.ids import plausible_id
 
 from ..context import ApiRequest, json_response
 from ..errors import GatewayError
@@ -64,6 +65,8 @@ async def list_receipts(req: ApiRequest):
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise GatewayError("invalid_request", f"'limit' must be an integer from 1 to {MAX_LIMIT}.", param="limit")
     params["limit"] = int(raw_limit)
+    if request_id and not plausible_id(request_id):  # names no receipt
+        return json_response(req, orjson.dumps({"object": "list", "data": []}))
     try:
         (result,) = await asyncdb.run(asyncdb.Stmt(_RECEIPTS_SQL.format(where=where), params, fetch=True))
     except asyncdb.DatabaseUnavailable:

@@ -15,6 +15,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 from schemathesis import GenerationMode
@@ -28,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway.errors import CODES
 from tests.conftest import SIM_MODEL
+from tests.security.routes import served_v1_routes
 
 CHECKS = [
     not_a_server_error,
@@ -113,15 +115,7 @@ def test_each_error_status_lists_exactly_its_codes(document):
 
 
 def test_every_served_route_is_documented_and_checked(document):
-    from gateway.app import routes
-    from gateway.management_urls import urlpatterns
-
-    served = {(m, re.sub(r":\w+}", "}", r.path)) for r in routes for m in r.methods if m != "HEAD"}
-    for pattern in urlpatterns:
-        view = getattr(pattern.callback, "view_class", None)  # the catch-all 404 has none
-        if view is not None:
-            path = "/v1/" + re.sub(r"<\w+:(\w+)>", r"{\1}", str(pattern.pattern))
-            served |= {(m.upper(), path) for m in ("get", "post", "put", "patch", "delete") if hasattr(view, m)}
+    served = served_v1_routes()
     documented = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops if m != "parameters"}
     assert served <= documented, f"served but not documented: {sorted(served - documented)}"
     streaming_only = {("GET", "/v1/streams/{request_id}")}
@@ -160,8 +154,11 @@ def _steer(case, data, existing: dict[str, str]) -> None:
             case.body["model"] = SIM_MODEL
 
 
-@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
-def test_the_live_server_keeps_the_document_true(server, request, method, path):
+def conformance(server, request, method: str, path: str, *, max_examples: int = MAX_EXAMPLES, checks=CHECKS,
+                seed: int | None = None) -> None:
+    """schemathesis over one documented route of the live server: valid cases (and invalid ones,
+    where the route has a body or path to get wrong), each answer checked by ``checks``.
+    Deterministic: the same cases for the same ``seed`` (None: hypothesis's derandomized default)."""
     from console import services
 
     assert not _not_served(server, method, path), f"{method} {path} is documented but not served"
@@ -179,18 +176,20 @@ def test_the_live_server_keeps_the_document_true(server, request, method, path):
 
     def run(mode: GenerationMode) -> None:
         @settings(
-            max_examples=MAX_EXAMPLES,
+            max_examples=max_examples,
             deadline=None,
             database=None,
-            derandomize=True,  # the same cases on every run: CI stays deterministic
+            derandomize=seed is None,  # the same cases on every run: CI stays deterministic
             phases=[Phase.explicit, Phase.generate, Phase.shrink],
             suppress_health_check=list(HealthCheck),
         )
         @given(case=operation.as_strategy(mode), data=st.data())
         def conforms(case, data):
             _steer(case, data, existing)
-            case.call_and_validate(base_url=server.url, session=session, headers=auth, checks=CHECKS, timeout=30)
+            case.call_and_validate(base_url=server.url, session=session, headers=auth, checks=checks, timeout=30)
 
+        if seed is not None:
+            conforms = hypothesis_seed(seed)(conforms)
         conforms()
 
     # Invalid cases need a body or a path to get wrong (headers alone are all free text here).
@@ -198,3 +197,8 @@ def test_the_live_server_keeps_the_document_true(server, request, method, path):
     with session:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if negative else (GenerationMode.POSITIVE,):
             run(mode)
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+def test_the_live_server_keeps_the_document_true(server, request, method, path):
+    conformance(server, request, method, path)

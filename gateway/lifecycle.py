@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 from django.conf import settings
@@ -45,7 +46,22 @@ async def startup() -> list[asyncio.Task]:
         celery_app.loader.import_default_modules()
         for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
             tasks.append(loop.create_task(_embedded_beat(name, entry["task"], float(entry["schedule"])), name=name))
+    _settle_heap()
     return tasks
+
+
+def _settle_heap() -> None:
+    """Keep the cyclic garbage collector off the request path's tail.
+
+    Everything imported and built at start-up (Django, the URL confs, pools, caches: ~100 MiB of long-lived
+    objects) moves to the permanent generation, so a full collection no longer walks it: unfrozen, each one
+    stalled whatever request was running for tens of milliseconds (the p99 at concurrency 1). Young
+    collections run every 10,000 net allocations instead of 700: a request allocates a few thousand
+    short-lived objects, nearly all freed by reference counting, so most requests now run none.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 async def shutdown(tasks: list[asyncio.Task]) -> None:

@@ -94,25 +94,24 @@ def summarize(load: Load, down_at: float, up_at: float) -> dict:
     }
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-@pytest.mark.redis
-async def test_redis_restarted_under_load(transactional_db, alice, sim_node, sim, private_redis):
-    sim.configure(tokens_per_s=40)  # the long stream spans the outage
-    servers = [await asyncio.to_thread(start_server, REDIS_URL=private_redis.url) for _ in range(2)]
-    pids = [s.process.proc.pid for s in servers]
+async def outage(alice, env: dict, *, stop, start, after_seconds: float):
+    """Two server processes on ``env`` under load, with a long stream open: ``stop`` the store for 4 s,
+    ``start`` it again, keep the load on ``after_seconds`` more. Both processes must live through it (same
+    pids, never restarted). Returns (load, down_at, up_at, the stream's lines, its request id)."""
+    servers = [await asyncio.to_thread(start_server, **env) for _ in range(2)]
+    pids = [server.process.proc.pid for server in servers]
     try:
         load = Load(servers, alice)
         loader = asyncio.ensure_future(load.run())
         await asyncio.sleep(2)
         stream = asyncio.ensure_future(long_stream(servers[0], alice))
         await asyncio.sleep(0.3)
-        private_redis.stop()  # SIGKILL: every key (rate limits, stream mirrors, liveness) is gone
+        await asyncio.to_thread(stop)
         down_at = time.monotonic()
         await asyncio.sleep(4)
-        await asyncio.to_thread(private_redis.start)  # empty, on the same port
+        await asyncio.to_thread(start)
         up_at = time.monotonic()
-        await asyncio.sleep(4)
+        await asyncio.sleep(after_seconds)
         load.running = False
         await loader
         lines, stream_id = await stream
@@ -121,7 +120,21 @@ async def test_redis_restarted_under_load(transactional_db, alice, sim_node, sim
             alive = server.process.proc.poll() is None
             server.process.stop()
             assert alive, "".join(server.process.output[-40:])  # never restarted, never crashed
-    assert [s.process.proc.pid for s in servers] == pids
+    assert [server.process.proc.pid for server in servers] == pids
+    return load, down_at, up_at, lines, stream_id
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_redis_restarted_under_load(transactional_db, alice, sim_node, sim, private_redis):
+    sim.configure(tokens_per_s=40)  # the long stream spans the outage
+    load, down_at, up_at, lines, stream_id = await outage(
+        alice, {"REDIS_URL": private_redis.url},
+        stop=private_redis.stop,  # SIGKILL: every key (rate limits, stream mirrors, liveness) is gone
+        start=private_redis.start,  # empty, on the same port
+        after_seconds=4,
+    )
 
     s = summarize(load, down_at, up_at)
     assert set(s["statuses"]) <= {200, 503}, s  # no 500, no hung or dropped request
@@ -173,29 +186,12 @@ async def test_postgres_restarted_under_load(transactional_db, alice, sim_node, 
     s = connection.settings_dict
     source = f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
     await asyncio.to_thread(private_postgres.copy_from, source)  # alice, her keys, the node, its price
-    servers = [await asyncio.to_thread(start_server, DATABASE_URL=private_postgres.url) for _ in range(2)]
-    pids = [server.process.proc.pid for server in servers]
-    try:
-        load = Load(servers, alice)
-        loader = asyncio.ensure_future(load.run())
-        await asyncio.sleep(2)
-        stream = asyncio.ensure_future(long_stream(servers[0], alice))
-        await asyncio.sleep(0.3)
-        await asyncio.to_thread(private_postgres.stop, "immediate")  # every connection cut, as in a crash
-        down_at = time.monotonic()
-        await asyncio.sleep(4)
-        await asyncio.to_thread(private_postgres.start)  # crash recovery from the WAL
-        up_at = time.monotonic()
-        await asyncio.sleep(6)
-        load.running = False
-        await loader
-        lines, stream_id = await stream
-    finally:
-        for server in servers:
-            alive = server.process.proc.poll() is None
-            server.process.stop()
-            assert alive, "".join(server.process.output[-40:])
-    assert [server.process.proc.pid for server in servers] == pids
+    load, down_at, up_at, lines, stream_id = await outage(
+        alice, {"DATABASE_URL": private_postgres.url},
+        stop=lambda: private_postgres.stop("immediate"),  # every connection cut, as in a crash
+        start=private_postgres.start,  # crash recovery from the WAL
+        after_seconds=6,
+    )
 
     summary = summarize(load, down_at, up_at)
     assert set(summary["statuses"]) <= {200, 503}, summary
